@@ -1,0 +1,61 @@
+// Command hybrid is a multi-core compute server: a primary process that
+// supervises prefork worker processes sharing one listening socket.
+//
+//	hybrid serve [flags]   run the server (see hybrid serve -h)
+//	hybrid version         print the version
+//
+// The same binary plays every role: a process re-executed by its primary with
+// HYBRID_ROLE=worker in its environment is a worker.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+
+	"github.com/hybrid-server/hybrid/procpool"
+)
+
+const usage = `hybrid: a multi-core compute server
+
+usage:
+  hybrid serve [flags]   run the server: a primary and its worker processes
+  hybrid version         print the version
+  hybrid help            print this help
+
+Every flag of serve also reads an environment variable: --max-body is
+HYBRID_MAX_BODY. Run "hybrid serve -h" for the flags.
+`
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	if procpool.IsWorker() {
+		return runWorker(args)
+	}
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return runServe(args[1:])
+	case "version", "--version", "-version":
+		fmt.Printf("hybrid %s %s %s/%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return 0
+	case "help", "-h", "--help", "-help":
+		fmt.Print(usage)
+		return 0
+	default:
+		fmt.Fprintf(os.Stderr, "hybrid: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hybrid-server/hybrid/procpool"
+	"github.com/hybrid-server/hybrid/server"
+)
+
+// serveConfig is everything `hybrid serve` reads from flags and environment.
+// The primary and its workers parse the same arguments and environment, so
+// they always agree on it.
+type serveConfig struct {
+	pool      procpool.Config
+	server    server.Config
+	adminAddr string
+	logFormat string
+	logLevel  string
+	maxRSS    uint64
+	maxBody   uint64
+}
+
+func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
+	c := &serveConfig{pool: procpool.DefaultConfig(), server: server.DefaultConfig()}
+	c.maxBody = uint64(c.server.MaxBody)
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(out)
+	p := &c.pool
+	fs.StringVar(&p.Addr, "addr", p.Addr, "address to serve on")
+	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:8081", `the primary's admin address ("off" disables it)`)
+	fs.IntVar(&p.Workers, "workers", p.Workers, "worker processes (default: GOMAXPROCS, which honours the container's CPU limit)")
+	fs.IntVar(&p.WorkerProcs, "worker-procs", 0, "GOMAXPROCS of each worker (0: GOMAXPROCS ÷ workers, at least 1)")
+	fs.StringVar(&p.ListenMode, "listen-mode", p.ListenMode, "shared (one socket owned by the primary) or reuseport (a SO_REUSEPORT socket per worker)")
+	fs.DurationVar(&p.StartTimeout, "start-timeout", p.StartTimeout, "a worker not ready within this is killed and counted as a crash")
+	fs.DurationVar(&p.RestartBackoff, "restart-backoff", p.RestartBackoff, "first restart delay after a crash; doubles on each crash")
+	fs.DurationVar(&p.RestartBackoffMax, "restart-backoff-max", p.RestartBackoffMax, "cap of the restart delay")
+	fs.IntVar(&p.MaxCrashes, "max-crashes", p.MaxCrashes, "more crashes than this within --crash-window open the circuit (no more forks until a reload)")
+	fs.DurationVar(&p.CrashWindow, "crash-window", p.CrashWindow, "window of the crash count; a worker up this long resets its backoff")
+	fs.DurationVar(&p.HeartbeatInterval, "heartbeat-interval", p.HeartbeatInterval, "how often a worker reports its status")
+	fs.DurationVar(&p.HeartbeatTimeout, "heartbeat-timeout", p.HeartbeatTimeout, "a worker silent this long is hung: SIGQUIT, SIGKILL, restart")
+	fs.Var(sizeFlag{&c.maxRSS}, "max-rss", "recycle a worker whose RSS exceeds this (0: off)")
+	fs.Uint64Var(&p.MaxRequests, "max-requests", 0, "recycle a worker after this many requests, plus up to 10% jitter (0: off)")
+	fs.DurationVar(&p.ShutdownTimeout, "shutdown-timeout", p.ShutdownTimeout, "drain time for in-flight requests before workers are killed")
+	s := &c.server
+	fs.Var(sizeFlag{&c.maxBody}, "max-body", "largest request body; larger ones get 413")
+	fs.DurationVar(&s.ReadTimeout, "read-timeout", s.ReadTimeout, "time to read one request")
+	fs.DurationVar(&s.WriteTimeout, "write-timeout", s.WriteTimeout, "time to write one response")
+	fs.DurationVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "keep-alive idle time between requests")
+	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return fs, c
+}
+
+func parseServe(args []string, out io.Writer) (*serveConfig, error) {
+	fs, c := serveFlagSet(out)
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if c.maxBody > 1<<40 {
+		return nil, fmt.Errorf("max body %s: want at most 1TiB", formatSize(c.maxBody))
+	}
+	c.server.MaxBody = int(c.maxBody)
+	c.pool.MaxRSS = c.maxRSS
+	if err := c.server.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// runServe is the primary: it binds the address, supervises the workers and
+// serves the admin endpoint until SIGTERM or SIGINT, then drains.
+func runServe(args []string) int {
+	cfg, err := parseServe(args, os.Stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "hybrid serve: %v\n", err)
+		return 2
+	}
+	log, err := newLogger(os.Stderr, cfg.logFormat, cfg.logLevel, "primary", 0)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hybrid serve: %v\n", err)
+		return 2
+	}
+
+	// Signals are caught before any worker exists, so that none is lost.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	sup, err := procpool.New(cfg.pool, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		fmt.Fprintf(os.Stderr, "hybrid serve: %v\n", err)
+		return 1
+	}
+	var admin *server.Admin
+	if cfg.adminAddr != "off" {
+		ln, err := net.Listen("tcp", cfg.adminAddr)
+		if err != nil {
+			log.Error("cannot start admin endpoint", "err", err)
+			fmt.Fprintf(os.Stderr, "hybrid serve: admin endpoint: %v\n", err)
+			return 1
+		}
+		admin = server.NewAdmin(sup, log)
+		go admin.Serve(ln)
+		log.Info("admin endpoint listening", "admin_addr", ln.Addr().String())
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	forced := make(chan struct{})
+	go func() {
+		stopping := false
+		for sig := range sigs {
+			switch {
+			case sig == syscall.SIGHUP:
+				log.Info("SIGHUP: rolling reload")
+				sup.Reload()
+			case !stopping:
+				log.Info("signal: graceful shutdown", "signal", sig.String())
+				stopping = true
+				cancel()
+			default:
+				log.Warn("second signal: forcing shutdown", "signal", sig.String())
+				close(forced)
+				sup.Kill()
+				return
+			}
+		}
+	}()
+
+	err = sup.Run(ctx)
+	if admin != nil {
+		admin.Shutdown(context.Background())
+	}
+	if err != nil {
+		log.Error("primary failed", "err", err)
+		return 1
+	}
+	select {
+	case <-forced:
+		return 130
+	default:
+		return 0
+	}
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hybrid-server/hybrid/procpool"
+	"github.com/hybrid-server/hybrid/server"
+	"github.com/valyala/fasthttp"
+)
+
+// testHooksEnv switches on fault injection for the integration tests. It is
+// test-only and documented as such in the README: it names a file that a
+// worker reads when it starts, whose first word picks the fault:
+//
+//	crash   exit 1 before reporting ready
+//	config  fail the start-up checks (exit 78, EX_CONFIG)
+//	hang    report ready, then never send a heartbeat
+//	slow    sleep 1h before reporting ready
+//
+// An empty or missing file means no fault. The switch also registers
+// GET /_test/sleep?ms=N (answers 200 after N ms) and GET /_test/panic.
+const testHooksEnv = "HYBRID_TEST_HOOKS"
+
+type testHooks struct {
+	on    bool
+	fault string
+	w     *procpool.Worker
+}
+
+func loadTestHooks(w *procpool.Worker) (testHooks, error) {
+	path := os.Getenv(testHooksEnv)
+	if path == "" {
+		return testHooks{}, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return testHooks{}, err
+	}
+	fault, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	return testHooks{on: true, fault: strings.TrimSpace(fault), w: w}, nil
+}
+
+// atStart applies a start-up fault; stop says the worker must exit with code.
+func (h testHooks) atStart(log *slog.Logger) (code int, stop bool) {
+	switch h.fault {
+	case "crash":
+		log.Error("test hook: crashing before ready")
+		return 1, true
+	case "config":
+		msg := "test hook: bad configuration"
+		fmt.Fprintln(os.Stderr, msg)
+		h.w.Fatal(msg)
+		return procpool.ExitConfig, true
+	case "slow":
+		log.Warn("test hook: never becoming ready")
+		time.Sleep(time.Hour)
+	}
+	return 0, false
+}
+
+func (h testHooks) heartbeats() bool { return h.fault != "hang" }
+
+func (h testHooks) register(r *server.Router) {
+	if !h.on {
+		return
+	}
+	r.Handle(fasthttp.MethodGet, "/_test/sleep", func(ctx *fasthttp.RequestCtx) {
+		ms, err := strconv.Atoi(string(ctx.QueryArgs().Peek("ms")))
+		if err != nil || ms < 0 || ms > 60_000 {
+			server.WriteError(ctx, server.Errorf(fasthttp.StatusBadRequest, server.CodeBadRequest, "ms: want 0 to 60000"))
+			return
+		}
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		server.WriteJSON(ctx, fasthttp.StatusOK, map[string]int{"slept_ms": ms, "pid": os.Getpid()})
+	})
+	r.Handle(fasthttp.MethodGet, "/_test/panic", func(ctx *fasthttp.RequestCtx) {
+		panic("test hook: panic in a handler")
+	})
+}

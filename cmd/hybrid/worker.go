@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hybrid-server/hybrid/procpool"
+	"github.com/hybrid-server/hybrid/server"
+)
+
+// runWorker is a worker process: started by the primary with the primary's
+// own arguments, it serves on the inherited socket until SIGTERM (drain) or
+// until the primary is gone (drain within procpool.OrphanGrace).
+func runWorker(args []string) int {
+	// Until the control channel is attached, a failure can only be told on
+	// stderr, which the primary keeps the tail of.
+	w, err := procpool.Attach()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hybrid worker: %v\n", err)
+		return procpool.ExitConfig
+	}
+	defer w.Close()
+	fatal := func(format string, a ...any) int {
+		msg := fmt.Sprintf(format, a...)
+		fmt.Fprintf(os.Stderr, "hybrid worker %d: %s\n", w.ID, msg)
+		w.Fatal(msg)
+		return procpool.ExitConfig
+	}
+	if len(args) == 0 || args[0] != "serve" {
+		return fatal("started with %q, want the serve command", args)
+	}
+	cfg, err := parseServe(args[1:], os.Stderr)
+	if err != nil {
+		return fatal("configuration: %v", err)
+	}
+	log, err := newLogger(os.Stderr, cfg.logFormat, cfg.logLevel, "worker", w.ID)
+	if err != nil {
+		return fatal("configuration: %v", err)
+	}
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Ignore(syscall.SIGHUP) // reload is the primary's business
+
+	hooks, err := loadTestHooks(w)
+	if err != nil {
+		return fatal("test hooks: %v", err)
+	}
+	if code, stop := hooks.atStart(log); stop {
+		return code
+	}
+
+	ln, err := w.Listener(context.Background())
+	if err != nil {
+		return fatal("%v", err)
+	}
+	srv := server.New(cfg.server, log, w.ID)
+	hooks.register(srv.Router)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	select {
+	case <-srv.Accepting():
+	case err := <-serveErr:
+		log.Error("server failed to start", "err", err)
+		return 1
+	}
+	if err := w.Ready(); err != nil {
+		log.Error("cannot report ready", "err", err)
+		return 1
+	}
+
+	beatCtx, stopBeats := context.WithCancel(context.Background())
+	defer stopBeats()
+	if hooks.heartbeats() {
+		go w.Heartbeat(beatCtx, cfg.pool.HeartbeatInterval, func() procpool.Heartbeat {
+			st := srv.Stats()
+			return procpool.Heartbeat{RSS: st.RSS, Goroutines: st.Goroutines, Requests: st.Requests, InFlight: st.InFlight}
+		})
+	}
+
+	grace := cfg.pool.ShutdownTimeout
+	select {
+	case sig := <-sigs:
+		log.Info("draining", "signal", sig.String())
+	case <-w.ParentGone():
+		log.Warn("primary is gone: draining and exiting")
+		grace = procpool.OrphanGrace
+	case err := <-serveErr:
+		log.Error("server stopped", "err", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	go func() { // the primary may die during a long drain: then bound it
+		select {
+		case <-w.ParentGone():
+			t := time.NewTimer(procpool.OrphanGrace)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				cancel()
+			case <-ctx.Done():
+			}
+		case <-ctx.Done():
+		}
+	}()
+	start := time.Now()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("drain cut short; exiting with requests in flight", "err", err, "in_flight", srv.Stats().InFlight)
+		return 1
+	}
+	log.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
+	return 0
+}

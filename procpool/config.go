@@ -1,0 +1,164 @@
+package procpool
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+)
+
+// Listen modes.
+const (
+	// ListenShared: the primary owns one listening socket and every worker
+	// inherits a duplicate of it. A worker's exit loses no queued connection.
+	ListenShared = "shared"
+	// ListenReusePort: every worker binds its own SO_REUSEPORT socket. The
+	// kernel balances connections evenly, but connections queued on a
+	// closing worker's socket are reset.
+	ListenReusePort = "reuseport"
+)
+
+// Config is the supervisor's configuration. Zero fields take the defaults of
+// [DefaultConfig]; see the README for the matching flags.
+type Config struct {
+	// Addr is the address the cluster serves on, as for net.Listen ("tcp").
+	Addr string
+	// ListenMode is ListenShared (default) or ListenReusePort.
+	ListenMode string
+	// Workers is the number of worker processes. Default: runtime.GOMAXPROCS(0),
+	// which honours the container's CPU limit.
+	Workers int
+	// WorkerProcs is the GOMAXPROCS of each worker. Default: the primary's
+	// GOMAXPROCS divided by Workers, at least 1, so that N workers never
+	// oversubscribe the cores they are given.
+	WorkerProcs int
+	// Args are the arguments a worker is started with (os.Args[1:] by default,
+	// so that a worker reads the same flags as its primary).
+	Args []string
+	// Env is added to every worker's environment, after os.Environ().
+	Env []string
+
+	// StartTimeout bounds a worker's start to ready; past it the worker is
+	// killed and counted as a crash.
+	StartTimeout time.Duration
+	// RestartBackoff is the first restart delay after a crash; it doubles on
+	// every crash of the same slot, up to RestartBackoffMax, and resets once a
+	// worker has stayed ready for CrashWindow.
+	RestartBackoff    time.Duration
+	RestartBackoffMax time.Duration
+	// More than MaxCrashes crashes (of all workers together) within
+	// CrashWindow open the circuit: no more forks until a reload.
+	MaxCrashes  int
+	CrashWindow time.Duration
+
+	// HeartbeatInterval is how often a worker reports its status.
+	HeartbeatInterval time.Duration
+	// HeartbeatTimeout is how long a ready worker may stay silent before it is
+	// deemed hung: SIGQUIT (for its goroutine dump), then SIGKILL after
+	// QuitGrace, then a restart.
+	HeartbeatTimeout time.Duration
+	QuitGrace        time.Duration
+
+	// MaxRSS recycles a worker whose resident memory exceeds it (0: off).
+	MaxRSS uint64
+	// MaxRequests recycles a worker after it served this many requests, plus
+	// a random jitter of up to 10 % so that workers do not recycle in step
+	// (0: off).
+	MaxRequests uint64
+
+	// ShutdownTimeout bounds a worker's drain; stragglers are killed after it.
+	ShutdownTimeout time.Duration
+}
+
+// DefaultConfig returns the configuration hybrid serve uses without flags.
+func DefaultConfig() Config {
+	return Config{
+		Addr:              ":8080",
+		ListenMode:        ListenShared,
+		Workers:           runtime.GOMAXPROCS(0),
+		StartTimeout:      10 * time.Second,
+		RestartBackoff:    time.Second,
+		RestartBackoffMax: 30 * time.Second,
+		MaxCrashes:        5,
+		CrashWindow:       30 * time.Second,
+		HeartbeatInterval: time.Second,
+		HeartbeatTimeout:  10 * time.Second,
+		QuitGrace:         2 * time.Second,
+		ShutdownTimeout:   30 * time.Second,
+	}
+}
+
+// withDefaults fills zero fields from DefaultConfig.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Addr == "" {
+		c.Addr = d.Addr
+	}
+	if c.ListenMode == "" {
+		c.ListenMode = d.ListenMode
+	}
+	if c.Workers == 0 {
+		c.Workers = d.Workers
+	}
+	if c.WorkerProcs == 0 {
+		c.WorkerProcs = max(1, runtime.GOMAXPROCS(0)/c.Workers)
+	}
+	setDur := func(p *time.Duration, v time.Duration) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	setDur(&c.StartTimeout, d.StartTimeout)
+	setDur(&c.RestartBackoff, d.RestartBackoff)
+	setDur(&c.RestartBackoffMax, d.RestartBackoffMax)
+	setDur(&c.CrashWindow, d.CrashWindow)
+	setDur(&c.HeartbeatInterval, d.HeartbeatInterval)
+	setDur(&c.HeartbeatTimeout, d.HeartbeatTimeout)
+	setDur(&c.QuitGrace, d.QuitGrace)
+	setDur(&c.ShutdownTimeout, d.ShutdownTimeout)
+	if c.MaxCrashes == 0 {
+		c.MaxCrashes = d.MaxCrashes
+	}
+	return c
+}
+
+// Validate reports every invalid field at once.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.ListenMode != ListenShared && c.ListenMode != ListenReusePort {
+		bad("listen mode %q: want %q or %q", c.ListenMode, ListenShared, ListenReusePort)
+	}
+	if c.Workers < 1 || c.Workers > 1024 {
+		bad("workers %d: want 1 to 1024", c.Workers)
+	}
+	if c.WorkerProcs < 0 {
+		bad("worker procs %d: want 0 (auto) or more", c.WorkerProcs)
+	}
+	if c.MaxCrashes < 0 {
+		bad("max crashes %d: want 0 or more", c.MaxCrashes)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"start timeout", c.StartTimeout},
+		{"restart backoff", c.RestartBackoff},
+		{"restart backoff max", c.RestartBackoffMax},
+		{"crash window", c.CrashWindow},
+		{"heartbeat interval", c.HeartbeatInterval},
+		{"heartbeat timeout", c.HeartbeatTimeout},
+		{"shutdown timeout", c.ShutdownTimeout},
+	} {
+		if d.v < 0 {
+			bad("%s %v: want a positive duration", d.name, d.v)
+		}
+	}
+	if c.RestartBackoffMax > 0 && c.RestartBackoff > c.RestartBackoffMax {
+		bad("restart backoff %v exceeds its max %v", c.RestartBackoff, c.RestartBackoffMax)
+	}
+	if c.HeartbeatTimeout > 0 && c.HeartbeatInterval > 0 && c.HeartbeatTimeout < 2*c.HeartbeatInterval {
+		bad("heartbeat timeout %v: want at least twice the heartbeat interval %v", c.HeartbeatTimeout, c.HeartbeatInterval)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,55 @@
+// Package procpool runs a prefork cluster: one primary process that binds the
+// listening socket and supervises N worker processes, each a re-execution of
+// the same binary, that serve on that socket.
+//
+// # Mechanism
+//
+// The primary ([Supervisor]) binds the socket once and re-executes
+// /proc/self/exe for every worker with [RoleEnv]=worker in its environment (the
+// role is never a user-facing flag, as with Node's NODE_UNIQUE_ID). Each worker
+// inherits two descriptors:
+//
+//   - fd 3: a duplicate of the listening socket (listen mode "shared"), or
+//     nothing (listen mode "reuseport": the worker binds its own SO_REUSEPORT
+//     socket on the address the primary reserved).
+//   - fd 4: one end of a private unix socketpair, the control channel. The worker
+//     writes newline-delimited JSON messages on it: one "ready" once its server
+//     accepts, then a "heartbeat" every interval, or one "fatal" before it exits
+//     with [ExitConfig]. The primary never writes; the worker reads only to see
+//     EOF, which means the primary is gone.
+//
+// The worker side of that contract is [Attach] and [Worker].
+//
+// # Invariants
+//
+//   - The primary never serves requests and never forks in a loop: every
+//     unexpected exit is a crash, restarts wait an exponential backoff, and more
+//     than Config.MaxCrashes crashes within Config.CrashWindow open a circuit
+//     that stops all forking until a reload. A worker that exits with
+//     [ExitConfig] opens the circuit at once: retrying a configuration error
+//     cannot succeed.
+//   - Exits the primary asked for (drain on shutdown, reload or recycle) are
+//     never crashes.
+//   - A worker is replaced only after its successor is ready, so capacity never
+//     dips during a reload or recycle; if the successor fails, the old worker
+//     keeps serving and the reload stops.
+//   - No orphans: a worker learns of its primary's death from the control
+//     channel's EOF and from its parent-death signal, and exits within
+//     [OrphanGrace]. The parent-death signal fires when the *thread* that forked
+//     the child exits (golang/go#27505), so every worker is started and waited
+//     for from a goroutine locked to its OS thread for the worker's whole life.
+//
+// # Operational notes
+//
+// (*net.TCPListener).File puts the shared socket into blocking mode for every
+// process holding it, after which a worker's Close cannot interrupt accept4 and
+// the worker hangs on drain (golang/go#29277). The primary therefore hands out
+// an F_DUPFD_CLOEXEC duplicate wrapped with os.NewFile, which keeps the file
+// description non-blocking.
+//
+// With the shared socket, connections waiting in the accept queue belong to the
+// socket, not to a worker: a draining worker closes only its own descriptor
+// and loses nothing. A SO_REUSEPORT socket has its own queue, and connections
+// queued on it are reset when its worker closes it (unless the host enables
+// net.ipv4.tcp_migrate_req). That is why "shared" is the default.
+package procpool

@@ -1,0 +1,66 @@
+package procpool
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// RoleEnv is the environment variable a parent sets when it re-executes its own
+// binary, telling the child which role to play. It is private to the binary:
+// users never set it.
+const RoleEnv = "HYBRID_ROLE"
+
+// RoleWorker is the value of [RoleEnv] for a worker process.
+const RoleWorker = "worker"
+
+// Environment variables the primary sets for a worker, besides [RoleEnv].
+const (
+	workerIDEnv   = "HYBRID_WORKER_ID"
+	listenEnv     = "HYBRID_LISTEN"      // "fd" (shared, fd 3) or "reuseport:<addr>"
+	maxRequestEnv = "HYBRID_MAX_REQUEST" // unused by the worker; visible in /proc for debugging
+)
+
+// Descriptor numbers in the worker (0-2 are stdio).
+const (
+	listenerFD = 3
+	controlFD  = 4
+)
+
+// ExitConfig is the exit code of a worker whose start-up checks failed
+// (EX_CONFIG from sysexits.h). The primary does not retry it: it opens the
+// circuit at once and logs the worker's message.
+const ExitConfig = 78
+
+// OrphanGrace bounds how long a worker whose primary died keeps draining before
+// it exits.
+const OrphanGrace = 1500 * time.Millisecond
+
+// Heartbeat is the status a worker reports every heartbeat interval.
+type Heartbeat struct {
+	RSS        uint64 `json:"rss_bytes"`
+	Goroutines int    `json:"goroutines"`
+	Requests   uint64 `json:"requests"`
+	InFlight   int64  `json:"in_flight"`
+}
+
+// message is one line on the control channel, worker to primary.
+type message struct {
+	Type    string     `json:"type"` // "ready", "heartbeat", "fatal"
+	Beat    *Heartbeat `json:"beat,omitempty"`
+	Message string     `json:"message,omitempty"`
+}
+
+const (
+	msgReady     = "ready"
+	msgHeartbeat = "heartbeat"
+	msgFatal     = "fatal"
+)
+
+func encodeMessage(m message) ([]byte, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("procpool: encode %s message: %w", m.Type, err)
+	}
+	return append(b, '\n'), nil
+}

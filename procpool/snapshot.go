@@ -1,0 +1,96 @@
+//go:build linux
+
+package procpool
+
+import (
+	"cmp"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+)
+
+// Snapshot is the cluster's state, as the admin endpoint reports it.
+type Snapshot struct {
+	PrimaryPID      int          `json:"primary_pid"`
+	Addr            string       `json:"addr"`
+	ListenMode      string       `json:"listen_mode"`
+	Circuit         string       `json:"circuit"` // "closed" or "open"
+	CircuitReason   string       `json:"circuit_reason,omitempty"`
+	CrashesInWindow int          `json:"crashes_in_window"`
+	Forks           int64        `json:"forks_total"`
+	WorkersWanted   int          `json:"workers_wanted"`
+	WorkersReady    int          `json:"workers_ready"`
+	Reloading       bool         `json:"reloading"`
+	ShuttingDown    bool         `json:"shutting_down"`
+	Workers         []WorkerInfo `json:"workers"`
+}
+
+// WorkerInfo is one worker process in a [Snapshot]. During a reload or a
+// recycle a slot shows two: the old one and its successor.
+type WorkerInfo struct {
+	ID         int       `json:"id"`
+	PID        int       `json:"pid"`
+	State      string    `json:"state"`
+	Restarts   int       `json:"restarts"`
+	StartedAt  time.Time `json:"started_at"`
+	RSS        uint64    `json:"rss_bytes"`
+	Requests   uint64    `json:"requests"`
+	InFlight   int64     `json:"in_flight"`
+	Goroutines int       `json:"goroutines"`
+}
+
+// Health says whether the cluster serves at full strength, and if not, why.
+func (s Snapshot) Health() (ok bool, reason string) {
+	switch {
+	case s.ShuttingDown:
+		return false, "shutting down"
+	case s.Circuit == "open":
+		return false, "degraded: circuit open: " + s.CircuitReason
+	case s.WorkersReady < s.WorkersWanted:
+		return false, fmt.Sprintf("degraded: %d of %d workers ready", s.WorkersReady, s.WorkersWanted)
+	}
+	return true, ""
+}
+
+// publish stores a fresh snapshot for readers on other goroutines.
+func (s *Supervisor) publish() {
+	snap := &Snapshot{
+		PrimaryPID:      os.Getpid(),
+		Addr:            s.sock.addr.String(),
+		ListenMode:      s.cfg.ListenMode,
+		Circuit:         "closed",
+		CircuitReason:   s.circuitWhy,
+		CrashesInWindow: s.crashes.count(time.Now()),
+		Forks:           s.forks.Load(),
+		WorkersWanted:   len(s.slots),
+		Reloading:       s.reload.active,
+		ShuttingDown:    s.shutting,
+		Workers:         make([]WorkerInfo, 0, len(s.procs)),
+	}
+	if s.circuitOpen {
+		snap.Circuit = "open"
+	}
+	for _, sl := range s.slots {
+		if sl.cur != nil && sl.cur.state == StateReady {
+			snap.WorkersReady++
+		}
+	}
+	for p := range s.procs {
+		snap.Workers = append(snap.Workers, WorkerInfo{
+			ID:         p.slot.id,
+			PID:        p.pid,
+			State:      p.state,
+			Restarts:   max(0, p.slot.spawned-1),
+			StartedAt:  p.started.UTC(),
+			RSS:        p.beat.RSS,
+			Requests:   p.beat.Requests,
+			InFlight:   p.beat.InFlight,
+			Goroutines: p.beat.Goroutines,
+		})
+	}
+	slices.SortFunc(snap.Workers, func(a, b WorkerInfo) int {
+		return cmp.Or(cmp.Compare(a.ID, b.ID), a.StartedAt.Compare(b.StartedAt))
+	})
+	s.snap.Store(snap)
+}

@@ -1,0 +1,604 @@
+//go:build linux
+
+package procpool
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Worker states as reported in [Snapshot].
+const (
+	StateStarting = "starting"
+	StateReady    = "ready"
+	StateDraining = "draining"
+)
+
+// tick is the supervisor's timer resolution for deadlines and restarts.
+const tick = 50 * time.Millisecond
+
+// Supervisor is the primary: it owns the listening socket and keeps
+// Config.Workers worker processes serving on it. Create it with [New], run it
+// with [Supervisor.Run].
+type Supervisor struct {
+	cfg  Config
+	log  *slog.Logger
+	sock *socket
+	exe  string
+
+	events   chan func() // run on the loop goroutine, which owns all state below
+	done     chan struct{}
+	kill     chan struct{}
+	killOnce sync.Once
+	snap     atomic.Pointer[Snapshot]
+	forks    atomic.Int64
+
+	slots       []*slot
+	procs       map[*proc]struct{}
+	crashes     crashWindow
+	circuitOpen bool
+	circuitWhy  string
+	reload      reloadState
+	shutting    bool
+}
+
+type slot struct {
+	id        int
+	cur       *proc // the worker serving (or starting to) for this slot
+	next      *proc // its successor, starting, during a reload or recycle
+	spawned   int   // workers started for this slot; restarts are spawned-1
+	backoff   backoff
+	restartAt time.Time // a pending crash restart; zero if none
+}
+
+type reloadState struct {
+	active bool
+	again  bool // another reload was asked for while this one ran
+	queue  []*slot
+}
+
+type stopReason int
+
+const (
+	stopNone stopReason = iota
+	stopDrain
+	stopStartTimeout
+	stopHung
+)
+
+type proc struct {
+	slot     *slot
+	cmd      *exec.Cmd
+	pid      int
+	state    string
+	started  time.Time
+	readyAt  time.Time
+	lastBeat time.Time
+	beat     Heartbeat
+	maxReqs  uint64
+	stop     stopReason
+	killAt   time.Time // SIGKILL at this time if still alive; zero if none
+	reload   bool      // started by a reload: its failure stops the reload
+	fatal    string    // the worker's own message before an ExitConfig exit
+	stderr   *tailBuffer
+}
+
+// New binds the cluster's address and returns a supervisor ready to Run. A
+// bind error is returned here, once, naming the address.
+func New(cfg Config, log *slog.Logger) (*Supervisor, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("procpool: invalid config: %w", err)
+	}
+	if cfg.Args == nil && len(os.Args) > 1 {
+		cfg.Args = os.Args[1:]
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	sock, err := bind(cfg.Addr, cfg.ListenMode)
+	if err != nil {
+		return nil, err
+	}
+	s := &Supervisor{
+		cfg:     cfg,
+		log:     log,
+		sock:    sock,
+		exe:     "/proc/self/exe",
+		events:  make(chan func(), 64),
+		done:    make(chan struct{}),
+		kill:    make(chan struct{}),
+		procs:   make(map[*proc]struct{}),
+		crashes: crashWindow{window: cfg.CrashWindow},
+	}
+	for i := range cfg.Workers {
+		s.slots = append(s.slots, &slot{id: i + 1, backoff: backoff{initial: cfg.RestartBackoff, max: cfg.RestartBackoffMax}})
+	}
+	s.publish()
+	return s, nil
+}
+
+// Addr returns the address the cluster serves on (with the port chosen, if
+// Config.Addr asked for port 0).
+func (s *Supervisor) Addr() net.Addr { return s.sock.addr }
+
+// Reload starts a zero-downtime rolling reload: one slot at a time, a new
+// worker is started, and once it is ready the old one drains. It also closes
+// an open circuit. It returns at once.
+func (s *Supervisor) Reload() { s.post(s.onReload) }
+
+// Kill makes a running shutdown stop waiting: every worker gets SIGKILL.
+func (s *Supervisor) Kill() { s.killOnce.Do(func() { close(s.kill) }) }
+
+// Snapshot returns the cluster's current state. Safe to call at any time.
+func (s *Supervisor) Snapshot() Snapshot { return *s.snap.Load() }
+
+// Forks returns how many worker processes were started in all.
+func (s *Supervisor) Forks() int64 { return s.forks.Load() }
+
+// Run starts the workers and supervises them until ctx is done, then drains
+// them: each gets SIGTERM and Config.ShutdownTimeout to finish its in-flight
+// requests before SIGKILL. Run returns once every worker has exited.
+func (s *Supervisor) Run(ctx context.Context) error {
+	defer close(s.done)
+	defer s.sock.Close()
+	if os.Getpid() == 1 {
+		stop := reapOrphans(s.log)
+		defer stop()
+	}
+	s.log.Info("primary starting", "addr", s.sock.addr.String(), "workers", s.cfg.Workers,
+		"worker_gomaxprocs", s.cfg.WorkerProcs, "listen_mode", s.cfg.ListenMode)
+	for _, sl := range s.slots {
+		s.spawn(sl, false)
+	}
+	s.publish()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	ctxDone := ctx.Done()
+	for {
+		select {
+		case f := <-s.events:
+			f()
+		case <-t.C:
+			s.onTick(time.Now())
+		case <-ctxDone:
+			ctxDone = nil
+			s.shutdown()
+		case <-s.kill:
+			s.shutdown()
+			s.kill = nil
+			for p := range s.procs {
+				s.log.Warn("forced shutdown: killing worker", "worker", p.slot.id, "worker_pid", p.pid)
+				p.signal(syscall.SIGKILL)
+			}
+		}
+		s.publish()
+		if s.shutting && len(s.procs) == 0 {
+			s.log.Info("primary stopped: all workers exited")
+			return nil
+		}
+	}
+}
+
+// post runs f on the loop goroutine. After Run returned, f is dropped.
+func (s *Supervisor) post(f func()) {
+	select {
+	case s.events <- f:
+	case <-s.done:
+	}
+}
+
+// spawn starts a worker for sl: as its current worker, or as the successor
+// that replaces the current one once ready.
+func (s *Supervisor) spawn(sl *slot, successor bool) *proc {
+	if s.circuitOpen || s.shutting {
+		return nil
+	}
+	p := &proc{slot: sl, state: StateStarting, started: time.Now(), stderr: &tailBuffer{max: 4096}}
+	if s.cfg.MaxRequests > 0 {
+		p.maxReqs = s.cfg.MaxRequests + rand.Uint64N(s.cfg.MaxRequests/10+1)
+	}
+	if err := s.start(p); err != nil {
+		// Exec failing is as fatal as a crash at start: count it, so that it
+		// cannot loop.
+		s.log.Error("worker start failed", "worker", sl.id, "err", err)
+		s.crashed(p, fmt.Sprintf("start failed: %v", err), -1, 0)
+		return nil
+	}
+	s.forks.Add(1)
+	if successor {
+		sl.next = p
+	} else {
+		sl.cur = p
+	}
+	sl.spawned++
+	s.procs[p] = struct{}{}
+	s.log.Info("worker starting", "worker", sl.id, "worker_pid", p.pid, "successor", successor)
+	return p
+}
+
+// start forks and execs the worker from a goroutine locked to its OS thread
+// for the worker's whole life, because the parent-death signal fires when the
+// forking thread exits (golang/go#27505).
+func (s *Supervisor) start(p *proc) error {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("control socketpair: %w", err)
+	}
+	parentEnd := os.NewFile(uintptr(fds[0]), "control")
+	childEnd := os.NewFile(uintptr(fds[1]), "control-child")
+	ctrl, err := net.FileConn(parentEnd)
+	parentEnd.Close()
+	if err != nil {
+		childEnd.Close()
+		return fmt.Errorf("control channel: %w", err)
+	}
+
+	cmd := exec.Command(s.exe, s.cfg.Args...)
+	cmd.Env = s.workerEnv(p)
+	cmd.Stdout = os.Stdout
+	cmd.Stderr = io.MultiWriter(os.Stderr, p.stderr)
+	cmd.WaitDelay = 2 * time.Second
+	var lnFile *os.File
+	if s.sock.mode == ListenShared {
+		lnFile = s.sock.file
+	}
+	cmd.ExtraFiles = []*os.File{lnFile, childEnd} // fd 3, fd 4
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setpgid:   true, // terminal signals reach the primary only; it decides
+		Pdeathsig: syscall.SIGTERM,
+	}
+	p.cmd = cmd
+
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine, after the worker
+		err := startLocked(cmd)
+		childEnd.Close()
+		started <- err
+		if err != nil {
+			return
+		}
+		werr := cmd.Wait()
+		forget(cmd.Process.Pid)
+		s.post(func() { s.onExit(p, werr) })
+	}()
+	if err := <-started; err != nil {
+		ctrl.Close()
+		return err
+	}
+	p.pid = cmd.Process.Pid
+	go s.readControl(p, ctrl)
+	return nil
+}
+
+func (s *Supervisor) workerEnv(p *proc) []string {
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		k, _, _ := strings.Cut(kv, "=")
+		return k == RoleEnv || k == workerIDEnv || k == listenEnv || k == "GOMAXPROCS"
+	})
+	env = append(env,
+		RoleEnv+"="+RoleWorker,
+		workerIDEnv+"="+strconv.Itoa(p.slot.id),
+		s.sock.childEnv(),
+		"GOMAXPROCS="+strconv.Itoa(s.cfg.WorkerProcs),
+	)
+	if p.maxReqs > 0 {
+		env = append(env, maxRequestEnv+"="+strconv.FormatUint(p.maxReqs, 10))
+	}
+	return append(env, s.cfg.Env...)
+}
+
+// readControl turns the worker's control messages into loop events until EOF.
+func (s *Supervisor) readControl(p *proc, ctrl net.Conn) {
+	defer ctrl.Close()
+	sc := bufio.NewScanner(ctrl)
+	sc.Buffer(make([]byte, 4096), 64<<10)
+	for sc.Scan() {
+		var m message
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			s.log.Warn("bad control message", "worker", p.slot.id, "worker_pid", p.pid, "err", err)
+			continue
+		}
+		switch m.Type {
+		case msgReady:
+			s.post(func() { s.onReady(p) })
+		case msgHeartbeat:
+			if m.Beat != nil {
+				hb := *m.Beat
+				s.post(func() { s.onBeat(p, hb) })
+			}
+		case msgFatal:
+			s.post(func() { p.fatal = m.Message })
+		}
+	}
+}
+
+func (s *Supervisor) onReady(p *proc) {
+	if p.state != StateStarting || p.stop != stopNone {
+		return
+	}
+	now := time.Now()
+	p.state, p.readyAt, p.lastBeat = StateReady, now, now
+	s.log.Info("worker ready", "worker", p.slot.id, "worker_pid", p.pid,
+		"start_to_ready_ms", float64(now.Sub(p.started).Microseconds())/1000)
+	sl := p.slot
+	if sl.next == p {
+		old := sl.cur
+		sl.cur, sl.next = p, nil
+		if old != nil {
+			s.drain(old, "replaced")
+		}
+	}
+	if p.reload {
+		s.advanceReload()
+	}
+}
+
+func (s *Supervisor) onBeat(p *proc, hb Heartbeat) {
+	p.lastBeat, p.beat = time.Now(), hb
+	sl := p.slot
+	if p != sl.cur || p.state != StateReady || p.stop != stopNone || sl.next != nil || s.reload.active {
+		return
+	}
+	var why string
+	switch {
+	case s.cfg.MaxRSS > 0 && hb.RSS > s.cfg.MaxRSS:
+		why = fmt.Sprintf("rss %d bytes over max-rss %d", hb.RSS, s.cfg.MaxRSS)
+	case p.maxReqs > 0 && hb.Requests >= p.maxReqs:
+		why = fmt.Sprintf("served %d requests, limit %d", hb.Requests, p.maxReqs)
+	default:
+		return
+	}
+	s.log.Info("recycling worker", "worker", sl.id, "worker_pid", p.pid, "reason", why)
+	s.spawn(sl, true)
+}
+
+func (s *Supervisor) onExit(p *proc, werr error) {
+	delete(s.procs, p)
+	sl := p.slot
+	wasSuccessor := sl.next == p
+	if sl.cur == p {
+		sl.cur = nil
+	}
+	if wasSuccessor {
+		sl.next = nil
+	}
+	st := p.cmd.ProcessState
+	status := "unknown"
+	code := -1
+	if st != nil {
+		status, code = st.String(), st.ExitCode()
+	} else if werr != nil {
+		status = werr.Error()
+	}
+	if p.stop == stopDrain {
+		lvl := slog.LevelInfo
+		if code != 0 {
+			lvl = slog.LevelWarn
+		}
+		s.log.Log(context.Background(), lvl, "worker exited", "worker", sl.id, "worker_pid", p.pid, "status", status)
+		return
+	}
+	if s.shutting {
+		s.log.Warn("worker exited during shutdown", "worker", sl.id, "worker_pid", p.pid, "status", status)
+		return
+	}
+	var why string
+	switch p.stop {
+	case stopStartTimeout:
+		why = fmt.Sprintf("not ready within start timeout %v (%s)", s.cfg.StartTimeout, status)
+	case stopHung:
+		why = fmt.Sprintf("hung: no heartbeat for %v (%s)", s.cfg.HeartbeatTimeout, status)
+	default:
+		why = status
+		if p.state == StateStarting {
+			why = "died before ready: " + status
+		}
+	}
+	var uptime time.Duration
+	if !p.readyAt.IsZero() {
+		uptime = time.Since(p.readyAt)
+	}
+	s.crashed(p, why, code, uptime)
+	if p.reload || wasSuccessor {
+		s.abortReload(p, why)
+	}
+	if !wasSuccessor && sl.next == nil && !s.circuitOpen {
+		d := sl.backoff.delay(uptime, s.cfg.CrashWindow)
+		sl.restartAt = time.Now().Add(d)
+		s.log.Info("worker restart scheduled", "worker", sl.id, "backoff", d.String())
+	}
+}
+
+// crashed records an unexpected exit and opens the circuit when the crash
+// loop is established, or at once for a configuration error.
+func (s *Supervisor) crashed(p *proc, why string, code int, uptime time.Duration) {
+	n := s.crashes.add(time.Now())
+	tail := p.stderr.String()
+	attrs := []any{"worker", p.slot.id, "worker_pid", p.pid, "status", why, "crashes_in_window", n, "uptime", uptime.Round(time.Millisecond).String()}
+	switch {
+	case code == ExitConfig:
+		msg := p.fatal
+		if msg == "" {
+			msg = strings.TrimSpace(tail)
+		}
+		s.openCircuit(fmt.Sprintf("worker %d configuration error: %s", p.slot.id, msg), append(attrs, "stderr_tail", tail))
+	case n > s.cfg.MaxCrashes:
+		s.openCircuit(fmt.Sprintf("%d crashes within %v (max %d); last: worker %d %s",
+			n, s.cfg.CrashWindow, s.cfg.MaxCrashes, p.slot.id, why), append(attrs, "stderr_tail", tail))
+	default:
+		s.log.Warn("worker crashed", append(attrs, "stderr_tail", tail)...)
+	}
+}
+
+func (s *Supervisor) openCircuit(why string, attrs []any) {
+	if !s.circuitOpen {
+		s.circuitOpen, s.circuitWhy = true, why
+		for _, sl := range s.slots {
+			sl.restartAt = time.Time{}
+		}
+	}
+	s.log.Error("circuit open: no more worker starts until a reload (SIGHUP or POST /reload)",
+		append(attrs, "reason", why)...)
+}
+
+func (s *Supervisor) closeCircuit() {
+	s.circuitOpen, s.circuitWhy = false, ""
+	s.crashes.reset()
+	for _, sl := range s.slots {
+		sl.backoff.reset()
+	}
+	s.log.Info("circuit closed by reload")
+}
+
+func (s *Supervisor) onReload() {
+	if s.shutting {
+		return
+	}
+	if s.circuitOpen {
+		s.closeCircuit()
+	}
+	if s.reload.active {
+		s.reload.again = true
+		return
+	}
+	s.log.Info("rolling reload started", "workers", len(s.slots))
+	s.reload = reloadState{active: true, queue: slices.Clone(s.slots)}
+	s.advanceReload()
+}
+
+// advanceReload replaces the next slot in the queue, or ends the reload.
+func (s *Supervisor) advanceReload() {
+	for s.reload.active {
+		if len(s.reload.queue) == 0 {
+			if !s.reload.again {
+				s.reload = reloadState{}
+				s.log.Info("rolling reload complete")
+				return
+			}
+			s.reload = reloadState{active: true, queue: slices.Clone(s.slots)}
+		}
+		sl := s.reload.queue[0]
+		s.reload.queue = s.reload.queue[1:]
+		sl.restartAt = time.Time{}
+		if sl.next != nil { // a recycle is under way: let it count as this slot's reload
+			sl.next.reload = true
+			return
+		}
+		if p := s.spawn(sl, sl.cur != nil); p != nil {
+			p.reload = true
+			return
+		}
+		if !s.reload.active || s.circuitOpen {
+			return
+		}
+	}
+}
+
+func (s *Supervisor) abortReload(p *proc, why string) {
+	if !s.reload.active {
+		return
+	}
+	s.reload = reloadState{}
+	s.log.Error("rolling reload stopped: a new worker failed to become ready; the old workers keep serving",
+		"worker", p.slot.id, "worker_pid", p.pid, "reason", why)
+}
+
+// drain asks p to stop accepting, finish its in-flight requests and exit.
+func (s *Supervisor) drain(p *proc, why string) {
+	if p.stop != stopNone {
+		return
+	}
+	p.stop, p.state = stopDrain, StateDraining
+	p.killAt = time.Now().Add(s.cfg.ShutdownTimeout)
+	s.log.Info("draining worker", "worker", p.slot.id, "worker_pid", p.pid, "reason", why)
+	p.signal(syscall.SIGTERM)
+}
+
+func (s *Supervisor) shutdown() {
+	if !s.shutting {
+		s.log.Info("graceful shutdown: draining all workers", "timeout", s.cfg.ShutdownTimeout.String())
+	}
+	s.shutting = true
+	s.reload = reloadState{}
+	for p := range s.procs {
+		s.drain(p, "shutdown")
+	}
+}
+
+func (s *Supervisor) onTick(now time.Time) {
+	for p := range s.procs {
+		switch {
+		case p.stop == stopNone && p.state == StateStarting && now.Sub(p.started) > s.cfg.StartTimeout:
+			s.log.Warn("worker not ready within start timeout: killing it", "worker", p.slot.id, "worker_pid", p.pid,
+				"start_timeout", s.cfg.StartTimeout.String())
+			p.stop = stopStartTimeout
+			p.signal(syscall.SIGKILL)
+		case p.stop == stopNone && p.state == StateReady && now.Sub(p.lastBeat) > s.cfg.HeartbeatTimeout:
+			s.log.Error("worker hung: no heartbeat; sending SIGQUIT for a goroutine dump, then SIGKILL",
+				"worker", p.slot.id, "worker_pid", p.pid, "silent_for", now.Sub(p.lastBeat).Round(time.Millisecond).String())
+			p.stop = stopHung
+			p.killAt = now.Add(s.cfg.QuitGrace)
+			p.signal(syscall.SIGQUIT)
+		case !p.killAt.IsZero() && now.After(p.killAt):
+			s.log.Warn("worker did not exit in time: SIGKILL", "worker", p.slot.id, "worker_pid", p.pid)
+			p.killAt = time.Time{}
+			p.signal(syscall.SIGKILL)
+		}
+	}
+	for _, sl := range s.slots {
+		if !sl.restartAt.IsZero() && !now.Before(sl.restartAt) {
+			sl.restartAt = time.Time{}
+			if sl.cur == nil && sl.next == nil {
+				s.spawn(sl, false)
+			}
+		}
+	}
+}
+
+// signal sends sig to the worker. An error means the worker has exited
+// already, and its exit event is on its way to the loop.
+func (p *proc) signal(sig syscall.Signal) { _ = p.cmd.Process.Signal(sig) }
+
+// tailBuffer keeps the last max bytes written to it: the end of a worker's
+// stderr, for the crash log.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (t *tailBuffer) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, b...)
+	if over := len(t.buf) - t.max; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return len(b), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}

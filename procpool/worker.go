@@ -1,0 +1,138 @@
+//go:build linux
+
+package procpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// IsWorker reports whether this process was started by a [Supervisor] as one
+// of its workers.
+func IsWorker() bool { return os.Getenv(RoleEnv) == RoleWorker }
+
+// Worker is the worker process's end of the control channel. It is safe for
+// concurrent use.
+type Worker struct {
+	// ID is the worker's slot number, 1 to Config.Workers. A restarted or
+	// reloaded worker keeps the ID of the slot it fills.
+	ID int
+
+	listen string
+	ctrl   net.Conn
+	mu     sync.Mutex // serialises writes on ctrl
+	gone   chan struct{}
+}
+
+// Attach connects to the primary through the descriptors and environment it
+// set up. It fails in a process that is not a worker.
+func Attach() (*Worker, error) {
+	if !IsWorker() {
+		return nil, fmt.Errorf("procpool: not a worker process (%s is %q)", RoleEnv, os.Getenv(RoleEnv))
+	}
+	id, err := strconv.Atoi(os.Getenv(workerIDEnv))
+	if err != nil {
+		return nil, fmt.Errorf("procpool: bad %s: %w", workerIDEnv, err)
+	}
+	f := os.NewFile(controlFD, "control")
+	ctrl, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("procpool: control channel on fd %d: %w", controlFD, err)
+	}
+	w := &Worker{ID: id, listen: os.Getenv(listenEnv), ctrl: ctrl, gone: make(chan struct{})}
+	go w.watchParent()
+	return w, nil
+}
+
+// watchParent closes gone when the control channel reaches EOF: the primary
+// has exited, however it died.
+func (w *Worker) watchParent() {
+	io.Copy(io.Discard, w.ctrl)
+	close(w.gone)
+}
+
+// ParentGone is closed when the primary has gone. The worker should then stop
+// accepting and exit within [OrphanGrace].
+func (w *Worker) ParentGone() <-chan struct{} { return w.gone }
+
+// Listener returns the socket this worker serves on: the primary's inherited
+// socket, or a SO_REUSEPORT socket of its own.
+func (w *Worker) Listener(ctx context.Context) (net.Listener, error) {
+	switch mode, addr, _ := strings.Cut(w.listen, ":"); mode {
+	case "fd":
+		f := os.NewFile(listenerFD, "listener")
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("procpool: inherited listener on fd %d: %w", listenerFD, err)
+		}
+		if _, ok := ln.(*net.TCPListener); !ok {
+			ln.Close()
+			return nil, fmt.Errorf("procpool: inherited fd %d is a %T, not a TCP listener", listenerFD, ln)
+		}
+		return ln, nil
+	case "reuseport":
+		return listenReusePort(ctx, addr)
+	default:
+		return nil, fmt.Errorf("procpool: bad %s %q", listenEnv, w.listen)
+	}
+}
+
+// Ready tells the primary that this worker accepts connections. Call it once,
+// after the server's accept loop runs.
+func (w *Worker) Ready() error { return w.send(message{Type: msgReady}) }
+
+// Fatal tells the primary why this worker is about to exit with [ExitConfig].
+func (w *Worker) Fatal(msg string) error { return w.send(message{Type: msgFatal, Message: msg}) }
+
+// Heartbeat sends status() every interval until ctx is done or the primary is
+// gone. Blocking.
+func (w *Worker) Heartbeat(ctx context.Context, interval time.Duration, status func() Heartbeat) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		hb := status()
+		if err := w.send(message{Type: msgHeartbeat, Beat: &hb}); err != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.gone:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (w *Worker) send(m message) error {
+	b, err := encodeMessage(m)
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := w.ctrl.Write(b); err != nil {
+		return fmt.Errorf("procpool: send %s: %w", m.Type, err)
+	}
+	return nil
+}
+
+// Close closes the control channel.
+func (w *Worker) Close() error {
+	err := w.ctrl.Close()
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
