@@ -36,8 +36,12 @@ func TestCrashWindowSlides(t *testing.T) {
 			t.Fatalf("add #%d = %d; want %d", i, got, i+1)
 		}
 	}
-	if got := w.count(t0.Add(11 * time.Second)); got != 1 {
-		t.Errorf("count 11s later = %d; want 1 (two crashes left the window)", got)
+	// The window is inclusive: a crash exactly 10s old still counts.
+	if got := w.count(t0.Add(11 * time.Second)); got != 2 {
+		t.Errorf("count 11s later = %d; want 2 (the first crash left the window)", got)
+	}
+	if got := w.count(t0.Add(12 * time.Second)); got != 1 {
+		t.Errorf("count 12s later = %d; want 1", got)
 	}
 	if got := w.add(t0.Add(30 * time.Second)); got != 1 {
 		t.Errorf("add 30s later = %d; want 1", got)

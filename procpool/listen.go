@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -23,6 +24,9 @@ type socket struct {
 	ln   net.Listener
 	addr *net.TCPAddr
 	mode string
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 func bind(addr, mode string) (*socket, error) {
@@ -119,12 +123,15 @@ func (s *socket) childEnv() string {
 
 // Close releases the primary's hold on the address. In shared mode the socket
 // lives on while any worker still holds its duplicate.
+// Close is idempotent.
 func (s *socket) Close() error {
-	err := s.file.Close()
-	if s.ln != nil {
-		err = errors.Join(err, s.ln.Close())
-	}
-	return err
+	s.closeOnce.Do(func() {
+		s.closeErr = s.file.Close()
+		if s.ln != nil {
+			s.closeErr = errors.Join(s.closeErr, s.ln.Close())
+		}
+	})
+	return s.closeErr
 }
 
 // listenReusePort binds a worker's own SO_REUSEPORT listener.

@@ -537,6 +537,9 @@ func (s *Supervisor) drain(p *proc, why string) {
 func (s *Supervisor) shutdown() {
 	if !s.shutting {
 		s.log.Info("graceful shutdown: draining all workers", "timeout", s.cfg.ShutdownTimeout.String())
+		// Let go of the socket now: it closes when the last draining worker
+		// closes its copy, and new connections are refused, not left queued.
+		s.sock.Close()
 	}
 	s.shutting = true
 	s.reload = reloadState{}

@@ -86,6 +86,7 @@ type Server struct {
 
 	requests  atomic.Uint64
 	inFlight  atomic.Int64
+	rss       rssSampler
 	draining  atomic.Bool
 	accepting chan struct{}
 	acceptOne sync.Once
@@ -153,7 +154,7 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Requests:   s.requests.Load(),
 		InFlight:   s.inFlight.Load(),
-		RSS:        RSS(),
+		RSS:        s.rss.get(),
 		Goroutines: runtime.NumGoroutine(),
 	}
 }
@@ -195,7 +196,13 @@ func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 		WriteError(ctx, Errorf(fasthttp.StatusServiceUnavailable, CodeDraining, "worker %d is draining", s.workerID))
 		return
 	}
-	WriteJSON(ctx, fasthttp.StatusOK, map[string]any{"status": "ready", "pid": os.Getpid(), "worker": s.workerID})
+	WriteJSON(ctx, fasthttp.StatusOK, readyBody{Status: "ready", PID: os.Getpid(), Worker: s.workerID})
+}
+
+type readyBody struct {
+	Status string `json:"status"`
+	PID    int    `json:"pid"`
+	Worker int    `json:"worker"`
 }
 
 // acceptSignal closes the server's accepting channel on the first Accept.
@@ -221,6 +228,23 @@ func (l fastLogger) Printf(format string, args ...any) {
 		return
 	}
 	l.log.Warn(msg, "source", "fasthttp")
+}
+
+// rssSampler reads RSS at most every rssMaxAge: reading /proc on every
+// /health request halves its throughput, and memory needs no fresher view.
+type rssSampler struct {
+	at  atomic.Int64 // unix nanoseconds of the last sample
+	val atomic.Uint64
+}
+
+const rssMaxAge = 500 * time.Millisecond
+
+func (r *rssSampler) get() uint64 {
+	now := time.Now().UnixNano()
+	if last := r.at.Load(); now-last > int64(rssMaxAge) && r.at.CompareAndSwap(last, now) {
+		r.val.Store(RSS())
+	}
+	return r.val.Load()
 }
 
 // RSS returns this process's resident set size in bytes, from /proc.

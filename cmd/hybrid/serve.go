@@ -36,7 +36,7 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	p := &c.pool
 	fs.StringVar(&p.Addr, "addr", p.Addr, "address to serve on")
 	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:8081", `the primary's admin address ("off" disables it)`)
-	fs.IntVar(&p.Workers, "workers", p.Workers, "worker processes (default: GOMAXPROCS, which honours the container's CPU limit)")
+	fs.IntVar(&p.Workers, "workers", p.Workers, "worker processes; the default is GOMAXPROCS, which honours the container's CPU limit")
 	fs.IntVar(&p.WorkerProcs, "worker-procs", 0, "GOMAXPROCS of each worker (0: GOMAXPROCS ÷ workers, at least 1)")
 	fs.StringVar(&p.ListenMode, "listen-mode", p.ListenMode, "shared (one socket owned by the primary) or reuseport (a SO_REUSEPORT socket per worker)")
 	fs.DurationVar(&p.StartTimeout, "start-timeout", p.StartTimeout, "a worker not ready within this is killed and counted as a crash")
@@ -69,7 +69,7 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	}
 	c.server.MaxBody = int(c.maxBody)
 	c.pool.MaxRSS = c.maxRSS
-	if err := c.server.Validate(); err != nil {
+	if err := errors.Join(c.pool.Validate(), c.server.Validate()); err != nil {
 		return nil, err
 	}
 	return c, nil

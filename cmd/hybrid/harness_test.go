@@ -1,0 +1,339 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hybrid-server/hybrid/procpool"
+)
+
+// The integration tests drive the real binary as a user would: they build
+// it once, start `hybrid serve` on 127.0.0.1 port 0, talk to it over real
+// sockets, send it real signals, and kill every process they started by pid.
+
+var (
+	buildFlags []string // -race when the tests run with -race
+	binPath    string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hybrid-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "hybrid")
+	args := append([]string{"build", "-o", binPath}, buildFlags...)
+	build := exec.Command("go", append(args, ".")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	// The binary users get is static (CGO_ENABLED=0); only the race detector
+	// needs cgo.
+	cgo := "CGO_ENABLED=0"
+	if len(buildFlags) > 0 {
+		cgo = "CGO_ENABLED=1"
+	}
+	build.Env = append(os.Environ(), cgo)
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building hybrid:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// logLines collects a process's JSON log lines and lets a test wait for one.
+type logLines struct {
+	mu    sync.Mutex
+	lines []map[string]any
+	raw   bytes.Buffer
+	added chan struct{}
+}
+
+func (l *logLines) consume(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		var m map[string]any
+		_ = json.Unmarshal(line, &m) // non-JSON lines (goroutine dumps) are kept raw only
+		l.mu.Lock()
+		l.raw.Write(line)
+		l.raw.WriteByte('\n')
+		if m != nil {
+			l.lines = append(l.lines, m)
+		}
+		l.mu.Unlock()
+		select {
+		case l.added <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// find returns the log lines whose msg contains substr.
+func (l *logLines) find(substr string) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, m := range l.lines {
+		if msg, _ := m["msg"].(string); strings.Contains(msg, substr) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (l *logLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.raw.String()
+}
+
+type cluster struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	logs  *logLines
+	addr  string // the serving address, 127.0.0.1:port
+	admin string
+	exit  chan struct{}
+	state *os.ProcessState
+}
+
+// startCluster runs hybrid serve with args (after the harness's own) and
+// waits until the admin endpoint answers and wantReady workers are ready.
+func startCluster(t *testing.T, env []string, wantReady int, args ...string) *cluster {
+	t.Helper()
+	full := append([]string{"serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"}, args...)
+	cmd := exec.Command(binPath, full...)
+	cmd.Env = append(os.Environ(), env...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, cmd: cmd, logs: &logLines{added: make(chan struct{}, 1)}, exit: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c.logs.consume(stderr)
+		cmd.Wait()
+		c.state = cmd.ProcessState
+		close(c.exit)
+	}()
+	t.Cleanup(c.cleanup)
+	c.waitLog("primary starting", 10*time.Second)
+	c.addr = c.logs.find("primary starting")[0]["addr"].(string)
+	c.waitLog("admin endpoint listening", 10*time.Second)
+	c.admin = c.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
+	if wantReady > 0 {
+		c.waitFor(15*time.Second, fmt.Sprintf("%d workers ready", wantReady), func() bool {
+			return len(c.readyPIDs()) >= wantReady
+		})
+	}
+	return c
+}
+
+// cleanup kills the primary and every worker it ever started, by pid.
+func (c *cluster) cleanup() {
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	for _, m := range c.logs.find("worker starting") {
+		if pid, ok := m["worker_pid"].(float64); ok {
+			syscall.Kill(int(pid), syscall.SIGKILL)
+		}
+	}
+	select {
+	case <-c.exit:
+	case <-time.After(10 * time.Second):
+		c.t.Errorf("primary did not exit after SIGKILL")
+	}
+	if c.t.Failed() {
+		c.t.Logf("hybrid log:\n%s", c.logs.String())
+	}
+}
+
+func (c *cluster) waitLog(substr string, timeout time.Duration) map[string]any {
+	c.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		if found := c.logs.find(substr); len(found) > 0 {
+			return found[len(found)-1]
+		}
+		select {
+		case <-c.logs.added:
+		case <-c.exit:
+			if found := c.logs.find(substr); len(found) > 0 {
+				return found[len(found)-1]
+			}
+			c.t.Fatalf("hybrid exited (%v) before logging %q", c.state, substr)
+		case <-deadline:
+			c.t.Fatalf("no log line %q within %v", substr, timeout)
+		}
+	}
+}
+
+// waitFor polls cond every 20 ms until it holds or timeout passes.
+func (c *cluster) waitFor(timeout time.Duration, what string, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("timed out after %v waiting for %s; cluster: %+v", timeout, what, c.snapshotOrNil())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (c *cluster) signal(sig syscall.Signal) {
+	c.t.Helper()
+	if err := c.cmd.Process.Signal(sig); err != nil {
+		c.t.Fatalf("signal %v to primary: %v", sig, err)
+	}
+}
+
+// wait waits for the primary to exit and returns its exit code.
+func (c *cluster) wait(timeout time.Duration) int {
+	c.t.Helper()
+	select {
+	case <-c.exit:
+		return c.state.ExitCode()
+	case <-time.After(timeout):
+		c.t.Fatalf("primary still running after %v", timeout)
+		return -1
+	}
+}
+
+func (c *cluster) alive() bool {
+	select {
+	case <-c.exit:
+		return false
+	default:
+		return true
+	}
+}
+
+var adminClient = &http.Client{Timeout: 5 * time.Second}
+
+func (c *cluster) snapshotOrNil() *procpool.Snapshot {
+	resp, err := adminClient.Get("http://" + c.admin + "/cluster")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var s procpool.Snapshot
+	if json.NewDecoder(resp.Body).Decode(&s) != nil {
+		return nil
+	}
+	return &s
+}
+
+func (c *cluster) snapshot() procpool.Snapshot {
+	c.t.Helper()
+	s := c.snapshotOrNil()
+	if s == nil {
+		c.t.Fatalf("GET /cluster failed")
+	}
+	return *s
+}
+
+// readyPIDs returns the pids of the ready workers.
+func (c *cluster) readyPIDs() map[int]bool {
+	pids := map[int]bool{}
+	if s := c.snapshotOrNil(); s != nil {
+		for _, w := range s.Workers {
+			if w.State == procpool.StateReady {
+				pids[w.PID] = true
+			}
+		}
+	}
+	return pids
+}
+
+// freshClient opens a new connection for every request, so that every
+// request goes through the listening socket's accept queue.
+func freshClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+}
+
+type health struct {
+	Status string `json:"status"`
+	PID    int    `json:"pid"`
+	Worker int    `json:"worker"`
+}
+
+func getJSON(client *http.Client, url string, v any) (int, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, err
+	}
+	if v != nil {
+		if err := json.Unmarshal(body, v); err != nil {
+			return resp.StatusCode, fmt.Errorf("decode %q: %w", body, err)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// load sends GET url in a loop, one goroutine per client, until stop, and
+// counts every outcome: an error is never dropped from the figures.
+type load struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       map[string]int
+	done       sync.WaitGroup
+	cancel     context.CancelFunc
+}
+
+func startLoad(url string, clients []*http.Client) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{cancel: cancel, errs: map[string]int{}}
+	for _, client := range clients {
+		l.done.Add(1)
+		go func() {
+			defer l.done.Done()
+			for ctx.Err() == nil {
+				status, err := getJSON(client, url, nil)
+				if err == nil && status != http.StatusOK {
+					err = fmt.Errorf("status %d", status)
+				}
+				if err != nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					l.errs[err.Error()]++
+					l.mu.Unlock()
+					continue
+				}
+				l.ok.Add(1)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) stop() (ok, failed int64, errs []string) {
+	l.cancel()
+	l.done.Wait()
+	for e, n := range l.errs {
+		errs = append(errs, fmt.Sprintf("%dx %s", n, e))
+	}
+	return l.ok.Load(), l.failed.Load(), errs
+}
