@@ -35,7 +35,7 @@ func bind(addr, mode string) (*socket, error) {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("procpool: listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("procpool: %w", err) // names the address and the cause
 	}
 	f, err := dupListener(ln.(*net.TCPListener))
 	if err != nil {
@@ -97,7 +97,8 @@ func reserve(addr string) (*socket, error) {
 		}
 	}
 	if err := unix.Bind(fd, sa); err != nil {
-		return fail("listen on", &net.OpError{Op: "bind", Net: "tcp", Err: os.NewSyscallError("bind", err)})
+		unix.Close(fd)
+		return nil, fmt.Errorf("procpool: %w", &net.OpError{Op: "listen", Net: "tcp", Addr: ta, Err: os.NewSyscallError("bind", err)})
 	}
 	got, err := unix.Getsockname(fd)
 	if err != nil {

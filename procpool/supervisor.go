@@ -356,7 +356,8 @@ func (s *Supervisor) onReady(p *proc) {
 func (s *Supervisor) onBeat(p *proc, hb Heartbeat) {
 	p.lastBeat, p.beat = time.Now(), hb
 	sl := p.slot
-	if p != sl.cur || p.state != StateReady || p.stop != stopNone || sl.next != nil || s.reload.active {
+	if p != sl.cur || p.state != StateReady || p.stop != stopNone || sl.next != nil || s.reload.active ||
+		time.Since(p.readyAt) < s.minRecycleUptime() {
 		return
 	}
 	var why string
@@ -428,6 +429,11 @@ func (s *Supervisor) onExit(p *proc, werr error) {
 		s.log.Info("worker restart scheduled", "worker", sl.id, "backoff", d.String())
 	}
 }
+
+// minRecycleUptime is the youngest a worker may be recycled: a --max-rss
+// below a fresh worker's RSS then costs one fork per worker every ten
+// heartbeats, not a fork loop.
+func (s *Supervisor) minRecycleUptime() time.Duration { return 10 * s.cfg.HeartbeatInterval }
 
 // crashed records an unexpected exit and opens the circuit when the crash
 // loop is established, or at once for a configuration error.

@@ -99,16 +99,14 @@ func runServe(args []string) int {
 
 	sup, err := procpool.New(cfg.pool, log)
 	if err != nil {
-		log.Error("cannot start", "err", err)
-		fmt.Fprintf(os.Stderr, "hybrid serve: %v\n", err)
+		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
 	var admin *server.Admin
 	if cfg.adminAddr != "off" {
 		ln, err := net.Listen("tcp", cfg.adminAddr)
 		if err != nil {
-			log.Error("cannot start admin endpoint", "err", err)
-			fmt.Fprintf(os.Stderr, "hybrid serve: admin endpoint: %v\n", err)
+			log.Error("cannot start admin endpoint", "err", err.Error())
 			return 1
 		}
 		admin = server.NewAdmin(sup, log)
