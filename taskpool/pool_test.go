@@ -1,0 +1,229 @@
+package taskpool
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+func newPool(t testing.TB, size, queue int) *Pool {
+	t.Helper()
+	p, err := New(Config{Size: size, Queue: queue})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+	return p
+}
+
+// fill occupies every run slot with a task blocked until release is closed.
+func fill(t *testing.T, p *Pool, n int, release chan struct{}) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	started := make(chan struct{}, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.Do(context.Background(), func(context.Context) error { started <- struct{}{}; <-release; return nil })
+		}()
+	}
+	for range n {
+		<-started
+	}
+	return &wg
+}
+
+func TestOverloadIsRefusedAtOnce(t *testing.T) {
+	p := newPool(t, 2, 1)
+	release := make(chan struct{})
+	wg := fill(t, p, 2, release)
+	queued := make(chan error, 1)
+	go func() { queued <- p.Do(context.Background(), func(context.Context) error { return nil }) }()
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+
+	start := time.Now()
+	err := p.Do(context.Background(), func(context.Context) error { t.Error("an overloaded task ran"); return nil })
+	if !errors.Is(err, ErrOverloaded) {
+		t.Fatalf("Do on a full pool = %v; want ErrOverloaded", err)
+	}
+	if took := time.Since(start); took > 50*time.Millisecond {
+		t.Errorf("refusal took %v; want it immediate", took)
+	}
+	close(release)
+	wg.Wait()
+	if err := <-queued; err != nil {
+		t.Errorf("queued task = %v; want nil once slots freed", err)
+	}
+	if s := p.Stats(); s.Rejected != 1 || s.Completed != 3 || s.Running != 0 || s.Waiting != 0 {
+		t.Errorf("stats = %+v; want 1 rejected, 3 completed, idle", s)
+	}
+}
+
+func TestQueuedTaskPastDeadlineNeverRuns(t *testing.T) {
+	p := newPool(t, 1, 4)
+	release := make(chan struct{})
+	wg := fill(t, p, 1, release)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	ran := false
+	err := p.Do(ctx, func(context.Context) error { ran = true; return nil })
+	close(release)
+	wg.Wait()
+	if !errors.Is(err, ErrDeadline) || ran {
+		t.Errorf("Do past deadline = %v, ran %v; want ErrDeadline and never run", err, ran)
+	}
+	if s := p.Stats(); s.TimedOut != 1 || s.Waiting != 0 {
+		t.Errorf("stats = %+v; want 1 timed out, none waiting", s)
+	}
+	// The slot it never took is still usable.
+	if err := p.Do(context.Background(), func(context.Context) error { return nil }); err != nil {
+		t.Errorf("Do after a timeout = %v", err)
+	}
+}
+
+func TestPanicIsTheCallersError(t *testing.T) {
+	p := newPool(t, 1, 1)
+	err := p.Do(context.Background(), func(context.Context) error { panic("bad input") })
+	var pe *PanicError
+	if !errors.As(err, &pe) || pe.Value != "bad input" || len(pe.Stack) == 0 {
+		t.Fatalf("Do of a panicking task = %v; want *PanicError with value and stack", err)
+	}
+	if err := p.Do(context.Background(), func(context.Context) error { return nil }); err != nil {
+		t.Errorf("Do after a panic = %v; want the pool to keep working", err)
+	}
+	if s := p.Stats(); s.Panicked != 1 || s.Running != 0 {
+		t.Errorf("stats = %+v; want 1 panicked, none running", s)
+	}
+}
+
+func TestQueueIsFIFO(t *testing.T) {
+	p := newPool(t, 1, 8)
+	release := make(chan struct{})
+	wg := fill(t, p, 1, release)
+	var mu sync.Mutex
+	var order []int
+	var done sync.WaitGroup
+	for i := range 5 {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			p.Do(context.Background(), func(context.Context) error { mu.Lock(); order = append(order, i); mu.Unlock(); return nil })
+		}()
+		waitFor(t, func() bool { return p.Stats().Waiting == i+1 })
+	}
+	close(release)
+	wg.Wait()
+	done.Wait()
+	for i, v := range order {
+		if v != i {
+			t.Fatalf("run order = %v; want 0..4", order)
+		}
+	}
+}
+
+func TestTuneGrowsAtRunTime(t *testing.T) {
+	p := newPool(t, 1, 8)
+	release := make(chan struct{})
+	wg := fill(t, p, 1, release)
+	started := make(chan struct{})
+	go p.Do(context.Background(), func(context.Context) error { close(started); <-release; return nil })
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+	if err := p.Tune(2); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(2 * time.Second):
+		t.Fatal("a waiting task did not start after Tune(2)")
+	}
+	if s := p.Stats(); s.Capacity != 2 || s.Running != 2 {
+		t.Errorf("stats after Tune = %+v; want capacity 2, running 2", s)
+	}
+	close(release)
+	wg.Wait()
+	if err := p.Tune(0); err == nil {
+		t.Error("Tune(0) = nil; want an error")
+	}
+}
+
+func TestConcurrentUseStaysBounded(t *testing.T) {
+	p := newPool(t, 2, 2)
+	var running, peak int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+len(t.Name())%3)*time.Millisecond)
+			defer cancel()
+			p.Do(ctx, func(context.Context) error {
+				mu.Lock()
+				running++
+				peak = max(peak, running)
+				mu.Unlock()
+				time.Sleep(100 * time.Microsecond)
+				mu.Lock()
+				running--
+				mu.Unlock()
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	s := p.Stats()
+	if peak > 2 || s.Running != 0 || s.Waiting != 0 {
+		t.Errorf("peak running %d, final %+v; want ≤ 2 and idle", peak, s)
+	}
+	if total := s.Completed + s.Rejected + s.TimedOut; total != 200 {
+		t.Errorf("completed+rejected+timed out = %d; want 200 (every task accounted for)", total)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 2s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// The per-task cost of the pool against running inline and against a plain
+// goroutine with a result channel, for an empty task and for sha256 of 64 KiB.
+func BenchmarkOverhead(b *testing.B) {
+	data := make([]byte, 64<<10)
+	for _, work := range []struct {
+		name string
+		f    func(context.Context) error
+	}{
+		{"empty", func(context.Context) error { return nil }},
+		{"sha256-64k", func(context.Context) error { sha256.Sum256(data); return nil }},
+	} {
+		b.Run(work.name+"/inline", func(b *testing.B) {
+			for b.Loop() {
+				work.f(context.Background())
+			}
+		})
+		b.Run(work.name+"/goroutine", func(b *testing.B) {
+			for b.Loop() {
+				done := make(chan error, 1)
+				go func() { done <- work.f(context.Background()) }()
+				<-done
+			}
+		})
+		b.Run(work.name+"/pool", func(b *testing.B) {
+			p := newPool(b, 1, 4)
+			for b.Loop() {
+				if err := p.Do(context.Background(), work.f); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
