@@ -3,14 +3,18 @@ module github.com/hybrid-server/hybrid
 go 1.26.8
 
 require (
+	github.com/klauspost/compress v1.20.3
+	github.com/molecule-man/go-brrr v1.0.1
 	github.com/panjf2000/ants/v2 v2.12.1
 	github.com/valyala/fasthttp v1.74.0
+	github.com/zeebo/xxh3 v1.1.0
+	golang.org/x/crypto v0.58.0
 	golang.org/x/sys v0.49.0
+	lukechampine.com/blake3 v1.4.1
 )
 
 require (
-	github.com/klauspost/compress v1.20.3 // indirect
-	github.com/molecule-man/go-brrr v1.0.1 // indirect
+	github.com/klauspost/cpuid/v2 v2.2.10 // indirect
 	github.com/valyala/bytebufferpool v1.0.0 // indirect
 	golang.org/x/sync v0.11.0 // indirect
 )

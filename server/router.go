@@ -14,8 +14,9 @@ import (
 // a panic in a handler a JSON 500 with its stack in the log: a bad request
 // never takes the worker down.
 type Router struct {
-	log    *slog.Logger
-	routes map[string]map[string]fasthttp.RequestHandler
+	log      *slog.Logger
+	routes   map[string]map[string]fasthttp.RequestHandler
+	prefixes []string // HandlePrefix paths, longest first
 }
 
 // NewRouter returns an empty router that logs handler panics to log.
@@ -31,6 +32,37 @@ func (r *Router) Handle(method, path string, h fasthttp.RequestHandler) {
 	r.routes[path][method] = h
 }
 
+// HandlePrefix registers h for method and every path under prefix (which
+// ends in "/"), such as "/v1/hash/" for /v1/hash/{algo}. [PathParam] returns
+// the rest of the path. An exact route wins over a prefix.
+func (r *Router) HandlePrefix(method, prefix string, h fasthttp.RequestHandler) {
+	if !strings.HasSuffix(prefix, "/") {
+		panic("server: HandlePrefix: prefix must end in /: " + prefix)
+	}
+	if r.routes[prefix] == nil {
+		r.prefixes = append(r.prefixes, prefix)
+		slices.SortFunc(r.prefixes, func(a, b string) int { return len(b) - len(a) })
+	}
+	r.Handle(method, prefix, h)
+}
+
+// PathParam returns the part of the request path after prefix.
+func PathParam(ctx *fasthttp.RequestCtx, prefix string) string {
+	return strings.TrimPrefix(string(ctx.Path()), prefix)
+}
+
+func (r *Router) lookup(path []byte) map[string]fasthttp.RequestHandler {
+	if m := r.routes[string(path)]; m != nil {
+		return m
+	}
+	for _, p := range r.prefixes {
+		if len(path) > len(p) && string(path[:len(p)]) == p {
+			return r.routes[p]
+		}
+	}
+	return nil
+}
+
 // Serve is the fasthttp.RequestHandler of the router.
 func (r *Router) Serve(ctx *fasthttp.RequestCtx) {
 	defer func() {
@@ -41,7 +73,7 @@ func (r *Router) Serve(ctx *fasthttp.RequestCtx) {
 			WriteError(ctx, Errorf(fasthttp.StatusInternalServerError, CodeInternal, "internal error"))
 		}
 	}()
-	methods := r.routes[string(ctx.Path())]
+	methods := r.lookup(ctx.Path())
 	if methods == nil {
 		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "no route for %s %s", ctx.Method(), ctx.Path()))
 		return

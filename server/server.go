@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -87,6 +88,7 @@ type Server struct {
 	requests  atomic.Uint64
 	inFlight  atomic.Int64
 	rss       rssSampler
+	extras    map[string]func() any
 	draining  atomic.Bool
 	accepting chan struct{}
 	acceptOne sync.Once
@@ -102,6 +104,7 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 		workerID:  workerID,
 		started:   time.Now(),
 		accepting: make(chan struct{}),
+		extras:    map[string]func() any{},
 	}
 	s.fs = newFastServer(cfg, s.serve, log)
 	s.Router.Handle(fasthttp.MethodGet, "/health", s.health)
@@ -131,7 +134,12 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 		s.requests.Add(1)
 	}()
 	s.Router.Serve(ctx)
+	compressResponse(ctx)
 }
+
+// AddHealth adds a section to GET /health: key's value is f(), called on
+// every request. Call it before Serve.
+func (s *Server) AddHealth(key string, f func() any) { s.extras[key] = f }
 
 // Serve accepts connections on ln until Shutdown. Blocking.
 func (s *Server) Serve(ln net.Listener) error {
@@ -160,14 +168,29 @@ func (s *Server) Stats() Stats {
 }
 
 type healthBody struct {
-	Status     string  `json:"status"`
-	PID        int     `json:"pid"`
-	Worker     int     `json:"worker"`
-	UptimeS    float64 `json:"uptime_s"`
-	RSS        uint64  `json:"rss_bytes"`
-	Goroutines int     `json:"goroutines"`
-	Requests   uint64  `json:"requests"`
-	InFlight   int64   `json:"in_flight"`
+	Status     string         `json:"status"`
+	PID        int            `json:"pid"`
+	Worker     int            `json:"worker"`
+	UptimeS    float64        `json:"uptime_s"`
+	RSS        uint64         `json:"rss_bytes"`
+	Goroutines int            `json:"goroutines"`
+	Requests   uint64         `json:"requests"`
+	InFlight   int64          `json:"in_flight"`
+	Extras     map[string]any `json:"-"`
+}
+
+// MarshalJSON flattens Extras into the object.
+func (h healthBody) MarshalJSON() ([]byte, error) {
+	type plain healthBody
+	b, err := json.Marshal(plain(h))
+	if err != nil || len(h.Extras) == 0 {
+		return b, err
+	}
+	x, err := json.Marshal(h.Extras)
+	if err != nil {
+		return nil, err
+	}
+	return append(append(b[:len(b)-1], ','), x[1:]...), nil
 }
 
 // health is liveness: 200 while the process can answer at all.
@@ -177,7 +200,15 @@ func (s *Server) health(ctx *fasthttp.RequestCtx) {
 	if s.draining.Load() {
 		status = "draining"
 	}
+	var extras map[string]any
+	if len(s.extras) > 0 {
+		extras = make(map[string]any, len(s.extras))
+		for k, f := range s.extras {
+			extras[k] = f()
+		}
+	}
 	WriteJSON(ctx, fasthttp.StatusOK, healthBody{
+		Extras:     extras,
 		Status:     status,
 		PID:        os.Getpid(),
 		Worker:     s.workerID,

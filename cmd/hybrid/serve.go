@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	"github.com/hybrid-server/hybrid/handlers"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
 )
@@ -26,6 +28,13 @@ type serveConfig struct {
 	logLevel  string
 	maxRSS    uint64
 	maxBody   uint64
+
+	poolSize      int
+	poolQueue     int
+	taskTimeout   time.Duration
+	modes         string
+	allowOverride bool
+	maxOutput     uint64
 }
 
 func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -54,6 +63,13 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&s.ReadTimeout, "read-timeout", s.ReadTimeout, "time to read one request")
 	fs.DurationVar(&s.WriteTimeout, "write-timeout", s.WriteTimeout, "time to write one response")
 	fs.DurationVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "keep-alive idle time between requests")
+	fs.IntVar(&c.poolSize, "pool-size", 0, "tasks running at once per worker (0: the worker's GOMAXPROCS)")
+	fs.IntVar(&c.poolQueue, "pool-queue", 0, "tasks waiting per worker beyond --pool-size; more get 503 (0: 4 × pool size)")
+	fs.DurationVar(&c.taskTimeout, "task-timeout", 30*time.Second, "a task's deadline, queueing included; past it 504")
+	fs.StringVar(&c.modes, "mode", "hash=pool,password=pool,compress=pool", "execution mode per workload group: group=inline|pool,…")
+	fs.BoolVar(&c.allowOverride, "allow-mode-override", false, "let a request choose its mode with ?mode= (for benchmarks; keep off in production)")
+	c.maxOutput = handlers.DefaultMaxOutput
+	fs.Var(sizeFlag{&c.maxOutput}, "max-output", "largest decompressed output; a bomb gets 413 after at most this much")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return fs, c
@@ -69,6 +85,12 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	}
 	c.server.MaxBody = int(c.maxBody)
 	c.pool.MaxRSS = c.maxRSS
+	if _, err := handlers.ParseModes(c.modes, handlers.Pool); err != nil {
+		return nil, err
+	}
+	if c.poolSize < 0 || c.poolQueue < 0 || c.taskTimeout <= 0 || c.maxOutput == 0 || c.maxOutput > 1<<34 {
+		return nil, fmt.Errorf("pool size, pool queue: want ≥ 0; task timeout: want > 0; max output: want 1B to 16GiB")
+	}
 	if err := errors.Join(c.pool.Validate(), c.server.Validate()); err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hybrid-server/hybrid/handlers"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
@@ -23,7 +25,9 @@ import (
 //	slow    sleep 1h before reporting ready
 //
 // An empty or missing file means no fault. The switch also registers
-// GET /_test/sleep?ms=N (answers 200 after N ms) and GET /_test/panic.
+// GET /_test/sleep?ms=N (answers 200 after N ms), GET /_test/panic, and
+// POST /_test/task?ms=N[&panic=1][&mode=inline|pool]: a workload that sleeps
+// N ms (or panics) run through the executor like any other.
 const testHooksEnv = "HYBRID_TEST_HOOKS"
 
 type testHooks struct {
@@ -65,10 +69,28 @@ func (h testHooks) atStart(log *slog.Logger) (code int, stop bool) {
 
 func (h testHooks) heartbeats() bool { return h.fault != "hang" }
 
-func (h testHooks) register(r *server.Router) {
+func (h testHooks) register(r *server.Router, exec *handlers.Executor) {
 	if !h.on {
 		return
 	}
+	exec.Modes["test"] = handlers.Pool
+	task := &handlers.Workload{Name: "test-task", Group: "test", ContentType: "application/json",
+		Run: func(ctx context.Context, p handlers.Params, _ []byte) ([]byte, error) {
+			if p["panic"] == "1" {
+				panic("test hook: panic in a task")
+			}
+			ms, _ := strconv.Atoi(p["ms"])
+			select {
+			case <-time.After(time.Duration(ms) * time.Millisecond):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			return []byte(fmt.Sprintf(`{"slept_ms":%d,"pid":%d}`, ms, os.Getpid())), nil
+		}}
+	r.Handle(fasthttp.MethodPost, "/_test/task", func(ctx *fasthttp.RequestCtx) {
+		q := ctx.QueryArgs()
+		exec.Serve(ctx, task, handlers.Params{"ms": string(q.Peek("ms")), "panic": string(q.Peek("panic"))})
+	})
 	r.Handle(fasthttp.MethodGet, "/_test/sleep", func(ctx *fasthttp.RequestCtx) {
 		ms, err := strconv.Atoi(string(ctx.QueryArgs().Peek("ms")))
 		if err != nil || ms < 0 || ms > 60_000 {

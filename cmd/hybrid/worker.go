@@ -8,8 +8,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hybrid-server/hybrid/handlers"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
+	"github.com/hybrid-server/hybrid/taskpool"
 )
 
 // runWorker is a worker process: started by the primary with the primary's
@@ -59,7 +61,17 @@ func runWorker(args []string) int {
 		return fatal("%v", err)
 	}
 	srv := server.New(cfg.server, log, w.ID)
-	hooks.register(srv.Router)
+	pool, err := taskpool.New(taskpool.Config{Size: cfg.poolSize, Queue: cfg.poolQueue})
+	if err != nil {
+		return fatal("%v", err)
+	}
+	defer pool.Close(context.Background())
+	modes, _ := handlers.ParseModes(cfg.modes, handlers.Pool) // validated by parseServe
+	exec := &handlers.Executor{Pool: pool, Modes: modes, AllowOverride: cfg.allowOverride,
+		TaskTimeout: cfg.taskTimeout, MaxOutput: int(cfg.maxOutput), Log: log}
+	exec.Mount(srv.Router)
+	srv.AddHealth("pool", func() any { return pool.Stats() })
+	hooks.register(srv.Router, exec)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

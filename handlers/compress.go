@@ -1,0 +1,261 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+
+	"github.com/hybrid-server/hybrid/server"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/s2"
+	"github.com/klauspost/compress/snappy"
+	"github.com/klauspost/compress/zstd"
+	"github.com/molecule-man/go-brrr"
+	"github.com/valyala/fasthttp"
+)
+
+// DefaultMaxOutput bounds a decompressed body unless --max-output says
+// otherwise. A decompression bomb is refused after at most this many bytes,
+// and memory follows the bound, not the bomb.
+const DefaultMaxOutput = 64 << 20
+
+// codec is one compression format. Levels are each codec's own: gzip 1–9,
+// zstd 1–22 (zstd's scale, mapped onto klauspost's four encoders), s2 1–3
+// (fast, better, best), snappy none, brotli 0–11. snappy and s2 use the
+// framed (streaming) format.
+type codec struct {
+	contentType      string
+	minLevel, maxLvl int
+	defLevel         int
+	hasLevel         bool
+	compress         func(in []byte, level int) ([]byte, error)
+	reader           func(r io.Reader, maxOutput int) (io.Reader, func(), error)
+}
+
+var codecs = map[string]codec{
+	"gzip": {
+		contentType: "application/gzip", minLevel: 1, maxLvl: 9, defLevel: 6, hasLevel: true,
+		compress: func(in []byte, level int) ([]byte, error) {
+			var buf bytes.Buffer
+			w, err := gzip.NewWriterLevel(&buf, level)
+			if err != nil {
+				return nil, err
+			}
+			return finish(&buf, w, in)
+		},
+		reader: func(r io.Reader, _ int) (io.Reader, func(), error) {
+			zr, err := gzip.NewReader(r)
+			if err != nil {
+				return nil, nil, err
+			}
+			return zr, func() { zr.Close() }, nil
+		},
+	},
+	"zstd": {
+		contentType: "application/zstd", minLevel: 1, maxLvl: 22, defLevel: 3, hasLevel: true,
+		compress: func(in []byte, level int) ([]byte, error) {
+			return zstdEncoder(level).EncodeAll(in, make([]byte, 0, len(in)/2+64)), nil
+		},
+		reader: func(r io.Reader, maxOutput int) (io.Reader, func(), error) {
+			// The window bounds the decoder's memory whatever the frame claims.
+			zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1),
+				zstd.WithDecoderMaxMemory(uint64(maxOutput)+1),
+				zstd.WithDecoderMaxWindow(uint64(min(maxOutput, 64<<20))+1))
+			if err != nil {
+				return nil, nil, err
+			}
+			return zr, zr.Close, nil
+		},
+	},
+	"s2": {
+		contentType: "application/x-s2", minLevel: 1, maxLvl: 3, defLevel: 1, hasLevel: true,
+		compress: func(in []byte, level int) ([]byte, error) {
+			opts := []s2.WriterOption{s2.WriterConcurrency(1)}
+			switch level {
+			case 2:
+				opts = append(opts, s2.WriterBetterCompression())
+			case 3:
+				opts = append(opts, s2.WriterBestCompression())
+			}
+			var buf bytes.Buffer
+			return finish(&buf, s2.NewWriter(&buf, opts...), in)
+		},
+		reader: func(r io.Reader, maxOutput int) (io.Reader, func(), error) {
+			return s2.NewReader(r, s2.ReaderMaxBlockSize(min(maxOutput, 4<<20))), func() {}, nil
+		},
+	},
+	"snappy": {
+		contentType: "application/x-snappy-framed",
+		compress: func(in []byte, _ int) ([]byte, error) {
+			var buf bytes.Buffer
+			return finish(&buf, snappy.NewBufferedWriter(&buf), in)
+		},
+		reader: func(r io.Reader, _ int) (io.Reader, func(), error) {
+			return snappy.NewReader(r), func() {}, nil
+		},
+	},
+	"brotli": {
+		contentType: "application/x-brotli", minLevel: 0, maxLvl: 11, defLevel: 5, hasLevel: true,
+		compress: func(in []byte, level int) ([]byte, error) {
+			return brrr.Compress(in, level)
+		},
+		reader: func(r io.Reader, _ int) (io.Reader, func(), error) {
+			br := brrr.NewReader(r)
+			return br, func() { br.Close() }, nil
+		},
+	},
+}
+
+func finish(buf *bytes.Buffer, w io.WriteCloser, in []byte) ([]byte, error) {
+	buf.Grow(len(in)/2 + 64)
+	if _, err := w.Write(in); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// zstd encoders are safe for concurrent EncodeAll and costly to build: one per
+// level, built on first use.
+var zstdEncoders [23]struct {
+	once sync.Once
+	enc  *zstd.Encoder
+}
+
+func zstdEncoder(level int) *zstd.Encoder {
+	e := &zstdEncoders[level]
+	e.once.Do(func() {
+		e.enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
+			zstd.WithEncoderConcurrency(1))
+	})
+	return e.enc
+}
+
+func init() {
+	register(&Workload{Name: "compress", Group: "compress", Check: checkCompress, Run: runCompress,
+		ContentTypeOf: func(p Params) string { return codecs[p["codec"]].contentType }})
+	register(&Workload{Name: "decompress", Group: "compress", Check: checkDecompress, Run: runDecompress,
+		ContentType: "application/octet-stream"})
+}
+
+func lookupCodec(p Params) (codec, error) {
+	c, ok := codecs[p["codec"]]
+	if !ok {
+		return codec{}, server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo,
+			"unknown codec %q; supported: brotli, gzip, s2, snappy, zstd", p["codec"])
+	}
+	return c, nil
+}
+
+// CodecContentType is the media type of a codec's compressed output.
+func CodecContentType(name string) string { return codecs[name].contentType }
+
+func compressLevel(c codec, p Params) (int, error) {
+	if !c.hasLevel {
+		if p["level"] != "" {
+			return 0, badParam("level: codec %s has no levels", p["codec"])
+		}
+		return 0, nil
+	}
+	return intParam(p, "level", c.defLevel, c.minLevel, c.maxLvl)
+}
+
+func checkCompress(p Params, _ []byte) error {
+	c, err := lookupCodec(p)
+	if err != nil {
+		return err
+	}
+	_, err = compressLevel(c, p)
+	return err
+}
+
+func runCompress(_ context.Context, p Params, input []byte) ([]byte, error) {
+	c, err := lookupCodec(p)
+	if err != nil {
+		return nil, err
+	}
+	level, err := compressLevel(c, p)
+	if err != nil {
+		return nil, err
+	}
+	return c.compress(input, level)
+}
+
+func checkDecompress(p Params, _ []byte) error {
+	if _, err := lookupCodec(p); err != nil {
+		return err
+	}
+	if p["level"] != "" {
+		return badParam("level: decompression takes no level")
+	}
+	_, err := maxOutput(p)
+	return err
+}
+
+func maxOutput(p Params) (int, error) {
+	n, err := strconv.Atoi(p["max_output"])
+	if p["max_output"] == "" {
+		return DefaultMaxOutput, nil
+	}
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("handlers: bad max_output %q", p["max_output"])
+	}
+	return n, nil
+}
+
+// runDecompress inflates input, refusing with 413 as soon as the output passes
+// max_output (set by the server from --max-output, never by the client).
+func runDecompress(ctx context.Context, p Params, input []byte) ([]byte, error) {
+	c, err := lookupCodec(p)
+	if err != nil {
+		return nil, err
+	}
+	limit, err := maxOutput(p)
+	if err != nil {
+		return nil, err
+	}
+	r, closeFn, err := c.reader(bytes.NewReader(input), limit)
+	if err != nil {
+		return nil, corrupt(p["codec"], err)
+	}
+	defer closeFn()
+	var out bytes.Buffer
+	out.Grow(min(limit, 4*len(input)+512))
+	n, err := io.Copy(&out, &ctxReader{ctx: ctx, r: io.LimitReader(r, int64(limit)+1)})
+	switch {
+	case n > int64(limit):
+		return nil, server.Errorf(fasthttp.StatusRequestEntityTooLarge, CodeOutputTooLarge,
+			"decompressed output exceeds the limit of %d bytes", limit)
+	case errors.Is(err, zstd.ErrDecoderSizeExceeded), errors.Is(err, zstd.ErrWindowSizeExceeded):
+		return nil, server.Errorf(fasthttp.StatusRequestEntityTooLarge, CodeOutputTooLarge,
+			"zstd frame needs more than the limit of %d bytes", limit)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return nil, err
+	case err != nil:
+		return nil, corrupt(p["codec"], err)
+	}
+	return out.Bytes(), nil
+}
+
+func corrupt(codec string, err error) error {
+	return unprocessable(CodeCorruptInput, "corrupt %s input: %v", codec, err)
+}
+
+// ctxReader stops a long decompression when the task's deadline passes.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

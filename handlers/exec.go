@@ -1,0 +1,211 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hybrid-server/hybrid/server"
+	"github.com/hybrid-server/hybrid/taskpool"
+	"github.com/valyala/fasthttp"
+)
+
+// Mode is where a workload runs.
+type Mode string
+
+const (
+	// Inline runs on the request goroutine: no hand-off cost, no bound
+	// beyond the server's connection limit.
+	Inline Mode = "inline"
+	// Pool runs on the worker's bounded task pool: admission control (503
+	// when full) and deadlines (504 while queued).
+	Pool Mode = "pool"
+)
+
+// Modes lists the modes this build can run.
+var Modes = []Mode{Inline, Pool}
+
+// ParseModes parses --mode: "hash=pool,password=inline". Groups not named
+// keep def.
+func ParseModes(s string, def Mode) (map[string]Mode, error) {
+	m := map[string]Mode{}
+	for _, g := range Groups() {
+		m[g] = def
+	}
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		g, mode, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, fmt.Errorf("mode %q: want group=mode", kv)
+		}
+		if _, known := m[g]; !known {
+			return nil, fmt.Errorf("mode %q: unknown workload group %q; known: %s", kv, g, strings.Join(Groups(), ", "))
+		}
+		if !slices.Contains(Modes, Mode(mode)) {
+			return nil, fmt.Errorf("mode %q: unknown mode %q; known: %s", kv, mode, modeList())
+		}
+		m[g] = Mode(mode)
+	}
+	return m, nil
+}
+
+func modeList() string {
+	s := make([]string, len(Modes))
+	for i, m := range Modes {
+		s[i] = string(m)
+	}
+	return strings.Join(s, ", ")
+}
+
+// Executor runs workloads in their mode. Its zero value is not usable: set
+// Pool and Modes.
+type Executor struct {
+	Pool *taskpool.Pool
+	// Modes maps a workload group to its default mode.
+	Modes map[string]Mode
+	// AllowOverride lets a request pick its mode with ?mode=. Off by default:
+	// a client must not move untrusted work out of isolation.
+	AllowOverride bool
+	// TaskTimeout bounds a task, queueing included.
+	TaskTimeout time.Duration
+	// MaxOutput bounds decompressed output.
+	MaxOutput int
+	Log       *slog.Logger
+}
+
+// Run runs w in mode. input must stay valid until Run returns, which it
+// always does after the task has returned or never started.
+func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, input []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.TaskTimeout)
+	defer cancel()
+	switch mode {
+	case Inline:
+		return w.Run(ctx, p, input)
+	case Pool:
+		var out []byte
+		err := e.Pool.Do(ctx, func(ctx context.Context) error {
+			var err error
+			out, err = w.Run(ctx, p, input)
+			return err
+		})
+		return out, err
+	}
+	return nil, fmt.Errorf("handlers: mode %q not available", mode)
+}
+
+// mode picks the request's mode: the group's default, or ?mode= when allowed.
+func (e *Executor) mode(ctx *fasthttp.RequestCtx, w *Workload) (Mode, error) {
+	asked := string(ctx.QueryArgs().Peek("mode"))
+	if asked == "" {
+		return e.Modes[w.Group], nil
+	}
+	if !e.AllowOverride {
+		return "", server.Errorf(fasthttp.StatusBadRequest, CodeBadParam,
+			"mode: choosing the mode per request is disabled (see --allow-mode-override)")
+	}
+	if !slices.Contains(Modes, Mode(asked)) {
+		return "", badParam("mode=%q: want one of %s", asked, modeList())
+	}
+	return Mode(asked), nil
+}
+
+// Serve is the request path of every workload: check, pick the mode, run,
+// respond. Params are checked before anything is queued. It blocks until the
+// task has returned (or never started), so the request's body may be the
+// task's input without a copy.
+func (e *Executor) Serve(ctx *fasthttp.RequestCtx, w *Workload, p Params) {
+	input := ctx.PostBody()
+	if err := checkOf(w)(p, input); err != nil {
+		server.WriteError(ctx, err)
+		return
+	}
+	mode, err := e.mode(ctx, w)
+	if err != nil {
+		server.WriteError(ctx, err)
+		return
+	}
+	out, err := e.Run(ctx, w, mode, p, input)
+	if err != nil {
+		e.writeError(ctx, w, mode, err)
+		return
+	}
+	ctx.SetContentType(w.contentType(p))
+	ctx.Response.Header.Set("X-Hybrid-Mode", string(mode))
+	ctx.SetBody(out)
+}
+
+func checkOf(w *Workload) func(Params, []byte) error {
+	if w.Check == nil {
+		return func(Params, []byte) error { return nil }
+	}
+	return w.Check
+}
+
+// writeError maps an execution error onto the error shape.
+func (e *Executor) writeError(ctx *fasthttp.RequestCtx, w *Workload, mode Mode, err error) {
+	var se *server.Error
+	var pe *taskpool.PanicError
+	switch {
+	case errors.As(err, &se):
+		server.WriteError(ctx, se)
+	case errors.Is(err, taskpool.ErrOverloaded):
+		ctx.Response.Header.Set("Retry-After", "1")
+		server.WriteError(ctx, server.Errorf(fasthttp.StatusServiceUnavailable, CodeOverloaded,
+			"the task pool and its queue are full; retry later"))
+	case errors.Is(err, taskpool.ErrDeadline), errors.Is(err, context.DeadlineExceeded):
+		server.WriteError(ctx, server.Errorf(fasthttp.StatusGatewayTimeout, CodeTaskTimeout,
+			"%s did not finish within the task timeout of %v", w.Name, e.TaskTimeout))
+	case errors.As(err, &pe):
+		e.Log.Error("task panicked", "workload", w.Name, "mode", string(mode), "panic", fmt.Sprint(pe.Value),
+			"stack", string(pe.Stack))
+		server.WriteError(ctx, err)
+	default:
+		e.Log.Error("task failed", "workload", w.Name, "mode", string(mode), "err", err.Error())
+		server.WriteError(ctx, err)
+	}
+}
+
+// Mount registers the workload routes on r:
+//
+//	POST /v1/hash/{algo}[?encoding=hex|base64]
+//	POST /v1/password/hash/{argon2id|bcrypt|scrypt}
+//	POST /v1/password/verify
+//	POST /v1/compress/{codec}[?level=N]
+//	POST /v1/decompress/{codec}
+//
+// Every route also takes ?mode=inline|pool when AllowOverride is set.
+func (e *Executor) Mount(r *server.Router) {
+	post := fasthttp.MethodPost
+	route := func(name string, params func(*fasthttp.RequestCtx) Params) fasthttp.RequestHandler {
+		w, ok := Lookup(name)
+		if !ok {
+			panic("handlers: no workload " + name)
+		}
+		return func(ctx *fasthttp.RequestCtx) { e.Serve(ctx, w, params(ctx)) }
+	}
+	r.HandlePrefix(post, "/v1/hash/", route("hash", func(ctx *fasthttp.RequestCtx) Params {
+		return Params{"algo": server.PathParam(ctx, "/v1/hash/"), "encoding": string(ctx.QueryArgs().Peek("encoding"))}
+	}))
+	r.HandlePrefix(post, "/v1/password/hash/", route("password-hash", func(ctx *fasthttp.RequestCtx) Params {
+		return Params{"algo": server.PathParam(ctx, "/v1/password/hash/")}
+	}))
+	r.Handle(post, "/v1/password/verify", route("password-verify", func(*fasthttp.RequestCtx) Params {
+		return Params{}
+	}))
+	r.HandlePrefix(post, "/v1/compress/", route("compress", func(ctx *fasthttp.RequestCtx) Params {
+		return Params{"codec": server.PathParam(ctx, "/v1/compress/"), "level": string(ctx.QueryArgs().Peek("level"))}
+	}))
+	r.HandlePrefix(post, "/v1/decompress/", route("decompress", func(ctx *fasthttp.RequestCtx) Params {
+		p := Params{"codec": server.PathParam(ctx, "/v1/decompress/"), "max_output": fmt.Sprint(e.MaxOutput)}
+		if lvl := ctx.QueryArgs().Peek("level"); len(lvl) > 0 {
+			p["level"] = string(lvl)
+		}
+		return p
+	}))
+}

@@ -1,0 +1,90 @@
+package handlers
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"hash/crc32"
+	"slices"
+	"strings"
+
+	"github.com/hybrid-server/hybrid/server"
+	"github.com/valyala/fasthttp"
+	"github.com/zeebo/xxh3"
+	"golang.org/x/crypto/blake2b"
+	"lukechampine.com/blake3"
+)
+
+// hashAlgos are one-shot digests. Implementations, measured on 1 MiB (see
+// bench/RESULTS.md): the standard library for SHA-2 (SHA-NI), SHA-1, MD5 and
+// CRC-32C (SSE4.2); x/crypto/blake2b (AVX2); lukechampine.com/blake3 (AVX-512
+// /AVX2, the fastest pure-Go BLAKE3); github.com/zeebo/xxh3 (AVX2, the fastest
+// pure-Go XXH3). MD5 and SHA-1 are for checksums, not security.
+var hashAlgos = map[string]func([]byte) []byte{
+	"sha256": func(b []byte) []byte { s := sha256.Sum256(b); return s[:] },
+	"sha512": func(b []byte) []byte { s := sha512.Sum512(b); return s[:] },
+	"sha1":   func(b []byte) []byte { s := sha1.Sum(b); return s[:] },
+	"md5":    func(b []byte) []byte { s := md5.Sum(b); return s[:] },
+	"blake2b-256": func(b []byte) []byte {
+		s := blake2b.Sum256(b)
+		return s[:]
+	},
+	"blake2b-512": func(b []byte) []byte { s := blake2b.Sum512(b); return s[:] },
+	"blake3":      func(b []byte) []byte { s := blake3.Sum256(b); return s[:] },
+	"xxh3-64":     func(b []byte) []byte { return binary.BigEndian.AppendUint64(nil, xxh3.Hash(b)) },
+	"crc32c": func(b []byte) []byte {
+		return binary.BigEndian.AppendUint32(nil, crc32.Checksum(b, castagnoli))
+	},
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// HashAlgos lists the supported digests, sorted.
+func HashAlgos() []string {
+	names := make([]string, 0, len(hashAlgos))
+	for n := range hashAlgos {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func init() {
+	register(&Workload{Name: "hash", Group: "hash", Check: checkHash, Run: runHash, ContentType: "application/json"})
+}
+
+func checkHash(p Params, _ []byte) error {
+	if _, ok := hashAlgos[p["algo"]]; !ok {
+		return server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo, "unknown hash algorithm %q; supported: %s",
+			p["algo"], strings.Join(HashAlgos(), ", "))
+	}
+	switch p["encoding"] {
+	case "", "hex", "base64":
+		return nil
+	}
+	return badParam("encoding=%q: want hex or base64", p["encoding"])
+}
+
+type hashResult struct {
+	Algo   string `json:"algo"`
+	Digest string `json:"digest"`
+	Size   int    `json:"size"`
+}
+
+// runHash returns {"algo":…,"digest":…,"size":…}. Digests of xxh3-64 and
+// crc32c are their integer value in big-endian bytes, as xxhsum and crc32c
+// tools print them.
+func runHash(_ context.Context, p Params, input []byte) ([]byte, error) {
+	sum := hashAlgos[p["algo"]](input)
+	digest := hex.EncodeToString(sum)
+	if p["encoding"] == "base64" {
+		digest = base64.StdEncoding.EncodeToString(sum)
+	}
+	return json.Marshal(hashResult{Algo: p["algo"], Digest: digest, Size: len(input)})
+}

@@ -1,0 +1,118 @@
+package handlers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/hybrid-server/hybrid/server"
+	"github.com/valyala/fasthttp"
+)
+
+// Params are a workload's parameters, validated by its Check.
+type Params map[string]string
+
+// Func is a workload: it turns input into output. It must not keep input or
+// return a slice of it past its return, and should watch ctx when it runs long.
+type Func func(ctx context.Context, p Params, input []byte) ([]byte, error)
+
+// Workload is a named Func with its validation and its output's media type.
+type Workload struct {
+	// Name identifies the workload across processes ("hash", "compress", …).
+	Name string
+	// Group is the key of its mode in --mode ("hash", "password", "compress").
+	Group string
+	// Check validates params and input before the work is queued, so that a
+	// bad request never takes a pool slot. May be nil.
+	Check func(p Params, input []byte) error
+	// Run does the work.
+	Run Func
+	// ContentType of the output.
+	ContentType string
+	// ContentTypeOf, when set, gives the output's type from the params
+	// instead (compress: the codec's own media type).
+	ContentTypeOf func(Params) string
+}
+
+func (w *Workload) contentType(p Params) string {
+	if w.ContentTypeOf != nil {
+		return w.ContentTypeOf(p)
+	}
+	return w.ContentType
+}
+
+var registry = map[string]*Workload{}
+
+// register adds w; it panics on a duplicate name, at init.
+func register(w *Workload) {
+	if _, dup := registry[w.Name]; dup {
+		panic("handlers: duplicate workload " + w.Name)
+	}
+	registry[w.Name] = w
+}
+
+// Lookup returns the workload named name.
+func Lookup(name string) (*Workload, bool) {
+	w, ok := registry[name]
+	return w, ok
+}
+
+// Names returns the registered workloads' names, sorted.
+func Names() []string {
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Groups returns the mode groups, sorted.
+func Groups() []string {
+	var gs []string
+	for _, w := range registry {
+		if !slices.Contains(gs, w.Group) {
+			gs = append(gs, w.Group)
+		}
+	}
+	slices.Sort(gs)
+	return gs
+}
+
+func badParam(format string, args ...any) *server.Error {
+	return server.Errorf(fasthttp.StatusBadRequest, CodeBadParam, format, args...)
+}
+
+func unprocessable(code, format string, args ...any) *server.Error {
+	return server.Errorf(fasthttp.StatusUnprocessableEntity, code, format, args...)
+}
+
+// Error codes of the workloads, besides the server's own.
+const (
+	CodeBadParam        = "bad_param"          // 400
+	CodeUnknownAlgo     = "unknown_algorithm"  // 404
+	CodeParamOutOfRange = "param_out_of_range" // 422
+	CodeBadInput        = "bad_input"          // 422
+	CodeCorruptInput    = "corrupt_input"      // 422
+	CodePasswordTooLong = "password_too_long"  // 422
+	CodeOutputTooLarge  = "output_too_large"   // 413
+	CodeOverloaded      = "overloaded"         // 503
+	CodeTaskTimeout     = "task_timeout"       // 504
+)
+
+// intParam parses p[key] as an integer in [lo, hi], or returns def when absent.
+// Out of range is 400 too: the ranges of levels are syntax, not resources.
+func intParam(p Params, key string, def, lo, hi int) (int, error) {
+	v, ok := p[key]
+	if !ok || v == "" {
+		return def, nil
+	}
+	var n int
+	if _, err := fmt.Sscanf(v, "%d", &n); err != nil || fmt.Sprint(n) != v {
+		return 0, badParam("%s=%q: want an integer", key, v)
+	}
+	if n < lo || n > hi {
+		return 0, badParam("%s=%d: want %d to %d", key, n, lo, hi)
+	}
+	return n, nil
+}
