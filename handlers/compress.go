@@ -62,7 +62,7 @@ var codecs = map[string]codec{
 		},
 		reader: func(r io.Reader, maxOutput int) (io.Reader, func(), error) {
 			// The window bounds the decoder's memory whatever the frame claims.
-			zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1),
+			zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
 				zstd.WithDecoderMaxMemory(uint64(maxOutput)+1),
 				zstd.WithDecoderMaxWindow(uint64(min(maxOutput, 64<<20))+1))
 			if err != nil {

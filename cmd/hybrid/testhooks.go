@@ -26,8 +26,8 @@ import (
 //
 // An empty or missing file means no fault. The switch also registers
 // GET /_test/sleep?ms=N (answers 200 after N ms), GET /_test/panic, and
-// POST /_test/task?ms=N[&panic=1][&mode=inline|pool]: a workload that sleeps
-// N ms (or panics) run through the executor like any other.
+// POST /_test/task?ms=N[&panic=1][&stubborn=1][&mode=inline|pool]: a workload
+// that sleeps N ms (or panics; stubborn: ignoring its deadline) run through the executor like any other.
 const testHooksEnv = "HYBRID_TEST_HOOKS"
 
 type testHooks struct {
@@ -80,6 +80,10 @@ func (h testHooks) register(r *server.Router, exec *handlers.Executor) {
 				panic("test hook: panic in a task")
 			}
 			ms, _ := strconv.Atoi(p["ms"])
+			if p["stubborn"] == "1" { // ignores its deadline, as CPU-bound work does
+				time.Sleep(time.Duration(ms) * time.Millisecond)
+				return []byte(`{}`), nil
+			}
 			select {
 			case <-time.After(time.Duration(ms) * time.Millisecond):
 			case <-ctx.Done():
@@ -89,7 +93,8 @@ func (h testHooks) register(r *server.Router, exec *handlers.Executor) {
 		}}
 	r.Handle(fasthttp.MethodPost, "/_test/task", func(ctx *fasthttp.RequestCtx) {
 		q := ctx.QueryArgs()
-		exec.Serve(ctx, task, handlers.Params{"ms": string(q.Peek("ms")), "panic": string(q.Peek("panic"))})
+		exec.Serve(ctx, task, handlers.Params{"ms": string(q.Peek("ms")), "panic": string(q.Peek("panic")),
+			"stubborn": string(q.Peek("stubborn"))})
 	})
 	r.Handle(fasthttp.MethodGet, "/_test/sleep", func(ctx *fasthttp.RequestCtx) {
 		ms, err := strconv.Atoi(string(ctx.QueryArgs().Peek("ms")))

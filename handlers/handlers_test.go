@@ -1,0 +1,288 @@
+package handlers
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/hybrid-server/hybrid/server"
+	"github.com/klauspost/compress/zstd"
+)
+
+func run(t testing.TB, name string, p Params, input []byte) ([]byte, error) {
+	t.Helper()
+	w, ok := Lookup(name)
+	if !ok {
+		t.Fatalf("no workload %q", name)
+	}
+	if w.Check != nil {
+		if err := w.Check(p, input); err != nil {
+			return nil, err
+		}
+	}
+	return w.Run(context.Background(), p, input)
+}
+
+func status(err error) (int, string) {
+	var se *server.Error
+	if errors.As(err, &se) {
+		return se.Status, se.Code
+	}
+	return 500, ""
+}
+
+// Official known-answer vectors: NIST FIPS 180 ("abc", one million "a"),
+// RFC 1321 (MD5), RFC 7693 (BLAKE2b "abc"), the BLAKE3 team's
+// test_vectors.json (empty input), xxHash's XXH3_64bits("") and the CRC-32C
+// check value of "123456789" (RFC 3720).
+func TestHashKnownAnswers(t *testing.T) {
+	million := strings.Repeat("a", 1_000_000)
+	for _, tc := range []struct{ algo, in, want string }{
+		{"sha256", "abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+		{"sha256", million, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"},
+		{"sha512", "abc", "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"},
+		{"sha1", "abc", "a9993e364706816aba3e25717850c26c9cd0d89d"},
+		{"md5", "abc", "900150983cd24fb0d6963f7d28e17f72"},
+		{"blake2b-256", "abc", "bddd813c634239723171ef3fee98579b94964e3bb1cb3e427262c8c068d52319"},
+		{"blake2b-512", "abc", "ba80a53f981c4d0d6a2797b69f12f6e94c212f14685ac4b74b12bb6fdbffa2d17d87c5392aab792dc252d5de4533cc9518d38aa8dbf1925ab92386edd4009923"},
+		{"blake3", "", "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"},
+		{"xxh3-64", "", "2d06800538d394c2"},
+		{"crc32c", "123456789", "e3069283"},
+	} {
+		out, err := run(t, "hash", Params{"algo": tc.algo}, []byte(tc.in))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.algo, err)
+		}
+		var r hashResult
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Digest != tc.want || r.Size != len(tc.in) || r.Algo != tc.algo {
+			t.Errorf("%s(%.10q) = %+v; want digest %s, size %d", tc.algo, tc.in, r, tc.want, len(tc.in))
+		}
+	}
+	out, _ := run(t, "hash", Params{"algo": "sha256", "encoding": "base64"}, []byte("abc"))
+	if !bytes.Contains(out, []byte(`"ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="`)) {
+		t.Errorf("base64 sha256(abc) = %s", out)
+	}
+}
+
+func TestHashBadParams(t *testing.T) {
+	if _, err := run(t, "hash", Params{"algo": "sha3"}, nil); !hasStatus(err, 404, CodeUnknownAlgo) ||
+		!strings.Contains(err.Error(), "blake3") {
+		t.Errorf("unknown algo = %v; want 404 listing the supported ones", err)
+	}
+	if _, err := run(t, "hash", Params{"algo": "md5", "encoding": "rot13"}, nil); !hasStatus(err, 400, CodeBadParam) {
+		t.Errorf("bad encoding = %v; want 400", err)
+	}
+}
+
+func hasStatus(err error, st int, code string) bool {
+	s, c := status(err)
+	return s == st && c == code
+}
+
+// Verify against hashes produced by other implementations (testdata).
+func TestPasswordVerifyForeignHashes(t *testing.T) {
+	f, err := os.Open("testdata/passwords.tsv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	n := 0
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "#") {
+			continue
+		}
+		parts := strings.Split(sc.Text(), "\t")
+		algo, pw, hash := parts[0], parts[1], parts[2]
+		for _, tc := range []struct {
+			pw   string
+			want bool
+		}{{pw, true}, {pw + "!", false}} {
+			body, _ := json.Marshal(map[string]string{"password": tc.pw, "hash": hash})
+			out, err := run(t, "password-verify", Params{}, body)
+			if err != nil {
+				t.Fatalf("%s verify %q: %v", algo, hash, err)
+			}
+			if want := fmt.Sprintf(`{"match":%v}`, tc.want); string(out) != want {
+				t.Errorf("%s verify(%q, %s) = %s; want %s", algo, tc.pw, hash, out, want)
+			}
+		}
+		n++
+	}
+	if n < 6 {
+		t.Fatalf("read %d vectors; want 6", n)
+	}
+}
+
+func TestPasswordRoundTripAndBounds(t *testing.T) {
+	cheap := map[string]string{
+		"argon2id": `{"memory_kib":1024,"iterations":1,"parallelism":1}`,
+		"bcrypt":   `{"cost":4}`,
+		"scrypt":   `{"n":1024,"r":8,"p":1}`,
+	}
+	for algo, params := range cheap {
+		out, err := run(t, "password-hash", Params{"algo": algo}, []byte(`{"password":"s3cret","params":`+params+`}`))
+		if err != nil {
+			t.Fatalf("%s: %v", algo, err)
+		}
+		var h struct{ Hash string }
+		json.Unmarshal(out, &h)
+		body, _ := json.Marshal(map[string]string{"password": "s3cret", "hash": h.Hash})
+		if out, err := run(t, "password-verify", Params{}, body); err != nil || string(out) != `{"match":true}` {
+			t.Errorf("%s: verify own hash %q = %s, %v", algo, h.Hash, out, err)
+		}
+		if algo == "bcrypt" && !strings.HasPrefix(h.Hash, "$2b$04$") {
+			t.Errorf("bcrypt hash %q; want $2b$04$…", h.Hash)
+		}
+	}
+	for _, tc := range []struct {
+		algo, body string
+		status     int
+		code       string
+	}{
+		{"argon2id", `{"password":"x","params":{"memory_kib":1048576}}`, 422, CodeParamOutOfRange},
+		{"argon2id", `{"password":"x","params":{"iterations":0}}`, 422, CodeParamOutOfRange},
+		{"argon2id", `{"password":"x","params":{"salt":"x"}}`, 400, CodeBadParam},
+		{"argon2id", `{"password":"x","params":{"iterations":"2"}}`, 400, CodeBadParam},
+		{"bcrypt", `{"password":"x","params":{"cost":31}}`, 422, CodeParamOutOfRange},
+		{"bcrypt", `{"password":"` + strings.Repeat("x", 73) + `"}`, 422, CodePasswordTooLong},
+		{"scrypt", `{"password":"x","params":{"n":1000}}`, 400, CodeBadParam},
+		{"scrypt", `{"password":"x","params":{"n":262144,"r":16}}`, 422, CodeParamOutOfRange},
+		{"scrypt", `{"password":"x","params":{"n":1048576}}`, 422, CodeParamOutOfRange},
+		{"pbkdf2", `{"password":"x"}`, 404, CodeUnknownAlgo},
+		{"bcrypt", `{"pass":"x"}`, 400, server.CodeBadRequest},
+		{"bcrypt", `{}`, 400, server.CodeBadRequest},
+		{"bcrypt", `{"password":"x"} {}`, 400, server.CodeBadRequest},
+		{"bcrypt", `not json`, 400, server.CodeBadRequest},
+	} {
+		_, err := run(t, "password-hash", Params{"algo": tc.algo}, []byte(tc.body))
+		if !hasStatus(err, tc.status, tc.code) {
+			t.Errorf("hash %s %s = %v; want %d %s", tc.algo, tc.body, err, tc.status, tc.code)
+		}
+	}
+	// A hostile stored hash is bounded like a request.
+	for _, h := range []string{
+		"$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHQ$aKYGoKS5Dl1OzlEn1ZIXi7M2XGdxu5fG6AtewZsq6nE",
+		"$scrypt$ln=30,r=8,p=1$c2FsdHNhbHQ$aKYGoKS5Dl1OzlEn1ZIXi7M2XGdxu5fG6AtewZsq6nE",
+		"$2b$31$UF/wgDX1qHHiSRzJBRfvle61z1MeHsJYz30mS2OVjpo/SCmgN7PM6",
+	} {
+		body, _ := json.Marshal(map[string]string{"password": "x", "hash": h})
+		if _, err := run(t, "password-verify", Params{}, body); !hasStatus(err, 422, CodeParamOutOfRange) {
+			t.Errorf("verify against %s = %v; want 422 out of range", h, err)
+		}
+	}
+	for _, h := range []string{"", "plain", "$argon2i$v=19$m=16,t=1,p=1$a$b", "$argon2id$v=19$m=x$a$b", "$scrypt$ln=10$a"} {
+		body, _ := json.Marshal(map[string]string{"password": "x", "hash": h})
+		if _, err := run(t, "password-verify", Params{}, body); !hasStatus(err, 422, CodeBadInput) {
+			t.Errorf("verify against %q = %v; want 422 bad_input", h, err)
+		}
+	}
+}
+
+func TestCompressRoundTripEveryCodecAndLevel(t *testing.T) {
+	input := bytes.Repeat([]byte("hybrid compresses text well. "), 4000)
+	for name, c := range codecs {
+		levels := []string{""}
+		if c.hasLevel {
+			for l := c.minLevel; l <= c.maxLvl; l++ {
+				levels = append(levels, fmt.Sprint(l))
+			}
+		}
+		for _, level := range levels {
+			packed, err := run(t, "compress", Params{"codec": name, "level": level}, input)
+			if err != nil {
+				t.Fatalf("%s level %q: %v", name, level, err)
+			}
+			if len(packed) >= len(input)/4 {
+				t.Errorf("%s level %q: %d → %d bytes; want real compression", name, level, len(input), len(packed))
+			}
+			out, err := run(t, "decompress", Params{"codec": name}, packed)
+			if err != nil || !bytes.Equal(out, input) {
+				t.Errorf("%s level %q: round trip = %d bytes, %v; want the input back", name, level, len(out), err)
+			}
+		}
+	}
+}
+
+func TestCompressBadParamsAndCorruptInput(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		p    Params
+		st   int
+		code string
+	}{
+		{"compress", Params{"codec": "lz4"}, 404, CodeUnknownAlgo},
+		{"compress", Params{"codec": "gzip", "level": "10"}, 400, CodeBadParam},
+		{"compress", Params{"codec": "zstd", "level": "fast"}, 400, CodeBadParam},
+		{"compress", Params{"codec": "zstd", "level": "03"}, 400, CodeBadParam},
+		{"compress", Params{"codec": "snappy", "level": "1"}, 400, CodeBadParam},
+		{"decompress", Params{"codec": "gzip", "level": "1"}, 400, CodeBadParam},
+	} {
+		if _, err := run(t, tc.name, tc.p, []byte("x")); !hasStatus(err, tc.st, tc.code) {
+			t.Errorf("%s %v = %v; want %d %s", tc.name, tc.p, err, tc.st, tc.code)
+		}
+	}
+	for name := range codecs {
+		for _, junk := range [][]byte{[]byte("definitely not compressed data"), {}, {0xff, 0xff, 0xff, 0xff}} {
+			if _, err := run(t, "decompress", Params{"codec": name}, junk); !hasStatus(err, 422, CodeCorruptInput) {
+				// An empty snappy/s2 stream is a valid empty stream.
+				if len(junk) == 0 && err == nil {
+					continue
+				}
+				t.Errorf("decompress %s of %q = %v; want 422 corrupt_input", name, junk, err)
+			}
+		}
+	}
+}
+
+// A bomb: a small input that inflates past the cap is refused at the cap,
+// and memory follows the cap, not the bomb.
+func TestDecompressionBombIsRefused(t *testing.T) {
+	const limit = 1 << 20
+	zeros := make([]byte, 64<<20)
+	for name := range codecs {
+		bomb, err := run(t, "compress", Params{"codec": name}, zeros)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		_, err = run(t, "decompress", Params{"codec": name, "max_output": fmt.Sprint(limit)}, bomb)
+		runtime.ReadMemStats(&after)
+		if !hasStatus(err, 413, CodeOutputTooLarge) {
+			t.Errorf("%s bomb (%d bytes → 64 MiB) = %v; want 413 output_too_large", name, len(bomb), err)
+		}
+		if grew := after.TotalAlloc - before.TotalAlloc; grew > 24*limit {
+			t.Errorf("%s bomb allocated %d MiB refusing a %d MiB cap", name, grew>>20, limit>>20)
+		}
+	}
+	// A zstd frame that declares a window far beyond the cap.
+	enc, _ := zstd.NewWriter(nil, zstd.WithWindowSize(1<<27))
+	big := enc.EncodeAll(make([]byte, 1<<24), nil)
+	if _, err := run(t, "decompress", Params{"codec": "zstd", "max_output": fmt.Sprint(limit)}, big); !hasStatus(err, 413, CodeOutputTooLarge) {
+		t.Errorf("zstd with a 128 MiB window = %v; want 413", err)
+	}
+}
+
+func TestParseModes(t *testing.T) {
+	m, err := ParseModes("hash=inline, compress=pool", Pool)
+	if err != nil || m["hash"] != Inline || m["compress"] != Pool || m["password"] != Pool {
+		t.Errorf("ParseModes = %v, %v", m, err)
+	}
+	for _, bad := range []string{"hash", "hash=gpu", "images=pool"} {
+		if _, err := ParseModes(bad, Pool); err == nil {
+			t.Errorf("ParseModes(%q) = nil error", bad)
+		}
+	}
+}
