@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"hash/crc32"
+	"maps"
 	"slices"
 	"strings"
 
@@ -47,12 +48,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // HashAlgos lists the supported digests, sorted.
 func HashAlgos() []string {
-	names := make([]string, 0, len(hashAlgos))
-	for n := range hashAlgos {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
+	return slices.Sorted(maps.Keys(hashAlgos))
 }
 
 func init() {

@@ -293,11 +293,8 @@ func parseStoredHash(h string) (parsedHash, error) {
 		if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &ph.cp.memKiB, &ph.cp.iter, &ph.cp.par); err != nil {
 			return ph, badHash("argon2id: bad parameters %q", parts[3])
 		}
-		var err1, err2 error
-		ph.salt, err1 = unb64(parts[4])
-		ph.key, err2 = unb64(parts[5])
-		if err1 != nil || err2 != nil || len(ph.salt) < 8 || len(ph.key) < 16 || len(ph.key) > 64 {
-			return ph, badHash("argon2id: bad salt or key encoding")
+		if err := ph.saltAndKey(parts[4], parts[5]); err != nil {
+			return ph, err
 		}
 	case len(h) == 60 && (strings.HasPrefix(h, "$2a$") || strings.HasPrefix(h, "$2b$") || strings.HasPrefix(h, "$2y$")):
 		ph.algo = "bcrypt"
@@ -315,16 +312,24 @@ func parseStoredHash(h string) (parsedHash, error) {
 		if _, err := fmt.Sscanf(parts[2], "ln=%d,r=%d,p=%d", &ph.cp.logN, &ph.cp.r, &ph.cp.p); err != nil {
 			return ph, badHash("scrypt: bad parameters %q", parts[2])
 		}
-		var err1, err2 error
-		ph.salt, err1 = unb64(parts[3])
-		ph.key, err2 = unb64(parts[4])
-		if err1 != nil || err2 != nil || len(ph.salt) < 8 || len(ph.key) < 16 || len(ph.key) > 64 {
-			return ph, badHash("scrypt: bad salt or key encoding")
+		if err := ph.saltAndKey(parts[3], parts[4]); err != nil {
+			return ph, err
 		}
 	default:
 		return ph, badHash("unrecognised format; supported: $argon2id$…, $2a$/$2b$/$2y$… (bcrypt), $scrypt$…")
 	}
 	return ph, boundCost(ph.algo, ph.cp)
+}
+
+// saltAndKey decodes the base64 salt and key of a stored hash.
+func (ph *parsedHash) saltAndKey(salt, key string) error {
+	var err1, err2 error
+	ph.salt, err1 = unb64(salt)
+	ph.key, err2 = unb64(key)
+	if err1 != nil || err2 != nil || len(ph.salt) < 8 || len(ph.key) < 16 || len(ph.key) > 64 {
+		return badHash("%s: bad salt or key encoding", ph.algo)
+	}
+	return nil
 }
 
 func checkPasswordVerify(_ Params, input []byte) error {

@@ -2,8 +2,9 @@ package handlers
 
 import (
 	"context"
-	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
@@ -59,12 +60,7 @@ func Lookup(name string) (*Workload, bool) {
 
 // Names returns the registered workloads' names, sorted.
 func Names() []string {
-	names := make([]string, 0, len(registry))
-	for n := range registry {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
+	return slices.Sorted(maps.Keys(registry))
 }
 
 // Groups returns the mode groups, sorted.
@@ -107,8 +103,8 @@ func intParam(p Params, key string, def, lo, hi int) (int, error) {
 	if !ok || v == "" {
 		return def, nil
 	}
-	var n int
-	if _, err := fmt.Sscanf(v, "%d", &n); err != nil || fmt.Sprint(n) != v {
+	n, err := strconv.Atoi(v)
+	if err != nil || strconv.Itoa(n) != v { // no "+3", "03"
 		return 0, badParam("%s=%q: want an integer", key, v)
 	}
 	if n < lo || n > hi {

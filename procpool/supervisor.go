@@ -221,6 +221,9 @@ func (s *Supervisor) spawn(sl *slot, successor bool) *proc {
 		// cannot loop.
 		s.log.Error("worker start failed", "worker", sl.id, "err", err)
 		s.crashed(p, fmt.Sprintf("start failed: %v", err), -1, 0)
+		if !successor && !s.circuitOpen {
+			sl.restartAt = time.Now().Add(sl.backoff.delay(0, s.cfg.CrashWindow))
+		}
 		return nil
 	}
 	s.forks.Add(1)
