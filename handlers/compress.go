@@ -138,9 +138,9 @@ func zstdEncoder(level int) *zstd.Encoder {
 }
 
 func init() {
-	register(&Workload{Name: "compress", Group: "compress", Check: checkCompress, Run: runCompress,
+	Register(&Workload{Name: "compress", Group: "compress", Check: checkCompress, Run: runCompress,
 		ContentTypeOf: func(p Params) string { return codecs[p["codec"]].contentType }})
-	register(&Workload{Name: "decompress", Group: "compress", Check: checkDecompress, Run: runDecompress,
+	Register(&Workload{Name: "decompress", Group: "compress", Check: checkDecompress, Run: runDecompress,
 		ContentType: "application/octet-stream"})
 }
 

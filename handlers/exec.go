@@ -24,10 +24,18 @@ const (
 	// Pool runs on the worker's bounded task pool: admission control (503
 	// when full) and deadlines (504 while queued).
 	Pool Mode = "pool"
+	// Isolate runs in a short-lived child process with hard limits, behind
+	// its own bounded admission (--isolate-procs).
+	Isolate Mode = "isolate"
 )
 
-// Modes lists the modes this build can run.
-var Modes = []Mode{Inline, Pool}
+// Modes lists the modes.
+var Modes = []Mode{Inline, Pool, Isolate}
+
+// Isolator runs a workload by name in a child process (package isolate).
+type Isolator interface {
+	Run(ctx context.Context, name string, p Params, input []byte) ([]byte, error)
+}
 
 // ParseModes parses --mode: "hash=pool,password=inline". Groups not named
 // keep def.
@@ -67,6 +75,10 @@ func modeList() string {
 // Pool and Modes.
 type Executor struct {
 	Pool *taskpool.Pool
+	// IsolatePool admits isolated tasks (its size bounds the children
+	// running at once), and Isolate runs them.
+	IsolatePool *taskpool.Pool
+	Isolate     Isolator
 	// Modes maps a workload group to its default mode.
 	Modes map[string]Mode
 	// AllowOverride lets a request pick its mode with ?mode=. Off by default:
@@ -92,6 +104,17 @@ func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, in
 		err := e.Pool.Do(ctx, func(ctx context.Context) error {
 			var err error
 			out, err = w.Run(ctx, p, input)
+			return err
+		})
+		return out, err
+	case Isolate:
+		if e.Isolate == nil || e.IsolatePool == nil {
+			break
+		}
+		var out []byte
+		err := e.IsolatePool.Do(ctx, func(ctx context.Context) error {
+			var err error
+			out, err = e.Isolate.Run(ctx, w.Name, p, input)
 			return err
 		})
 		return out, err
@@ -179,7 +202,7 @@ func (e *Executor) writeError(ctx *fasthttp.RequestCtx, w *Workload, mode Mode, 
 //	POST /v1/compress/{codec}[?level=N]
 //	POST /v1/decompress/{codec}
 //
-// Every route also takes ?mode=inline|pool when AllowOverride is set.
+// Every route also takes ?mode=inline|pool|isolate when AllowOverride is set.
 func (e *Executor) Mount(r *server.Router) {
 	post := fasthttp.MethodPost
 	route := func(name string, params func(*fasthttp.RequestCtx) Params) fasthttp.RequestHandler {

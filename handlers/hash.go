@@ -52,7 +52,7 @@ func HashAlgos() []string {
 }
 
 func init() {
-	register(&Workload{Name: "hash", Group: "hash", Check: checkHash, Run: runHash, ContentType: "application/json"})
+	Register(&Workload{Name: "hash", Group: "hash", Check: checkHash, Run: runHash, ContentType: "application/json"})
 }
 
 func checkHash(p Params, _ []byte) error {

@@ -49,9 +49,9 @@ const (
 )
 
 func init() {
-	register(&Workload{Name: "password-hash", Group: "password", Check: checkPasswordHash, Run: runPasswordHash,
+	Register(&Workload{Name: "password-hash", Group: "password", Check: checkPasswordHash, Run: runPasswordHash,
 		ContentType: "application/json"})
-	register(&Workload{Name: "password-verify", Group: "password", Check: checkPasswordVerify, Run: runPasswordVerify,
+	Register(&Workload{Name: "password-verify", Group: "password", Check: checkPasswordVerify, Run: runPasswordVerify,
 		ContentType: "application/json"})
 }
 

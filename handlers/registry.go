@@ -44,8 +44,9 @@ func (w *Workload) contentType(p Params) string {
 
 var registry = map[string]*Workload{}
 
-// register adds w; it panics on a duplicate name, at init.
-func register(w *Workload) {
+// Register adds w; it panics on a duplicate name. The built-in workloads
+// register at init; the isolate child's test-only faults register at start.
+func Register(w *Workload) {
 	if _, dup := registry[w.Name]; dup {
 		panic("handlers: duplicate workload " + w.Name)
 	}

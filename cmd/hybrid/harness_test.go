@@ -120,7 +120,9 @@ func startCluster(t *testing.T, env []string, wantReady int, args ...string) *cl
 	t.Helper()
 	full := append([]string{"serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"}, args...)
 	cmd := exec.Command(binPath, full...)
-	cmd.Env = append(os.Environ(), env...)
+	// A race-built process sleeps 1s at exit by default: not for every
+	// isolated child.
+	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"runtime/debug"
 
+	"github.com/hybrid-server/hybrid/isolate"
 	"github.com/hybrid-server/hybrid/procpool"
 )
 
@@ -31,6 +32,12 @@ HYBRID_MAX_BODY. Run "hybrid serve -h" for the flags.
 func main() { os.Exit(run(os.Args[1:])) }
 
 func run(args []string) int {
+	if isolate.IsChild() {
+		return isolate.RunChild()
+	}
+	if os.Getenv(isolate.RoleEnv) == "fault-sleeper" { // test hooks only: see isolate.Faults
+		return isolate.RunFaultSleeper()
+	}
 	if procpool.IsWorker() {
 		return runWorker(args)
 	}

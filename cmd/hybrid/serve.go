@@ -35,6 +35,13 @@ type serveConfig struct {
 	modes         string
 	allowOverride bool
 	maxOutput     uint64
+
+	isoTimeout time.Duration
+	isoMemory  uint64
+	isoCPU     time.Duration
+	isoWarm    int
+	isoReuse   int
+	isoProcs   int
 }
 
 func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -70,6 +77,13 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.BoolVar(&c.allowOverride, "allow-mode-override", false, "let a request choose its mode with ?mode= (for benchmarks; keep off in production)")
 	c.maxOutput = handlers.DefaultMaxOutput
 	fs.Var(sizeFlag{&c.maxOutput}, "max-output", "largest decompressed output; a bomb gets 413 after at most this much")
+	fs.DurationVar(&c.isoTimeout, "isolate-timeout", 10*time.Second, "wall clock of one isolated task; its whole process group is killed past it")
+	c.isoMemory = 512 << 20
+	fs.Var(sizeFlag{&c.isoMemory}, "isolate-memory", "memory limit of one isolated child")
+	fs.DurationVar(&c.isoCPU, "isolate-cpu", 0, "CPU time limit of one isolated child (0: the isolate timeout)")
+	fs.IntVar(&c.isoWarm, "isolate-warm", 0, "isolated children kept started and waiting per worker (0: the worker's GOMAXPROCS; -1: none)")
+	fs.IntVar(&c.isoReuse, "isolate-reuse", 1, "tasks one isolated child serves before it exits")
+	fs.IntVar(&c.isoProcs, "isolate-procs", 0, "isolated children running at once per worker (0: the pool size)")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return fs, c
@@ -87,6 +101,9 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	c.pool.MaxRSS = c.maxRSS
 	if _, err := handlers.ParseModes(c.modes, handlers.Pool); err != nil {
 		return nil, err
+	}
+	if c.isoTimeout <= 0 || c.isoMemory < 32<<20 || c.isoCPU < 0 || c.isoWarm < -1 || c.isoReuse < 1 || c.isoProcs < 0 {
+		return nil, fmt.Errorf("isolate: timeout > 0, memory ≥ 32MiB, cpu ≥ 0, warm ≥ -1, reuse ≥ 1, procs ≥ 0")
 	}
 	if c.poolSize < 0 || c.poolQueue < 0 || c.taskTimeout <= 0 || c.maxOutput == 0 || c.maxOutput > 1<<34 {
 		return nil, fmt.Errorf("pool size, pool queue: want ≥ 0; task timeout: want > 0; max output: want 1B to 16GiB")

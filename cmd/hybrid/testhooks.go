@@ -27,7 +27,9 @@ import (
 // An empty or missing file means no fault. The switch also registers
 // GET /_test/sleep?ms=N (answers 200 after N ms), GET /_test/panic, and
 // POST /_test/task?ms=N[&panic=1][&stubborn=1][&mode=inline|pool]: a workload
-// that sleeps N ms (or panics; stubborn: ignoring its deadline) run through the executor like any other.
+// that sleeps N ms (or panics; stubborn: ignoring its deadline); and
+// POST /_test/isolate/{panic|segv|alloc|spin|sleep|fork|dial}[?addr=]: the
+// isolate faults of isolate.Faults, run in an isolated child. run through the executor like any other.
 const testHooksEnv = "HYBRID_TEST_HOOKS"
 
 type testHooks struct {
@@ -91,6 +93,12 @@ func (h testHooks) register(r *server.Router, exec *handlers.Executor) {
 			}
 			return []byte(fmt.Sprintf(`{"slept_ms":%d,"pid":%d}`, ms, os.Getpid())), nil
 		}}
+	exec.Modes["test-isolate"] = handlers.Isolate
+	r.HandlePrefix(fasthttp.MethodPost, "/_test/isolate/", func(ctx *fasthttp.RequestCtx) {
+		fault := server.PathParam(ctx, "/_test/isolate/")
+		w := &handlers.Workload{Name: "fault-" + fault, Group: "test-isolate", ContentType: "text/plain"}
+		exec.Serve(ctx, w, handlers.Params{"addr": string(ctx.QueryArgs().Peek("addr"))})
+	})
 	r.Handle(fasthttp.MethodPost, "/_test/task", func(ctx *fasthttp.RequestCtx) {
 		q := ctx.QueryArgs()
 		exec.Serve(ctx, task, handlers.Params{"ms": string(q.Peek("ms")), "panic": string(q.Peek("panic")),

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hybrid-server/hybrid/handlers"
+	"github.com/hybrid-server/hybrid/isolate"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/hybrid-server/hybrid/taskpool"
@@ -69,8 +70,30 @@ func runWorker(args []string) int {
 	modes, _ := handlers.ParseModes(cfg.modes, handlers.Pool) // validated by parseServe
 	exec := &handlers.Executor{Pool: pool, Modes: modes, AllowOverride: cfg.allowOverride,
 		TaskTimeout: cfg.taskTimeout, MaxOutput: int(cfg.maxOutput), Log: log}
+	iso, err := isolate.New(isolate.Config{Timeout: cfg.isoTimeout, Memory: cfg.isoMemory, CPU: cfg.isoCPU,
+		Warm: cfg.isoWarm, Reuse: cfg.isoReuse, TestHooks: hooks.on}, log)
+	if err != nil {
+		return fatal("%v", err)
+	}
+	defer iso.Close()
+	isoProcs := cfg.isoProcs
+	if isoProcs == 0 {
+		isoProcs = pool.Stats().Capacity
+	}
+	isoPool, err := taskpool.New(taskpool.Config{Size: isoProcs, Queue: cfg.poolQueue})
+	if err != nil {
+		return fatal("%v", err)
+	}
+	defer isoPool.Close(context.Background())
+	exec.Isolate, exec.IsolatePool = iso, isoPool
 	exec.Mount(srv.Router)
 	srv.AddHealth("pool", func() any { return pool.Stats() })
+	srv.AddHealth("isolate", func() any {
+		return struct {
+			isolate.Stats
+			Admission taskpool.Stats `json:"admission"`
+		}{iso.Stats(), isoPool.Stats()}
+	})
 	hooks.register(srv.Router, exec)
 
 	serveErr := make(chan error, 1)

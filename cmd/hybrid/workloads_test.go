@@ -40,7 +40,8 @@ func withMode(url, mode string) string {
 	return url + sep + "mode=" + mode
 }
 
-// Every workload gives byte-identical results inline and on the pool.
+// Every workload gives byte-identical results inline, on the pool and in an
+// isolated child.
 func TestModesGiveIdenticalResults(t *testing.T) {
 	c := startCluster(t, nil, 1, "--workers", "1", "--allow-mode-override")
 	base := "http://" + c.addr
@@ -68,12 +69,14 @@ func TestModesGiveIdenticalResults(t *testing.T) {
 	add(base+"/v1/hash/nope", data)
 	for _, r := range requests {
 		inline := post(t, withMode(r.url, "inline"), r.body)
-		pool := post(t, withMode(r.url, "pool"), r.body)
-		if inline.status != pool.status || !bytes.Equal(inline.body, pool.body) {
-			t.Errorf("%s: inline %d %.80q vs pool %d %.80q", r.url, inline.status, inline.body, pool.status, pool.body)
-		}
-		if got := pool.header.Get("X-Hybrid-Mode"); inline.status == 200 && got != "pool" {
-			t.Errorf("%s: X-Hybrid-Mode = %q; want pool", r.url, got)
+		for _, mode := range []string{"pool", "isolate"} {
+			other := post(t, withMode(r.url, mode), r.body)
+			if inline.status != other.status || !bytes.Equal(inline.body, other.body) {
+				t.Errorf("%s: inline %d %.80q vs %s %d %.80q", r.url, inline.status, inline.body, mode, other.status, other.body)
+			}
+			if got := other.header.Get("X-Hybrid-Mode"); inline.status == 200 && got != mode {
+				t.Errorf("%s: X-Hybrid-Mode = %q; want %s", r.url, got, mode)
+			}
 		}
 	}
 	if r := post(t, base+"/v1/decompress/zstd", post(t, base+"/v1/compress/zstd?level=19", data).body); !bytes.Equal(r.body, data) {
