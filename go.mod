@@ -3,12 +3,15 @@ module github.com/hybrid-server/hybrid
 go 1.26.8
 
 require (
+	github.com/HugoSmits86/nativewebp v0.9.3
+	github.com/gen2brain/jpegn v0.4.2
 	github.com/klauspost/compress v1.20.3
 	github.com/molecule-man/go-brrr v1.0.1
 	github.com/panjf2000/ants/v2 v2.12.1
 	github.com/valyala/fasthttp v1.74.0
 	github.com/zeebo/xxh3 v1.1.0
 	golang.org/x/crypto v0.58.0
+	golang.org/x/image v0.47.0
 	golang.org/x/sys v0.49.0
 	lukechampine.com/blake3 v1.4.1
 )

@@ -37,12 +37,20 @@ type Isolator interface {
 	Run(ctx context.Context, name string, p Params, input []byte) ([]byte, error)
 }
 
+// groupDefaults are the modes of groups that differ from ParseModes' def:
+// images are untrusted input for complex decoders, so they are isolated;
+// image-info reads a header only, so it runs inline.
+var groupDefaults = map[string]Mode{"image": Isolate, "image-info": Inline}
+
 // ParseModes parses --mode: "hash=pool,password=inline". Groups not named
-// keep def.
+// keep their default (def, or isolate for image and inline for image-info).
 func ParseModes(s string, def Mode) (map[string]Mode, error) {
 	m := map[string]Mode{}
 	for _, g := range Groups() {
 		m[g] = def
+		if d, ok := groupDefaults[g]; ok {
+			m[g] = d
+		}
 	}
 	for _, kv := range strings.Split(s, ",") {
 		if kv = strings.TrimSpace(kv); kv == "" {
@@ -88,7 +96,10 @@ type Executor struct {
 	TaskTimeout time.Duration
 	// MaxOutput bounds decompressed output.
 	MaxOutput int
-	Log       *slog.Logger
+	// Image bounds: declared pixels (width × height × frames), output
+	// pixels, and frames.
+	ImageMaxPixels, ImageMaxOutput, ImageMaxFrames int
+	Log                                            *slog.Logger
 }
 
 // Run runs w in mode. input must stay valid until Run returns, which it
@@ -201,6 +212,8 @@ func (e *Executor) writeError(ctx *fasthttp.RequestCtx, w *Workload, mode Mode, 
 //	POST /v1/password/verify
 //	POST /v1/compress/{codec}[?level=N]
 //	POST /v1/decompress/{codec}
+//	POST /v1/image/resize?width=&height=&fit=&format=&quality=
+//	POST /v1/image/info
 //
 // Every route also takes ?mode=inline|pool|isolate when AllowOverride is set.
 func (e *Executor) Mount(r *server.Router) {
@@ -231,4 +244,19 @@ func (e *Executor) Mount(r *server.Router) {
 		}
 		return p
 	}))
+	r.Handle(post, "/v1/image/resize", route("image-resize", func(ctx *fasthttp.RequestCtx) Params {
+		q := ctx.QueryArgs()
+		p := Params{
+			"max_pixels":        fmt.Sprint(e.ImageMaxPixels),
+			"max_output_pixels": fmt.Sprint(e.ImageMaxOutput),
+			"max_frames":        fmt.Sprint(e.ImageMaxFrames),
+		}
+		for _, k := range []string{"width", "height", "fit", "format", "quality", "frames"} {
+			if v := q.Peek(k); len(v) > 0 {
+				p[k] = string(v)
+			}
+		}
+		return p
+	}))
+	r.Handle(post, "/v1/image/info", route("image-info", func(*fasthttp.RequestCtx) Params { return Params{} }))
 }

@@ -111,6 +111,13 @@ func (cc *childCgroup) oomKilled() bool {
 	return len(b) > 0 && strings.TrimSpace(string(b)) != "0"
 }
 
+// peak returns the cgroup's memory high-water mark in bytes.
+func (cc *childCgroup) peak() uint64 {
+	b, _ := os.ReadFile(filepath.Join(cc.mem, "memory.max_usage_in_bytes"))
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
 // killAll kills every task left in the cgroup (grandchildren included) and
 // removes it.
 func (cc *childCgroup) killAll() {

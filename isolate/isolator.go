@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -78,14 +77,19 @@ type Isolator struct {
 	warmOnce sync.Once
 
 	ok, inputErr, timeout, memory, cpu, crashed, started atomic.Uint64
+	peakChild                                            atomic.Uint64 // bytes, from the child cgroups
 }
 
 // Stats are the isolator's capabilities and outcome counters, for /health.
 type Stats struct {
-	Limits   Capabilities      `json:"limits"`
-	Probing  bool              `json:"probing,omitempty"`
-	Started  uint64            `json:"children_started"`
-	Outcomes map[string]uint64 `json:"outcomes"`
+	Limits  Capabilities `json:"limits"`
+	Probing bool         `json:"probing,omitempty"`
+	Started uint64       `json:"children_started"`
+	// PeakChild is the highest memory use of any one child so far (its
+	// cgroup's high-water mark; 0 without cgroups). A child's own rusage
+	// cannot tell: its Maxrss includes its parent's (FIELD-NOTES).
+	PeakChild uint64            `json:"peak_child_bytes"`
+	Outcomes  map[string]uint64 `json:"outcomes"`
 }
 
 // New probes what the host enforces, logs a WARN for each limit it cannot,
@@ -175,7 +179,8 @@ func isExitError(err error) bool {
 type child struct {
 	cmd    *exec.Cmd
 	in     *bufio.Writer
-	stdin  io.Closer
+	stdin  *os.File // our end of its stdin
+	stdout *os.File // our end of its stdout
 	out    *bufio.Reader
 	stderr *tailBuffer
 	cg     *childCgroup
@@ -200,17 +205,26 @@ func (iso *Isolator) start() (*child, error) {
 	cmd.Stderr = c.stderr
 	// A grandchild holding the stderr pipe must not keep Wait from returning.
 	cmd.WaitDelay = 200 * time.Millisecond
-	stdin, err := cmd.StdinPipe()
+	// Our own pipes, not cmd.StdinPipe/StdoutPipe: Wait closes those as soon
+	// as the child exits, which can be before its answer was read (a child
+	// that answers and exits at once lost its answer 2 times in 10,000).
+	inR, inW, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
+	outR, outW, err := os.Pipe()
 	if err != nil {
+		inR.Close()
+		inW.Close()
 		return nil, err
 	}
-	c.stdin, c.in, c.out = stdin, bufio.NewWriterSize(stdin, 64<<10), bufio.NewReaderSize(stdout, 64<<10)
+	cmd.Stdin, cmd.Stdout = inR, outW
+	c.stdin, c.stdout = inW, outR
+	c.in, c.out = bufio.NewWriterSize(inW, 64<<10), bufio.NewReaderSize(outR, 64<<10)
+	closeAll := func() { inR.Close(); inW.Close(); outR.Close(); outW.Close() }
 	if iso.cg != nil {
 		if c.cg, err = iso.cg.create(iso.cfg.Memory); err != nil {
+			closeAll()
 			return nil, fmt.Errorf("isolate: cgroup: %w", err)
 		}
 	}
@@ -225,7 +239,12 @@ func (iso *Isolator) start() (*child, error) {
 		cmd.Wait()
 		close(c.done)
 	}()
-	if err := <-started; err != nil {
+	err = <-started
+	inR.Close() // the child's ends: it holds its own copies now
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
 		if c.cg != nil {
 			c.cg.remove()
 		}
@@ -353,7 +372,7 @@ func (iso *Isolator) Run(ctx context.Context, name string, p handlers.Params, in
 	werr := <-wrote
 	if r.err != nil || werr != nil {
 		<-c.done // it died: why?
-		out := iso.classify(c, name)
+		out := iso.classify(c, name, r.err, werr)
 		iso.retire(c)
 		return nil, out
 	}
@@ -398,7 +417,7 @@ func (iso *Isolator) recycle(c *child) {
 }
 
 // classify names why a child died without answering.
-func (iso *Isolator) classify(c *child, name string) error {
+func (iso *Isolator) classify(c *child, name string, readErr, writeErr error) error {
 	st := c.cmd.ProcessState
 	ws, _ := st.Sys().(syscall.WaitStatus)
 	ru, _ := st.SysUsage().(*syscall.Rusage)
@@ -424,20 +443,33 @@ func (iso *Isolator) classify(c *child, name string) error {
 		status = "signal " + ws.Signal().String()
 	}
 	iso.log.Error("isolate child crashed", "workload", name, "child_pid", c.cmd.Process.Pid,
-		"status", status, "cpu_ms", cpu.Milliseconds(), "stderr_tail", tail)
+		"status", status, "cpu_ms", cpu.Milliseconds(), "stderr_tail", tail,
+		"read_err", fmt.Sprint(readErr), "write_err", fmt.Sprint(writeErr))
 	return server.Errorf(fasthttp.StatusInternalServerError, CodeCrashed, "%s crashed in its isolated process", name)
 }
 
 // destroy kills the child's whole process group and every task in its
 // cgroup, reaps it and removes the cgroup: nothing it started survives.
 func (iso *Isolator) destroy(c *child) {
-	pid := c.cmd.Process.Pid
-	syscall.Kill(-pid, syscall.SIGKILL)
+	select {
+	case <-c.done:
+		// Reaped: if its group is empty its number may belong to a new child
+		// now, so only the cgroup (below) may be used to find stragglers.
+	default:
+		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+	}
 	c.stdin.Close()
 	if c.cg != nil {
+		for p := c.cg.peak(); ; {
+			old := iso.peakChild.Load()
+			if p <= old || iso.peakChild.CompareAndSwap(old, p) {
+				break
+			}
+		}
 		c.cg.killAll()
 	}
 	<-c.done
+	c.stdout.Close()
 }
 
 // Stats returns the capabilities and outcome counters. It never waits: until
@@ -450,7 +482,7 @@ func (iso *Isolator) Stats() Stats {
 		caps, probing = iso.caps, false
 	default:
 	}
-	return Stats{Limits: caps, Probing: probing, Started: iso.started.Load(), Outcomes: map[string]uint64{
+	return Stats{Limits: caps, Probing: probing, PeakChild: iso.peakChild.Load(), Started: iso.started.Load(), Outcomes: map[string]uint64{
 		"ok": iso.ok.Load(), "input_error": iso.inputErr.Load(), CodeTimeout: iso.timeout.Load(),
 		CodeMemory: iso.memory.Load(), CodeCPU: iso.cpu.Load(), CodeCrashed: iso.crashed.Load(),
 	}}

@@ -32,7 +32,7 @@ func compressResponse(ctx *fasthttp.RequestCtx) {
 	var out []byte
 	switch enc {
 	case "zstd":
-		out = responseZstd.EncodeAll(body, make([]byte, 0, len(body)/3))
+		out = responseZstd().EncodeAll(body, make([]byte, 0, len(body)/3))
 	case "br":
 		var err error
 		if out, err = brrr.Compress(body, 4); err != nil {
@@ -52,9 +52,14 @@ func compressResponse(ctx *fasthttp.RequestCtx) {
 	resp.Header.Add(fasthttp.HeaderVary, fasthttp.HeaderAcceptEncoding)
 }
 
+// The encoder is built on first use, not at init: every process start pays
+// for package initialisation, isolated children included.
 var (
-	responseZstd, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
-	gzipWriters     = sync.Pool{New: func() any { w, _ := gzip.NewWriterLevel(nil, 5); return w }}
+	responseZstd = sync.OnceValue(func() *zstd.Encoder {
+		enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+		return enc
+	})
+	gzipWriters = sync.Pool{New: func() any { w, _ := gzip.NewWriterLevel(nil, 5); return w }}
 )
 
 func compressible(ct []byte) bool {

@@ -184,3 +184,82 @@ func TestIsolateLeavesNothingBehind(t *testing.T) {
 		t.Errorf("worker descriptors %d → %d after %d isolated tasks", fdsBefore, fds, rounds)
 	}
 }
+
+// TestIsolateSoak runs 10,000 isolated tasks, crashes and timeouts included,
+// and checks that no child, zombie or descriptor is left. It takes minutes,
+// so it runs only with HYBRID_SOAK=1.
+func TestIsolateSoak(t *testing.T) {
+	if os.Getenv("HYBRID_SOAK") == "" {
+		t.Skip("HYBRID_SOAK not set: the 10,000-task soak takes minutes (see bench/RESULTS.md)")
+	}
+	env, _ := faultFile(t)
+	c := startCluster(t, env, 1, "--workers", "1", "--isolate-timeout", "200ms", "--isolate-warm", "2",
+		"--allow-mode-override", "--pool-size", "2")
+	base := "http://" + c.addr
+	worker := c.snapshot().Workers[0].PID
+	post(t, base+"/v1/hash/sha256?mode=isolate", []byte("warm up"))
+	time.Sleep(500 * time.Millisecond)
+	fdsBefore := fdCount(worker)
+	total := 10_000
+	if n, err := strconv.Atoi(os.Getenv("HYBRID_SOAK")); err == nil && n > 1 {
+		total = n // HYBRID_SOAK=N runs N tasks
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	next := make(chan int)
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := freshClient()
+			for i := range next {
+				url := base + "/v1/hash/sha256?mode=isolate"
+				switch {
+				case i%100 == 99:
+					url = base + "/_test/isolate/sleep"
+				case i%10 == 9:
+					url = base + "/_test/isolate/panic"
+				}
+				resp, err := client.Post(url, "application/octet-stream", strings.NewReader("soak"))
+				if err != nil {
+					t.Errorf("task %d: %v", i, err)
+					continue
+				}
+				resp.Body.Close()
+				mu.Lock()
+				statuses[resp.StatusCode]++
+				mu.Unlock()
+			}
+		}()
+	}
+	start := time.Now()
+	for i := range total {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	t.Logf("%d isolated tasks in %v: statuses %v", total, time.Since(start).Round(time.Second), statuses)
+	want := map[int]int{200: total * 9 / 10, 500: total/10 - total/100, 504: total / 100}
+	if statuses[200] != want[200] || statuses[500] != want[500] || statuses[504] != want[504] {
+		t.Errorf("statuses %v; want %v", statuses, want)
+	}
+	c.waitFor(5*time.Second, "only the warm children, no zombies", func() bool {
+		kids, zombies := children(worker)
+		return len(kids) <= 2 && zombies == 0
+	})
+	if fds := fdCount(worker); fds > fdsBefore+4 {
+		t.Errorf("worker descriptors %d → %d after %d tasks", fdsBefore, fds, total)
+	}
+	if n := len(cgroupsOf(worker)); n > 2*2 {
+		t.Errorf("%d of the worker's isolate cgroups left", n)
+	}
+}
+
+// cgroupsOf lists the isolate cgroups a worker has now.
+func cgroupsOf(worker int) []string {
+	pattern := fmt.Sprintf("hybrid-isolate-%d-*", worker)
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/memory/*/*/" + pattern)
+	more, _ := filepath.Glob("/sys/fs/cgroup/pids/" + pattern)
+	return append(dirs, more...)
+}

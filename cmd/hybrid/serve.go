@@ -42,6 +42,10 @@ type serveConfig struct {
 	isoWarm    int
 	isoReuse   int
 	isoProcs   int
+
+	imageMaxPixels int
+	imageMaxOutput int
+	imageMaxFrames int
 }
 
 func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -73,10 +77,13 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.IntVar(&c.poolSize, "pool-size", 0, "tasks running at once per worker (0: the worker's GOMAXPROCS)")
 	fs.IntVar(&c.poolQueue, "pool-queue", 0, "tasks waiting per worker beyond --pool-size; more get 503 (0: 4 × pool size)")
 	fs.DurationVar(&c.taskTimeout, "task-timeout", 30*time.Second, "a task's deadline, queueing included; past it 504")
-	fs.StringVar(&c.modes, "mode", "hash=pool,password=pool,compress=pool", "execution mode per workload group: group=inline|pool,…")
+	fs.StringVar(&c.modes, "mode", "hash=pool,password=pool,compress=pool,image=isolate,image-info=inline", "execution mode per workload group: group=inline|pool|isolate,…")
 	fs.BoolVar(&c.allowOverride, "allow-mode-override", false, "let a request choose its mode with ?mode= (for benchmarks; keep off in production)")
 	c.maxOutput = handlers.DefaultMaxOutput
 	fs.Var(sizeFlag{&c.maxOutput}, "max-output", "largest decompressed output; a bomb gets 413 after at most this much")
+	fs.IntVar(&c.imageMaxPixels, "image-max-pixels", handlers.DefaultMaxPixels, "largest declared width × height × frames of an input image; more gets 422 before any pixel is decoded")
+	fs.IntVar(&c.imageMaxOutput, "image-max-output", handlers.DefaultMaxOutputPixels, "largest output image, in pixels")
+	fs.IntVar(&c.imageMaxFrames, "image-max-frames", handlers.DefaultMaxFrames, "most frames an input image (GIF) may declare")
 	fs.DurationVar(&c.isoTimeout, "isolate-timeout", 10*time.Second, "wall clock of one isolated task; its whole process group is killed past it")
 	c.isoMemory = 512 << 20
 	fs.Var(sizeFlag{&c.isoMemory}, "isolate-memory", "memory limit of one isolated child")
@@ -101,6 +108,9 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	c.pool.MaxRSS = c.maxRSS
 	if _, err := handlers.ParseModes(c.modes, handlers.Pool); err != nil {
 		return nil, err
+	}
+	if c.imageMaxPixels < 1 || c.imageMaxOutput < 1 || c.imageMaxFrames < 1 {
+		return nil, fmt.Errorf("image-max-pixels, image-max-output, image-max-frames: want ≥ 1")
 	}
 	if c.isoTimeout <= 0 || c.isoMemory < 32<<20 || c.isoCPU < 0 || c.isoWarm < -1 || c.isoReuse < 1 || c.isoProcs < 0 {
 		return nil, fmt.Errorf("isolate: timeout > 0, memory ≥ 32MiB, cpu ≥ 0, warm ≥ -1, reuse ≥ 1, procs ≥ 0")

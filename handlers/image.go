@@ -1,0 +1,443 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"image"
+	"image/color"
+	"image/gif"
+	"image/jpeg"
+	"image/png"
+	"strconv"
+
+	"github.com/HugoSmits86/nativewebp"
+	"github.com/gen2brain/jpegn"
+	"github.com/hybrid-server/hybrid/server"
+	"github.com/valyala/fasthttp"
+	"golang.org/x/image/bmp"
+	"golang.org/x/image/draw"
+	"golang.org/x/image/tiff"
+	"golang.org/x/image/webp"
+)
+
+// Image bounds, unless the server passes others (--image-max-pixels,
+// --image-max-output, --image-max-frames).
+const (
+	DefaultMaxPixels       = 50_000_000 // declared width × height × frames, like imgproxy
+	DefaultMaxOutputPixels = 50_000_000
+	DefaultMaxFrames       = 1000
+)
+
+// Error codes of the image workloads.
+const (
+	CodeUnsupportedFormat = "unsupported_format" // 415
+	CodeBadImage          = "bad_image"          // 422
+	CodeImageTooLarge     = "image_too_large"    // 422
+)
+
+// Pipeline, chosen by measurement (FIELD-NOTES, bench/RESULTS.md): JPEG is
+// decoded by github.com/gen2brain/jpegn, at 1/2, 1/4 or 1/8 scale in the IDCT
+// when the output is that much smaller (about 2× faster than decoding full
+// size, and memory follows the output), with EXIF orientation applied; PNG
+// and GIF by the standard library; WebP, BMP and TIFF by golang.org/x/image.
+// Resampling is Catmull-Rom (x/image/draw): no nearest-neighbour or plain
+// bilinear at large ratios, so a 12 MP photo makes a 400 px thumbnail without
+// aliasing. WebP output is lossless (github.com/HugoSmits86/nativewebp, pure
+// Go; quality is ignored).
+func init() {
+	Register(&Workload{Name: "image-resize", Group: "image", Check: checkResize, Run: runResize,
+		ContentTypeOf: func(p Params) string { return "image/" + outputFormat(p) }})
+	Register(&Workload{Name: "image-info", Group: "image-info", Check: checkInfo, Run: runInfo,
+		ContentType: "application/json"})
+}
+
+// sniff names the format from the first bytes; "" if unknown.
+func sniff(b []byte) string {
+	switch {
+	case bytes.HasPrefix(b, []byte{0xff, 0xd8, 0xff}):
+		return "jpeg"
+	case bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")):
+		return "png"
+	case bytes.HasPrefix(b, []byte("GIF87a")), bytes.HasPrefix(b, []byte("GIF89a")):
+		return "gif"
+	case len(b) >= 12 && string(b[:4]) == "RIFF" && string(b[8:12]) == "WEBP":
+		return "webp"
+	case bytes.HasPrefix(b, []byte("BM")):
+		return "bmp"
+	case bytes.HasPrefix(b, []byte("II*\x00")), bytes.HasPrefix(b, []byte("MM\x00*")):
+		return "tiff"
+	}
+	return ""
+}
+
+// header is what an image declares before any pixel is decoded.
+type imageHeader struct {
+	Format      string `json:"format"`
+	Width       int    `json:"width"`
+	Height      int    `json:"height"`
+	Frames      int    `json:"frames"`
+	Orientation int    `json:"orientation"`
+}
+
+func readHeader(input []byte) (imageHeader, error) {
+	h := imageHeader{Format: sniff(input), Frames: 1, Orientation: 1}
+	if h.Format == "" {
+		if len(input) == 0 {
+			return h, server.Errorf(fasthttp.StatusUnsupportedMediaType, CodeUnsupportedFormat, "empty body: want an image")
+		}
+		return h, server.Errorf(fasthttp.StatusUnsupportedMediaType, CodeUnsupportedFormat,
+			"unknown image format; supported: jpeg, png, gif, webp, bmp, tiff")
+	}
+	var cfg image.Config
+	var err error
+	r := bytes.NewReader(input)
+	switch h.Format {
+	case "jpeg":
+		cfg, err = jpegSize(input)
+		// jpegn decodes a truncated scan into a partly grey image. In the
+		// entropy-coded data 0xFF is always stuffed, so a whole JPEG ends with
+		// the EOI marker (FF D9), at most followed by a little padding.
+		if err == nil && !bytes.Contains(input[max(0, len(input)-1024):], []byte{0xff, 0xd9}) {
+			err = errors.New("no end-of-image marker: truncated")
+		}
+		if err == nil {
+			if ex, xerr := jpegn.DecodeExif(bytes.NewReader(input)); xerr == nil && ex.Orientation >= 1 && ex.Orientation <= 8 {
+				h.Orientation = ex.Orientation
+			}
+		}
+	case "png":
+		cfg, err = png.DecodeConfig(r)
+	case "gif":
+		cfg, err = gif.DecodeConfig(r)
+		if err == nil {
+			h.Frames, err = gifFrames(input, DefaultMaxFrames*10)
+		}
+	case "webp":
+		cfg, err = webp.DecodeConfig(r)
+	case "bmp":
+		cfg, err = bmp.DecodeConfig(r)
+	case "tiff":
+		cfg, err = tiff.DecodeConfig(r)
+	}
+	if err != nil {
+		return h, unprocessable(CodeBadImage, "corrupt or truncated %s header: %v", h.Format, err)
+	}
+	h.Width, h.Height = cfg.Width, cfg.Height
+	if h.Width <= 0 || h.Height <= 0 {
+		return h, unprocessable(CodeBadImage, "%s declares %d×%d pixels", h.Format, h.Width, h.Height)
+	}
+	return h, nil
+}
+
+// jpegSize reads the dimensions a JPEG declares in its SOF marker, walking
+// the marker segments without decoding anything. (jpegn.DecodeConfig refuses
+// very large dimensions as unsupported; the size check must see them.)
+func jpegSize(b []byte) (image.Config, error) {
+	i := 2
+	for i+4 <= len(b) {
+		if b[i] != 0xff {
+			return image.Config{}, errors.New("bad marker")
+		}
+		m := b[i+1]
+		switch {
+		case m == 0xff: // fill byte
+			i++
+			continue
+		case m == 0xd8 || m == 0x01 || (m >= 0xd0 && m <= 0xd7): // no length
+			i += 2
+			continue
+		case m == 0xd9 || m == 0xda: // EOI or SOS before any SOF
+			return image.Config{}, errors.New("no frame header")
+		}
+		n := int(b[i+2])<<8 | int(b[i+3])
+		if n < 2 || i+2+n > len(b) {
+			return image.Config{}, errors.New("truncated marker segment")
+		}
+		// SOF0-15, except DHT (C4), JPG (C8) and DAC (CC).
+		if m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc {
+			if n < 8 {
+				return image.Config{}, errors.New("short frame header")
+			}
+			h := int(b[i+5])<<8 | int(b[i+6])
+			w := int(b[i+7])<<8 | int(b[i+8])
+			return image.Config{Width: w, Height: h}, nil
+		}
+		i += 2 + n
+	}
+	return image.Config{}, errors.New("no frame header")
+}
+
+// gifFrames counts a GIF's frames by walking its blocks, without decoding
+// any; it stops counting at limit.
+func gifFrames(b []byte, limit int) (int, error) {
+	if len(b) < 13 {
+		return 0, errors.New("short header")
+	}
+	i := 13
+	if b[10]&0x80 != 0 { // global colour table
+		i += 3 << (b[10]&7 + 1)
+	}
+	frames := 0
+	skipSub := func() bool {
+		for i < len(b) {
+			n := int(b[i])
+			i++
+			if n == 0 {
+				return true
+			}
+			i += n
+		}
+		return false
+	}
+	for i < len(b) && frames < limit {
+		switch b[i] {
+		case 0x3b: // trailer
+			return max(frames, 1), nil
+		case 0x21: // extension
+			i += 2
+			if !skipSub() {
+				return max(frames, 1), nil
+			}
+		case 0x2c: // image descriptor
+			if i+10 > len(b) {
+				return max(frames, 1), nil
+			}
+			packed := b[i+9]
+			i += 10
+			if packed&0x80 != 0 {
+				i += 3 << (packed&7 + 1)
+			}
+			i++ // LZW minimum code size
+			frames++
+			if !skipSub() {
+				return frames, nil
+			}
+		default:
+			return max(frames, 1), nil
+		}
+	}
+	return max(frames, 1), nil
+}
+
+func checkInfo(_ Params, input []byte) error {
+	_, err := readHeader(input)
+	return err
+}
+
+// runInfo answers from the header alone: cheap, and safe to run inline.
+func runInfo(_ context.Context, _ Params, input []byte) ([]byte, error) {
+	h, err := readHeader(input)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(h)
+}
+
+// resizeReq is a validated resize request.
+type resizeReq struct {
+	width, height int
+	fit, format   string
+	quality       int
+	maxPixels     int
+	maxOut        int
+	maxFrames     int
+}
+
+func outputFormat(p Params) string {
+	if f := p["format"]; f != "" {
+		return f
+	}
+	return "jpeg"
+}
+
+func parseResize(p Params) (resizeReq, error) {
+	var r resizeReq
+	var err error
+	if r.width, err = intParam(p, "width", 0, 0, 1<<16); err != nil {
+		return r, err
+	}
+	if r.height, err = intParam(p, "height", 0, 0, 1<<16); err != nil {
+		return r, err
+	}
+	if r.width == 0 && r.height == 0 {
+		return r, badParam("width or height: give at least one, in pixels (1 to 65536)")
+	}
+	r.fit = p["fit"]
+	switch r.fit {
+	case "":
+		r.fit = "inside"
+	case "inside", "cover", "fill", "contain":
+	default:
+		return r, badParam("fit=%q: want inside, cover, fill or contain", r.fit)
+	}
+	r.format = outputFormat(p)
+	switch r.format {
+	case "jpeg", "png", "gif", "webp":
+	default:
+		return r, badParam("format=%q: want jpeg, png, gif or webp", r.format)
+	}
+	if r.quality, err = intParam(p, "quality", 82, 1, 100); err != nil {
+		return r, err
+	}
+	if p["frames"] != "" && p["frames"] != "first" {
+		return r, badParam("frames=%q: only the first frame is resized (animated output is not supported)", p["frames"])
+	}
+	num := func(key string, def int) int {
+		if n, err := strconv.Atoi(p[key]); err == nil && n > 0 {
+			return n
+		}
+		return def
+	}
+	r.maxPixels = num("max_pixels", DefaultMaxPixels)
+	r.maxOut = num("max_output_pixels", DefaultMaxOutputPixels)
+	r.maxFrames = num("max_frames", DefaultMaxFrames)
+	return r, nil
+}
+
+// plan checks the declared size against the bounds and returns the output
+// size and the scaled size before cropping or padding.
+func (r resizeReq) plan(h imageHeader) (outW, outH, scaledW, scaledH int, err error) {
+	if h.Frames > r.maxFrames {
+		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "%s has %d frames; the limit is %d", h.Format, h.Frames, r.maxFrames)
+	}
+	if px := int64(h.Width) * int64(h.Height) * int64(h.Frames); px > int64(r.maxPixels) {
+		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "%s declares %d×%d×%d frames = %d pixels; the limit is %d",
+			h.Format, h.Width, h.Height, h.Frames, px, r.maxPixels)
+	}
+	srcW, srcH := h.Width, h.Height
+	if h.Orientation >= 5 { // rotated by 90°: the upright image is transposed
+		srcW, srcH = srcH, srcW
+	}
+	outW, outH = r.width, r.height
+	ratio := float64(srcW) / float64(srcH)
+	switch {
+	case outW == 0:
+		outW = max(1, int(float64(outH)*ratio+0.5))
+	case outH == 0:
+		outH = max(1, int(float64(outW)/ratio+0.5))
+	}
+	scaledW, scaledH = outW, outH
+	switch r.fit {
+	case "inside", "contain": // fit within the box, keep the aspect ratio
+		if float64(outW)/float64(outH) > ratio {
+			scaledW = max(1, int(float64(outH)*ratio+0.5))
+		} else {
+			scaledH = max(1, int(float64(outW)/ratio+0.5))
+		}
+		if r.fit == "inside" {
+			outW, outH = scaledW, scaledH
+		}
+	case "cover": // fill the box, crop the overflow
+		if float64(outW)/float64(outH) > ratio {
+			scaledH = max(1, int(float64(outW)/ratio+0.5))
+		} else {
+			scaledW = max(1, int(float64(outH)*ratio+0.5))
+		}
+	}
+	maxSide := 65535 // JPEG, PNG and GIF store 16-bit sides
+	if r.format == "webp" {
+		maxSide = 16383
+	}
+	if outW > maxSide || outH > maxSide {
+		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "output of %d×%d pixels exceeds %s's limit of %d per side",
+			outW, outH, r.format, maxSide)
+	}
+	if int64(outW)*int64(outH) > int64(r.maxOut) || int64(scaledW)*int64(scaledH) > 4*int64(r.maxOut) {
+		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "output of %d×%d pixels exceeds the limit of %d", outW, outH, r.maxOut)
+	}
+	return outW, outH, scaledW, scaledH, nil
+}
+
+func checkResize(p Params, input []byte) error {
+	r, err := parseResize(p)
+	if err != nil {
+		return err
+	}
+	h, err := readHeader(input)
+	if err != nil {
+		return err
+	}
+	_, _, _, _, err = r.plan(h)
+	return err
+}
+
+func runResize(ctx context.Context, p Params, input []byte) ([]byte, error) {
+	r, err := parseResize(p)
+	if err != nil {
+		return nil, err
+	}
+	h, err := readHeader(input)
+	if err != nil {
+		return nil, err
+	}
+	outW, outH, scaledW, scaledH, err := r.plan(h)
+	if err != nil {
+		return nil, err
+	}
+	src, err := decode(h, input, scaledW, scaledH)
+	if err != nil {
+		return nil, unprocessable(CodeBadImage, "corrupt or truncated %s: %v", h.Format, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	dst := image.NewRGBA(image.Rect(0, 0, outW, outH))
+	if r.fit == "contain" && (r.format == "jpeg" || r.format == "gif") {
+		draw.Draw(dst, dst.Bounds(), image.NewUniform(color.White), image.Point{}, draw.Src)
+	}
+	// Centre the scaled image in the output: cropped by cover, padded by
+	// contain.
+	off := image.Pt((outW-scaledW)/2, (outH-scaledH)/2)
+	draw.CatmullRom.Scale(dst, image.Rect(0, 0, scaledW, scaledH).Add(off), src, src.Bounds(), draw.Over, nil)
+	return encode(dst, r)
+}
+
+// decode decodes the image upright, a JPEG at the smallest DCT scale that
+// still leaves at least the target size.
+func decode(h imageHeader, input []byte, targetW, targetH int) (image.Image, error) {
+	r := bytes.NewReader(input)
+	switch h.Format {
+	case "jpeg":
+		w, hh := h.Width, h.Height
+		if h.Orientation >= 5 {
+			w, hh = hh, w
+		}
+		denom := 1
+		for _, d := range []int{8, 4, 2} {
+			if w/d >= targetW && hh/d >= targetH {
+				denom = d
+				break
+			}
+		}
+		return jpegn.Decode(r, &jpegn.Options{ScaleDenom: denom, AutoRotate: true, UpsampleMethod: jpegn.CatmullRom})
+	case "png":
+		return png.Decode(r)
+	case "gif":
+		return gif.Decode(r) // the first frame only
+	case "webp":
+		return webp.Decode(r)
+	case "bmp":
+		return bmp.Decode(r)
+	case "tiff":
+		return tiff.Decode(r)
+	}
+	return nil, errors.New("unsupported format")
+}
+
+func encode(img *image.RGBA, r resizeReq) ([]byte, error) {
+	var buf bytes.Buffer
+	var err error
+	switch r.format {
+	case "jpeg":
+		err = jpeg.Encode(&buf, img, &jpeg.Options{Quality: r.quality})
+	case "png":
+		err = (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&buf, img)
+	case "gif":
+		err = gif.Encode(&buf, img, &gif.Options{NumColors: 256})
+	case "webp":
+		err = nativewebp.Encode(&buf, img, nil)
+	}
+	return buf.Bytes(), err
+}
