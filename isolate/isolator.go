@@ -38,6 +38,9 @@ type Config struct {
 	Reuse int
 	// TestHooks registers the fault-injection workloads in children.
 	TestHooks bool
+	// Exe is the binary a child runs (default /proc/self/exe, this one);
+	// tests outside the binary point it at a built hybrid.
+	Exe string
 }
 
 // Capabilities are the limits this host lets the isolator enforce, probed
@@ -111,6 +114,9 @@ func New(cfg Config, log *slog.Logger) (*Isolator, error) {
 	if cfg.Reuse <= 0 {
 		cfg.Reuse = 1
 	}
+	if cfg.Exe == "" {
+		cfg.Exe = "/proc/self/exe"
+	}
 	dir, err := os.MkdirTemp("", "hybrid-isolate-")
 	if err != nil {
 		return nil, fmt.Errorf("isolate: working directory: %w", err)
@@ -157,7 +163,7 @@ func (iso *Isolator) probe() {
 		c.MemoryLimit = "RLIMIT_DATA + Go soft memory limit"
 		iso.log.Warn("isolate: no per-child cgroup: memory bounded by RLIMIT_DATA only; processes not bounded", "reason", why)
 	}
-	cmd := exec.Command("/proc/self/exe", "-h")
+	cmd := exec.Command(iso.cfg.Exe, "-h")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET}
 	cmd.Env = []string{RoleEnv + "=probe"}
 	if err := cmd.Run(); err == nil || isExitError(err) {
@@ -190,7 +196,7 @@ type child struct {
 }
 
 func (iso *Isolator) start() (*child, error) {
-	cmd := exec.Command("/proc/self/exe")
+	cmd := exec.Command(iso.cfg.Exe)
 	cmd.Env = []string{RoleEnv + "=" + RoleIsolate, limitsEnv + "=" + iso.limits}
 	if v, ok := os.LookupEnv("GORACE"); ok { // only race-built binaries read it
 		cmd.Env = append(cmd.Env, "GORACE="+v)
