@@ -7,6 +7,7 @@ import (
 	"errors"
 	"image"
 	"image/color"
+	"image/color/palette"
 	"image/gif"
 	"image/jpeg"
 	"image/png"
@@ -240,6 +241,7 @@ type resizeReq struct {
 	width, height int
 	fit, format   string
 	quality       int
+	allFrames     bool
 	maxPixels     int
 	maxOut        int
 	maxFrames     int
@@ -281,8 +283,15 @@ func parseResize(p Params) (resizeReq, error) {
 	if r.quality, err = intParam(p, "quality", 82, 1, 100); err != nil {
 		return r, err
 	}
-	if p["frames"] != "" && p["frames"] != "first" {
-		return r, badParam("frames=%q: only the first frame is resized (animated output is not supported)", p["frames"])
+	switch p["frames"] {
+	case "", "first":
+	case "all":
+		if r.format != "gif" {
+			return r, badParam("frames=all: animated output needs format=gif")
+		}
+		r.allFrames = true
+	default:
+		return r, badParam("frames=%q: want first or all", p["frames"])
 	}
 	num := func(key string, def int) int {
 		if n, err := strconv.Atoi(p[key]); err == nil && n > 0 {
@@ -299,12 +308,18 @@ func parseResize(p Params) (resizeReq, error) {
 // plan checks the declared size against the bounds and returns the output
 // size and the scaled size before cropping or padding.
 func (r resizeReq) plan(h imageHeader) (outW, outH, scaledW, scaledH int, err error) {
+	// The frame cap holds whatever is decoded (a 10,000-frame GIF is hostile);
+	// the pixel budget counts the frames that will be decoded.
 	if h.Frames > r.maxFrames {
 		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "%s has %d frames; the limit is %d", h.Format, h.Frames, r.maxFrames)
 	}
-	if px := int64(h.Width) * int64(h.Height) * int64(h.Frames); px > int64(r.maxPixels) {
+	frames := 1
+	if r.allFrames && h.Format == "gif" {
+		frames = h.Frames
+	}
+	if px := int64(h.Width) * int64(h.Height) * int64(frames); px > int64(r.maxPixels) {
 		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "%s declares %d×%d×%d frames = %d pixels; the limit is %d",
-			h.Format, h.Width, h.Height, h.Frames, px, r.maxPixels)
+			h.Format, h.Width, h.Height, frames, px, r.maxPixels)
 	}
 	srcW, srcH := h.Width, h.Height
 	if h.Orientation >= 5 { // rotated by 90°: the upright image is transposed
@@ -376,6 +391,9 @@ func runResize(ctx context.Context, p Params, input []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.allFrames && h.Format == "gif" {
+		return resizeAnimation(ctx, input, r, outW, outH, scaledW, scaledH)
+	}
 	src, err := decode(h, input, scaledW, scaledH)
 	if err != nil {
 		return nil, unprocessable(CodeBadImage, "corrupt or truncated %s: %v", h.Format, err)
@@ -383,15 +401,68 @@ func runResize(ctx context.Context, p Params, input []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	return encode(scaleInto(src, r, outW, outH, scaledW, scaledH), r)
+}
+
+// scaleInto resamples src to scaledW×scaledH, centred in an outW×outH image:
+// cropped by cover, padded by contain.
+func scaleInto(src image.Image, r resizeReq, outW, outH, scaledW, scaledH int) *image.RGBA {
 	dst := image.NewRGBA(image.Rect(0, 0, outW, outH))
 	if r.fit == "contain" && (r.format == "jpeg" || r.format == "gif") {
 		draw.Draw(dst, dst.Bounds(), image.NewUniform(color.White), image.Point{}, draw.Src)
 	}
-	// Centre the scaled image in the output: cropped by cover, padded by
-	// contain.
 	off := image.Pt((outW-scaledW)/2, (outH-scaledH)/2)
 	draw.CatmullRom.Scale(dst, image.Rect(0, 0, scaledW, scaledH).Add(off), src, src.Bounds(), draw.Over, nil)
-	return encode(dst, r)
+	return dst
+}
+
+// resizeAnimation resizes every frame of a GIF. Frames are sub-rectangles
+// drawn over what the previous frame's disposal method left, so each is
+// composited on a full canvas first, then resampled and re-quantised (Plan 9
+// palette, Floyd-Steinberg), keeping delays and the loop count.
+func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH, scaledW, scaledH int) ([]byte, error) {
+	g, err := gif.DecodeAll(bytes.NewReader(input))
+	if err != nil {
+		return nil, unprocessable(CodeBadImage, "corrupt or truncated gif: %v", err)
+	}
+	bounds := image.Rect(0, 0, g.Config.Width, g.Config.Height)
+	canvas := image.NewRGBA(bounds)
+	out := &gif.GIF{LoopCount: g.LoopCount, Config: image.Config{Width: outW, Height: outH}}
+	for i, frame := range g.Image {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		var saved *image.RGBA
+		disposal := byte(0)
+		if i < len(g.Disposal) {
+			disposal = g.Disposal[i]
+		}
+		if disposal == gif.DisposalPrevious {
+			saved = image.NewRGBA(bounds)
+			copy(saved.Pix, canvas.Pix)
+		}
+		draw.Draw(canvas, frame.Bounds(), frame, frame.Bounds().Min, draw.Over)
+		scaled := scaleInto(canvas, r, outW, outH, scaledW, scaledH)
+		pal := image.NewPaletted(scaled.Bounds(), palette.Plan9)
+		draw.FloydSteinberg.Draw(pal, pal.Bounds(), scaled, image.Point{})
+		out.Image = append(out.Image, pal)
+		if i < len(g.Delay) {
+			out.Delay = append(out.Delay, g.Delay[i])
+		} else {
+			out.Delay = append(out.Delay, 0)
+		}
+		switch disposal {
+		case gif.DisposalBackground:
+			draw.Draw(canvas, frame.Bounds(), image.Transparent, image.Point{}, draw.Src)
+		case gif.DisposalPrevious:
+			canvas = saved
+		}
+	}
+	var buf bytes.Buffer
+	if err := gif.EncodeAll(&buf, out); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // decode decodes the image upright, a JPEG at the smallest DCT scale that

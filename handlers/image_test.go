@@ -108,6 +108,7 @@ func TestResizeFitsAndFormats(t *testing.T) {
 	for _, bad := range []Params{
 		{}, {"width": "0"}, {"width": "-5"}, {"width": "abc"}, {"width": "10", "fit": "stretch"},
 		{"width": "10", "format": "avif"}, {"width": "10", "quality": "0"}, {"width": "10", "frames": "all"},
+		{"width": "10", "frames": "some", "format": "gif"},
 	} {
 		if _, err := run(t, "image-resize", bad, input); !hasStatus(err, 400, CodeBadParam) {
 			t.Errorf("%v = %v; want 400 bad_param", bad, err)
@@ -131,6 +132,47 @@ func TestEXIFOrientationIsApplied(t *testing.T) {
 	}
 	if b := img.Bounds(); b.Dx() != 120 || b.Dy() != 160 {
 		t.Errorf("sideways 640×480 resized to width 120 = %v; want 120×160 (upright)", b)
+	}
+}
+
+// An animated GIF keeps every frame, its delays and its loop count with
+// frames=all; by default only the first frame is resized.
+func TestAnimatedGIF(t *testing.T) {
+	anim := &gif.GIF{LoopCount: 0}
+	pal := []color.Color{color.Black, color.White, color.RGBA{255, 0, 0, 255}}
+	for i := range 3 {
+		frame := image.NewPaletted(image.Rect(0, 0, 64, 48), pal)
+		for x := range 64 {
+			for y := range 48 {
+				frame.SetColorIndex(x, y, uint8((x/8+y/8+i)%3))
+			}
+		}
+		anim.Image = append(anim.Image, frame)
+		anim.Delay = append(anim.Delay, 10*(i+1))
+	}
+	var buf bytes.Buffer
+	if err := gif.EncodeAll(&buf, anim); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "image-resize", Params{"width": "32", "format": "gif", "frames": "all"}, buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := gif.DecodeAll(bytes.NewReader(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Image) != 3 || got.Config.Width != 32 || got.Config.Height != 24 || got.Delay[2] != 30 {
+		t.Errorf("animated resize: %d frames %d×%d delays %v; want 3 frames 32×24, delays kept",
+			len(got.Image), got.Config.Width, got.Config.Height, got.Delay)
+	}
+	one, _ := run(t, "image-resize", Params{"width": "32", "format": "gif"}, buf.Bytes())
+	if g, _ := gif.DecodeAll(bytes.NewReader(one)); g == nil || len(g.Image) != 1 {
+		t.Errorf("default resize of an animation kept more than the first frame")
+	}
+	// frames=all counts every frame against the pixel budget.
+	if _, err := run(t, "image-resize", Params{"width": "32", "format": "gif", "frames": "all", "max_pixels": "5000"}, buf.Bytes()); !hasStatus(err, 422, CodeImageTooLarge) {
+		t.Errorf("3 frames of 64×48 against a 5000-pixel budget = %v; want 422", err)
 	}
 }
 

@@ -30,7 +30,15 @@ var (
 	binPath    string
 )
 
+// testBinEnv hands the built binary to the fuzzing engine's worker
+// processes, which run TestMain again: they must not rebuild it.
+const testBinEnv = "HYBRID_TEST_BINARY"
+
 func TestMain(m *testing.M) {
+	if bin := os.Getenv(testBinEnv); bin != "" {
+		binPath = bin
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "hybrid-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -51,6 +59,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building hybrid:", err)
 		os.Exit(1)
 	}
+	os.Setenv(testBinEnv, binPath)
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
