@@ -3,7 +3,12 @@ package handlers
 import (
 	"bytes"
 	"fmt"
+	"image"
+	"image/jpeg"
 	"testing"
+
+	"github.com/hybrid-server/hybrid/internal/testimages"
+	"golang.org/x/image/draw"
 )
 
 // In-process speed of each workload function (no HTTP, no pool). MB/s is
@@ -61,4 +66,30 @@ func BenchmarkPasswordDefaults(b *testing.B) {
 			}
 		})
 	}
+}
+
+// The decoder choice for thumbnails: 12 MP JPEG → 400 px, standard library
+// (full-size decode) against jpegn (DCT-scaled decode, the pipeline used),
+// both resampled with Catmull-Rom.
+func BenchmarkThumbnail12MP(b *testing.B) {
+	var buf bytes.Buffer
+	jpeg.Encode(&buf, testimages.Photo(4000, 3000), &jpeg.Options{Quality: 90})
+	input := buf.Bytes()
+	b.Run("stdlib-jpeg+catmullrom", func(b *testing.B) {
+		for b.Loop() {
+			src, err := jpeg.Decode(bytes.NewReader(input))
+			if err != nil {
+				b.Fatal(err)
+			}
+			dst := image.NewRGBA(image.Rect(0, 0, 400, 300))
+			draw.CatmullRom.Scale(dst, dst.Bounds(), src, src.Bounds(), draw.Over, nil)
+		}
+	})
+	b.Run("jpegn-dct-scaled+catmullrom", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := runResize(b.Context(), Params{"width": "400"}, input); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
