@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hybrid-server/hybrid/handlers"
+	"github.com/hybrid-server/hybrid/internal/tail"
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
 )
@@ -188,7 +189,7 @@ type child struct {
 	stdin  *os.File // our end of its stdin
 	stdout *os.File // our end of its stdout
 	out    *bufio.Reader
-	stderr *tailBuffer
+	stderr *tail.Buffer
 	cg     *childCgroup
 	done   chan struct{} // closed once the process is reaped
 	served int
@@ -207,7 +208,7 @@ func (iso *Isolator) start() (*child, error) {
 		attr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET
 	}
 	cmd.SysProcAttr = attr
-	c := &child{cmd: cmd, stderr: &tailBuffer{max: 4096}, done: make(chan struct{})}
+	c := &child{cmd: cmd, stderr: &tail.Buffer{Max: 4096}, done: make(chan struct{})}
 	cmd.Stderr = c.stderr
 	// A grandchild holding the stderr pipe must not keep Wait from returning.
 	cmd.WaitDelay = 200 * time.Millisecond
@@ -507,27 +508,4 @@ func (iso *Isolator) Close() error {
 			return os.Remove(iso.dir)
 		}
 	}
-}
-
-// tailBuffer keeps the last max bytes of a child's stderr.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
-
-func (t *tailBuffer) Write(b []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, b...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(b), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
 }

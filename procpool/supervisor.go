@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hybrid-server/hybrid/internal/tail"
 	"golang.org/x/sys/unix"
 )
 
@@ -98,7 +99,7 @@ type proc struct {
 	killAt   time.Time // SIGKILL at this time if still alive; zero if none
 	reload   bool      // started by a reload: its failure stops the reload
 	fatal    string    // the worker's own message before an ExitConfig exit
-	stderr   *tailBuffer
+	stderr   *tail.Buffer
 }
 
 // New binds the cluster's address and returns a supervisor ready to Run. A
@@ -212,7 +213,7 @@ func (s *Supervisor) spawn(sl *slot, successor bool) *proc {
 	if s.circuitOpen || s.shutting {
 		return nil
 	}
-	p := &proc{slot: sl, state: StateStarting, started: time.Now(), stderr: &tailBuffer{max: 4096}}
+	p := &proc{slot: sl, state: StateStarting, started: time.Now(), stderr: &tail.Buffer{Max: 4096}}
 	if s.cfg.MaxRequests > 0 {
 		p.maxReqs = s.cfg.MaxRequests + rand.Uint64N(s.cfg.MaxRequests/10+1)
 	}
@@ -590,27 +591,3 @@ func (s *Supervisor) onTick(now time.Time) {
 // signal sends sig to the worker. An error means the worker has exited
 // already, and its exit event is on its way to the loop.
 func (p *proc) signal(sig syscall.Signal) { _ = p.cmd.Process.Signal(sig) }
-
-// tailBuffer keeps the last max bytes written to it: the end of a worker's
-// stderr, for the crash log.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
-
-func (t *tailBuffer) Write(b []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, b...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(b), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
-}

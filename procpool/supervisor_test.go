@@ -50,12 +50,3 @@ func TestValidateReportsEveryField(t *testing.T) {
 		}
 	}
 }
-
-func TestTailBufferKeepsTheEnd(t *testing.T) {
-	tb := &tailBuffer{max: 8}
-	tb.Write([]byte("0123456789"))
-	tb.Write([]byte("ab"))
-	if got := tb.String(); got != "456789ab" {
-		t.Errorf("tail = %q; want %q", got, "456789ab")
-	}
-}
