@@ -208,7 +208,7 @@ func (iso *Isolator) start() (*child, error) {
 		attr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET
 	}
 	cmd.SysProcAttr = attr
-	c := &child{cmd: cmd, stderr: &tail.Buffer{Max: 4096}, done: make(chan struct{})}
+	c := &child{cmd: cmd, stderr: &tail.Buffer{Head: 512, Max: 4096}, done: make(chan struct{})}
 	cmd.Stderr = c.stderr
 	// A grandchild holding the stderr pipe must not keep Wait from returning.
 	cmd.WaitDelay = 200 * time.Millisecond
@@ -434,7 +434,8 @@ func (iso *Isolator) classify(c *child, name string, readErr, writeErr error) er
 	}
 	tail := c.stderr.String()
 	switch {
-	case c.cg != nil && c.cg.oomKilled(), c.cg == nil && strings.Contains(tail, "out of memory"):
+	case c.cg != nil && c.cg.oomKilled(),
+		c.cg == nil && (strings.Contains(tail, "out of memory") || strings.Contains(tail, "cannot allocate memory")):
 		iso.memory.Add(1)
 		return server.Errorf(fasthttp.StatusUnprocessableEntity, CodeMemory,
 			"%s exceeded the isolate memory limit of %d MiB", name, iso.cfg.Memory>>20)

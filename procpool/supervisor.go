@@ -213,7 +213,7 @@ func (s *Supervisor) spawn(sl *slot, successor bool) *proc {
 	if s.circuitOpen || s.shutting {
 		return nil
 	}
-	p := &proc{slot: sl, state: StateStarting, started: time.Now(), stderr: &tail.Buffer{Max: 4096}}
+	p := &proc{slot: sl, state: StateStarting, started: time.Now(), stderr: &tail.Buffer{Head: 512, Max: 4096}}
 	if s.cfg.MaxRequests > 0 {
 		p.maxReqs = s.cfg.MaxRequests + rand.Uint64N(s.cfg.MaxRequests/10+1)
 	}

@@ -1,31 +1,45 @@
-// Package tail keeps the end of a stream: the last bytes a child process
-// wrote to stderr, for the log line that reports its crash.
+// Package tail keeps the ends of a stream: what a child process wrote to
+// stderr, for the log line that reports its crash. A Go runtime failure
+// states its cause first ("fatal error: runtime: out of memory") and then
+// prints kilobytes of stacks, so both ends matter.
 package tail
 
 import "sync"
 
-// Buffer is an io.Writer that keeps the last Max bytes written to it. It is
-// safe for concurrent use.
+// Buffer is an io.Writer that keeps the first Head and the last Max bytes
+// written to it. It is safe for concurrent use.
 type Buffer struct {
-	Max int
+	Head, Max int
 
-	mu  sync.Mutex
-	buf []byte
+	mu        sync.Mutex
+	head, buf []byte
+	dropped   bool
 }
 
 func (t *Buffer) Write(b []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	n := len(b)
+	if room := t.Head - len(t.head); room > 0 {
+		k := min(room, len(b))
+		t.head = append(t.head, b[:k]...)
+		b = b[k:]
+	}
 	t.buf = append(t.buf, b...)
 	if over := len(t.buf) - t.Max; over > 0 {
 		t.buf = append(t.buf[:0], t.buf[over:]...)
+		t.dropped = true
 	}
-	return len(b), nil
+	return n, nil
 }
 
-// String returns the bytes kept.
+// String returns the head and the tail, with a marker where bytes between
+// them were dropped.
 func (t *Buffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return string(t.buf)
+	if t.dropped {
+		return string(t.head) + "\n[…]\n" + string(t.buf)
+	}
+	return string(t.head) + string(t.buf)
 }
