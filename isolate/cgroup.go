@@ -5,7 +5,9 @@ package isolate
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -35,6 +37,7 @@ func probeCgroupV1() (*cgroupV1, string) {
 		return nil, fmt.Sprintf("no cgroup v1 memory and pids hierarchy (%v; %v)", err1, err2)
 	}
 	cg := &cgroupV1{memBase: mem, pidsBase: pids}
+	cg.sweep()
 	probe, err := cg.create(16 << 20)
 	if err != nil {
 		return nil, "cgroup v1 not writable: " + err.Error()
@@ -63,20 +66,42 @@ func ownCgroup(controller string) (string, error) {
 	return "", fmt.Errorf("no %s controller in /proc/self/cgroup", controller)
 }
 
+// sweep removes the isolate cgroups of workers that are gone: a worker
+// killed by SIGKILL cannot remove its children's (empty) cgroups. rmdir only
+// succeeds on a cgroup without tasks, so a live one is never touched.
+func (c *cgroupV1) sweep() {
+	for _, base := range []string{c.memBase, c.pidsBase} {
+		dirs, _ := filepath.Glob(filepath.Join(base, "hybrid-isolate-*"))
+		for _, dir := range dirs {
+			var pid, seq int
+			if _, err := fmt.Sscanf(filepath.Base(dir), "hybrid-isolate-%d-%d", &pid, &seq); err != nil {
+				continue
+			}
+			if pid != os.Getpid() && syscall.Kill(pid, 0) == syscall.ESRCH {
+				os.Remove(dir)
+			}
+		}
+	}
+}
+
 // childCgroup is one child's pair of cgroups.
 type childCgroup struct{ mem, pids string }
 
 func (c *cgroupV1) create(memLimit uint64) (*childCgroup, error) {
-	name := fmt.Sprintf("hybrid-isolate-%d-%d", os.Getpid(), c.seq.Add(1))
-	cc := &childCgroup{mem: filepath.Join(c.memBase, name), pids: filepath.Join(c.pidsBase, name)}
-	for _, dir := range []string{cc.mem, cc.pids} {
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			cc.remove()
-			return nil, err
+	var cc *childCgroup
+	var err error
+	// A name can exist already: a dead worker with our pid (pids wrap) left
+	// it. Such a one is empty and goes; otherwise take the next name.
+	for range 8 {
+		if cc, err = c.mkdir(); err == nil || !errors.Is(err, fs.ErrExist) {
+			break
 		}
 	}
+	if err != nil {
+		return nil, err
+	}
 	limit := strconv.FormatUint(memLimit, 10)
-	err := write(cc.mem, "memory.limit_in_bytes", limit)
+	err = write(cc.mem, "memory.limit_in_bytes", limit)
 	if err == nil {
 		// No swap either, where the kernel accounts it.
 		_ = write(cc.mem, "memory.memsw.limit_in_bytes", limit)
@@ -86,6 +111,26 @@ func (c *cgroupV1) create(memLimit uint64) (*childCgroup, error) {
 	if err != nil {
 		cc.remove()
 		return nil, err
+	}
+	return cc, nil
+}
+
+func (c *cgroupV1) mkdir() (*childCgroup, error) {
+	name := fmt.Sprintf("hybrid-isolate-%d-%d", os.Getpid(), c.seq.Add(1))
+	cc := &childCgroup{mem: filepath.Join(c.memBase, name), pids: filepath.Join(c.pidsBase, name)}
+	var made []string
+	for _, dir := range []string{cc.mem, cc.pids} {
+		err := os.Mkdir(dir, 0o755)
+		if errors.Is(err, fs.ErrExist) && os.Remove(dir) == nil { // stale and empty
+			err = os.Mkdir(dir, 0o755)
+		}
+		if err != nil {
+			for _, m := range made {
+				os.Remove(m)
+			}
+			return nil, err
+		}
+		made = append(made, dir)
 	}
 	return cc, nil
 }

@@ -30,6 +30,12 @@ var (
 	binPath    string
 )
 
+func init() {
+	if raceEnabled {
+		buildFlags = append(buildFlags, "-race")
+	}
+}
+
 // testBinEnv hands the built binary to the fuzzing engine's worker
 // processes, which run TestMain again: they must not rebuild it.
 const testBinEnv = "HYBRID_TEST_BINARY"

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -262,4 +263,29 @@ func cgroupsOf(worker int) []string {
 	dirs, _ := filepath.Glob("/sys/fs/cgroup/memory/*/*/" + pattern)
 	more, _ := filepath.Glob("/sys/fs/cgroup/pids/" + pattern)
 	return append(dirs, more...)
+}
+
+// A worker killed by SIGKILL cannot remove its children's cgroups; its
+// replacement sweeps them at start, and the names of a reused pid never
+// collide.
+func TestStaleIsolateCgroupsAreSwept(t *testing.T) {
+	c := startCluster(t, nil, 1, "--workers", "1", "--allow-mode-override", "--restart-backoff", "50ms")
+	base := "http://" + c.addr
+	if r := post(t, base+"/v1/hash/sha256?mode=isolate", []byte("x")); r.status != 200 {
+		t.Fatalf("isolated task = %d %s", r.status, r.body)
+	}
+	old := c.snapshot().Workers[0].PID
+	c.waitFor(3*time.Second, "the warm children's cgroups", func() bool { return len(cgroupsOf(old)) > 0 })
+	if len(cgroupsOf(old)) == 0 {
+		t.Skip("no per-child cgroups on this host")
+	}
+	syscall.Kill(old, syscall.SIGKILL)
+	c.waitFor(10*time.Second, "a replacement worker", func() bool {
+		s := c.snapshot()
+		return s.WorkersReady == 1 && s.Workers[0].PID != old
+	})
+	c.waitFor(5*time.Second, "the dead worker's cgroups to be swept", func() bool { return len(cgroupsOf(old)) == 0 })
+	if r := post(t, base+"/v1/hash/sha256?mode=isolate", []byte("x")); r.status != 200 {
+		t.Errorf("isolated task after the sweep = %d %s", r.status, r.body)
+	}
 }

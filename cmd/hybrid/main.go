@@ -49,7 +49,11 @@ func run(args []string) int {
 	case "serve":
 		return runServe(args[1:])
 	case "version", "--version", "-version":
-		fmt.Printf("hybrid %s %s %s/%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		race := ""
+		if raceEnabled {
+			race = " (race detector)"
+		}
+		fmt.Printf("hybrid %s %s %s/%s%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH, race)
 		return 0
 	case "help", "-h", "--help", "-help":
 		fmt.Print(usage)

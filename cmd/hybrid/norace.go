@@ -1,0 +1,6 @@
+//go:build !race
+
+package main
+
+// raceEnabled reports a race-detector build (see race.go).
+const raceEnabled = false
