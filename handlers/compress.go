@@ -153,9 +153,6 @@ func lookupCodec(p Params) (codec, error) {
 	return c, nil
 }
 
-// CodecContentType is the media type of a codec's compressed output.
-func CodecContentType(name string) string { return codecs[name].contentType }
-
 func compressLevel(c codec, p Params) (int, error) {
 	if !c.hasLevel {
 		if p["level"] != "" {

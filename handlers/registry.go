@@ -59,11 +59,6 @@ func Lookup(name string) (*Workload, bool) {
 	return w, ok
 }
 
-// Names returns the registered workloads' names, sorted.
-func Names() []string {
-	return slices.Sorted(maps.Keys(registry))
-}
-
 // Groups returns the mode groups, sorted.
 func Groups() []string {
 	var gs []string

@@ -16,11 +16,10 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// Faults are test-only workloads, registered in a child only when the test
+// registerFaults registers the test-only fault workloads (fault-panic,
+// -segv, -alloc, -spin, -sleep, -fork, -dial) in a child, only when the test
 // hooks switch (HYBRID_TEST_HOOKS, README) is on: each misbehaves in one way
 // the isolator must contain.
-var Faults = []string{"panic", "segv", "alloc", "spin", "sleep", "fork", "dial"}
-
 func registerFaults() {
 	fault := func(name string, run handlers.Func) {
 		handlers.Register(&handlers.Workload{Name: "fault-" + name, Group: "test", Run: run, ContentType: "text/plain"})

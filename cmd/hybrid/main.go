@@ -35,7 +35,7 @@ func run(args []string) int {
 	if isolate.IsChild() {
 		return isolate.RunChild()
 	}
-	if os.Getenv(isolate.RoleEnv) == "fault-sleeper" { // test hooks only: see isolate.Faults
+	if os.Getenv(isolate.RoleEnv) == "fault-sleeper" { // test hooks only: the fork fault's processes
 		return isolate.RunFaultSleeper()
 	}
 	if procpool.IsWorker() {

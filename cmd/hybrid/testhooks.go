@@ -29,7 +29,7 @@ import (
 // POST /_test/task?ms=N[&panic=1][&stubborn=1][&mode=inline|pool]: a workload
 // that sleeps N ms (or panics; stubborn: ignoring its deadline); and
 // POST /_test/isolate/{panic|segv|alloc|spin|sleep|fork|dial}[?addr=]: the
-// isolate faults of isolate.Faults, run in an isolated child. run through the executor like any other.
+// fault workloads of package isolate, each run in an isolated child.
 const testHooksEnv = "HYBRID_TEST_HOOKS"
 
 type testHooks struct {
