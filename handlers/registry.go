@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"maps"
 	"slices"
 	"strconv"
 
