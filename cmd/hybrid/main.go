@@ -2,6 +2,7 @@
 // supervises prefork worker processes sharing one listening socket.
 //
 //	hybrid serve [flags]   run the server (see hybrid serve -h)
+//	hybrid bench [flags]   benchmark modes and worker counts (see hybrid bench -h)
 //	hybrid version         print the version
 //
 // The same binary plays every role: a process re-executed by its primary with
@@ -22,6 +23,7 @@ const usage = `hybrid: a multi-core compute server
 
 usage:
   hybrid serve [flags]   run the server: a primary and its worker processes
+  hybrid bench [flags]   measure workloads × modes × worker counts (hybrid bench -h)
   hybrid version         print the version
   hybrid help            print this help
 
@@ -48,6 +50,8 @@ func run(args []string) int {
 	switch args[0] {
 	case "serve":
 		return runServe(args[1:])
+	case "bench":
+		return runBench(args[1:])
 	case "version", "--version", "-version":
 		race := ""
 		if raceEnabled {

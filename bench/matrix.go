@@ -1,0 +1,166 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// NamedTarget is a --target: any HTTP server, labelled.
+type NamedTarget struct {
+	Name string
+	Target
+}
+
+// Matrix is a planned run: every workload × mode × worker count against a
+// fresh server each, or workload × mode against a running one (URL), or a
+// list of targets.
+type Matrix struct {
+	// Exe is the hybrid binary to start for each cell.
+	Exe string
+	// URL, when set, is a running server: no server is started, Workers is
+	// not used, and no server cost is known.
+	URL string
+	// Targets, when set, are run as they are and nothing else is.
+	Targets []NamedTarget
+
+	Workloads []Workload
+	Modes     []string
+	Workers   []int
+	// ServeArgs go to every `hybrid serve` after the cell's own flags.
+	ServeArgs []string
+	// Load is the load of every cell. Concurrency 0 means 4 per worker for
+	// a server the bench starts (enough to fill each worker's default pool
+	// without overflowing its queue), and 8 otherwise.
+	Load Options
+
+	// OnCell, if set, is called as cell i (0-based) of n starts.
+	OnCell func(i, n int, c Cell)
+	// Progress, if set, follows the running cell.
+	Progress *Progress
+}
+
+type job struct {
+	cell   Cell
+	target func(base string) Target
+}
+
+func (m *Matrix) plan() []job {
+	var jobs []job
+	if len(m.Targets) > 0 {
+		for _, t := range m.Targets {
+			c := m.load(0)
+			jobs = append(jobs, job{
+				cell:   Cell{Name: t.Name, Mode: "-", Target: t.Method + " " + t.URL, BodyBytes: len(t.Body), Concurrency: c.Concurrency, Rate: c.Rate},
+				target: func(string) Target { return t.Target },
+			})
+		}
+		return jobs
+	}
+	workers := m.Workers
+	if m.URL != "" {
+		workers = []int{0}
+	}
+	for _, w := range m.Workloads {
+		modes := m.Modes
+		if !w.Modal {
+			modes = []string{"-"}
+		}
+		for _, n := range workers {
+			for _, mode := range modes {
+				c := m.load(n)
+				cell := Cell{Name: w.Name, Mode: mode, Workers: n, Concurrency: c.Concurrency, Rate: c.Rate}
+				if m.URL == "" {
+					// A queue as deep as the connections: a cell measures
+					// the mode, not the admission limit (--serve-args can
+					// set another; the last flag wins).
+					cell.ServeArgs = append([]string{"--workers", strconv.Itoa(n), "--allow-mode-override",
+						"--pool-queue", strconv.Itoa(c.Concurrency)}, m.ServeArgs...)
+				}
+				jobs = append(jobs, job{cell: cell, target: func(base string) Target { return w.Target(base, mode) }})
+			}
+		}
+	}
+	return jobs
+}
+
+func (m *Matrix) load(workers int) Options {
+	o := m.Load
+	if o.Concurrency == 0 {
+		o.Concurrency = 8
+		if workers > 0 {
+			o.Concurrency = 4 * workers
+		}
+	}
+	return o
+}
+
+// Cells is the plan: what Run will measure, in order.
+func (m *Matrix) Cells() []Cell {
+	jobs := m.plan()
+	cells := make([]Cell, len(jobs))
+	for i, j := range jobs {
+		cells[i] = j.cell
+	}
+	return cells
+}
+
+// Run measures every cell in order and appends it to r. A cell whose server
+// cannot start records the error and the run goes on; ctx's end stops the
+// run, keeping the cells finished so far.
+func (m *Matrix) Run(ctx context.Context, r *Report) error {
+	jobs := m.plan()
+	for i, j := range jobs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if m.OnCell != nil {
+			m.OnCell(i, len(jobs), j.cell)
+		}
+		cell, err := m.runCell(ctx, j)
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			cell.Error = err.Error()
+		}
+		r.Cells = append(r.Cells, cell)
+	}
+	return nil
+}
+
+func (m *Matrix) runCell(ctx context.Context, j job) (Cell, error) {
+	cell := j.cell
+	o := m.load(cell.Workers)
+	base := m.URL
+	var meter *treeMeter
+	var meterErr error
+	if cell.ServeArgs != nil {
+		srv, err := StartServer(ctx, m.Exe, cell.ServeArgs)
+		if err != nil {
+			return cell, err
+		}
+		defer srv.Stop(context.Background())
+		base, cell.ServerPID = srv.URL, srv.PID
+		o.onMeasure = func() { meter, meterErr = startTreeMeter(srv.PID, 100*time.Millisecond) }
+	}
+	t := j.target(base)
+	cell.Target, cell.BodyBytes = t.Method+" "+t.URL, len(t.Body)
+	res, err := Run(ctx, t, o, m.Progress)
+	if err != nil {
+		return cell, err
+	}
+	cell.Result = res
+	if meter != nil {
+		cost, err := meter.stop(res.OK)
+		if err != nil {
+			return cell, fmt.Errorf("measuring the server: %w", err)
+		}
+		res.Server = cost
+	} else if meterErr != nil {
+		return cell, errors.Join(errors.New("measuring the server"), meterErr)
+	}
+	return cell, nil
+}

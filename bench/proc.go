@@ -1,0 +1,176 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times: 100 on
+// every Linux ABI Go supports (sysconf would need cgo).
+const clockTicks = 100
+
+var pageSize = uint64(os.Getpagesize())
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procStat is the part of /proc/<pid>/stat a tree sample needs.
+type procStat struct {
+	pid, ppid int
+	cpu       uint64 // utime+stime+cutime+cstime, in ticks
+	rss       uint64 // bytes
+}
+
+// parseStat reads one /proc/<pid>/stat line. The command name is in
+// parentheses and may hold spaces or parentheses, so fields are counted from
+// the last ')'.
+func parseStat(b []byte) (procStat, error) {
+	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 1 || end < open {
+		return procStat{}, fmt.Errorf("stat %q: no command name", b)
+	}
+	var s procStat
+	var err error
+	if s.pid, err = strconv.Atoi(string(bytes.TrimSpace(b[:open]))); err != nil {
+		return procStat{}, fmt.Errorf("stat: pid: %w", err)
+	}
+	f := bytes.Fields(b[end+1:]) // f[0] is field 3 (state)
+	if len(f) < 22 {
+		return procStat{}, fmt.Errorf("stat of %d: %d fields", s.pid, len(f)+2)
+	}
+	num := func(i int) uint64 { // i is the 1-based field number of proc(5)
+		n, e := strconv.ParseUint(string(f[i-3]), 10, 64)
+		if e != nil && err == nil {
+			err = fmt.Errorf("stat of %d: field %d: %w", s.pid, i, e)
+		}
+		return n
+	}
+	s.ppid = int(num(4))
+	s.cpu = num(14) + num(15) + num(16) + num(17)
+	s.rss = num(24) * pageSize
+	return s, err
+}
+
+// treeSample is the process tree rooted at one pid at one instant.
+type treeSample struct {
+	cpu   time.Duration // CPU of every live process, plus what each has reaped
+	rss   uint64
+	procs int
+}
+
+// sampleTree walks /proc once. A process's cutime/cstime hold the CPU of
+// the children it has waited for, so the sum over the live tree counts every
+// process that ever ran in it and was reaped inside it (isolate children,
+// recycled workers) exactly once.
+func sampleTree(root int) (treeSample, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return treeSample{}, err
+	}
+	byPID := make(map[int]procStat, len(ents))
+	kids := map[int][]int{}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone since ReadDir
+		}
+		s, err := parseStat(b)
+		if err != nil {
+			continue
+		}
+		byPID[pid] = s
+		kids[s.ppid] = append(kids[s.ppid], pid)
+	}
+	if _, ok := byPID[root]; !ok {
+		return treeSample{}, fmt.Errorf("process %d: not running", root)
+	}
+	var t treeSample
+	var ticks uint64
+	stack := []int{root}
+	for len(stack) > 0 {
+		pid := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		s := byPID[pid]
+		ticks += s.cpu
+		t.rss += s.rss
+		t.procs++
+		stack = append(stack, kids[pid]...)
+	}
+	t.cpu = time.Duration(ticks) * time.Second / clockTicks
+	return t, nil
+}
+
+// treeMeter samples a process tree every interval until stopped, keeping
+// the peak RSS and process count, and the CPU at start and at stop.
+type treeMeter struct {
+	root     int
+	start    treeSample
+	mu       sync.Mutex
+	peakRSS  uint64
+	peakProc int
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+func startTreeMeter(root int, every time.Duration) (*treeMeter, error) {
+	first, err := sampleTree(root)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &treeMeter{root: root, start: first, peakRSS: first.rss, peakProc: first.procs, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if s, err := sampleTree(root); err == nil {
+					m.observe(s)
+				}
+			}
+		}
+	}()
+	return m, nil
+}
+
+func (m *treeMeter) observe(s treeSample) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.peakRSS = max(m.peakRSS, s.rss)
+	m.peakProc = max(m.peakProc, s.procs)
+}
+
+// stop ends the sampling and returns the cost over ok (2xx) requests.
+func (m *treeMeter) stop(ok int64) (*Cost, error) {
+	m.cancel()
+	<-m.done
+	last, err := sampleTree(m.root)
+	if err != nil {
+		return nil, err
+	}
+	m.observe(last)
+	c := &Cost{CPUS: (last.cpu - m.start.cpu).Seconds(), PeakRSSBytes: m.peakRSS, PeakProcs: m.peakProc}
+	if ok > 0 {
+		c.CPUMSPerReq = c.CPUS * 1000 / float64(ok)
+	}
+	return c, nil
+}

@@ -1,0 +1,246 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Histogram bounds: latencies are recorded in microseconds from 1 µs to 60 s
+// with 3 significant digits, so any percentile is exact to 0.1 %. A latency
+// over 60 s is recorded as 60 s.
+const (
+	histMinUS = 1
+	histMaxUS = 60_000_000
+	histSig   = 3
+)
+
+func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(histMinUS, histMaxUS, histSig) }
+
+// recorder belongs to one connection's goroutine, so it needs no lock.
+type recorder struct {
+	hist   *hdrhistogram.Histogram
+	status map[int]int64
+	errors map[string]int64
+}
+
+func newRecorder() *recorder {
+	return &recorder{hist: newHist(), status: map[int]int64{}, errors: map[string]int64{}}
+}
+
+func (r *recorder) record(code int, err error, d time.Duration) {
+	if err != nil {
+		r.errors[classify(err)]++
+	} else {
+		r.status[code]++
+	}
+	us := d.Microseconds()
+	r.hist.RecordValue(min(max(us, histMinUS), histMaxUS))
+}
+
+// Result is what one measured run saw. Every request sent is in Requests
+// and in exactly one of Status or Errors; Errors also holds the open-loop
+// requests that could not be sent ("unsent").
+type Result struct {
+	Requests int64            `json:"requests"` // sent and ended, answered or failed
+	OK       int64            `json:"ok"`       // answered 2xx
+	Status   map[string]int64 `json:"status"`   // every HTTP status answered: "200": n
+	Errors   map[string]int64 `json:"errors"`   // no HTTP answer, by kind: "timeout": n
+	ElapsedS float64          `json:"elapsed_s"`
+	// OKPerSec is 2xx answers per second: fast errors never count as
+	// throughput.
+	OKPerSec float64 `json:"ok_per_s"`
+	// Latency is over every sent request, answered or failed: a slow error
+	// is as slow as a slow success.
+	Latency   Latency   `json:"latency_ms"`
+	Histogram Histogram `json:"histogram"`
+	// Server is the cost on the server side, known only when the bench
+	// started the server itself.
+	Server *Cost `json:"server,omitempty"`
+	// ClientCPUS is the CPU time the load generator itself spent.
+	ClientCPUS float64 `json:"client_cpu_s"`
+}
+
+// Latency is a summary in milliseconds.
+type Latency struct {
+	Min  float64 `json:"min"`
+	Mean float64 `json:"mean"`
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p99.9"`
+	Max  float64 `json:"max"`
+}
+
+// Cost is the server's process tree during the measured phase.
+type Cost struct {
+	CPUS         float64 `json:"cpu_s"`          // user+system seconds, whole tree, children reaped included
+	CPUMSPerReq  float64 `json:"cpu_ms_per_req"` // CPUS over the 2xx answers: what one success costs
+	PeakRSSBytes uint64  `json:"peak_rss_bytes"` // largest sum of RSS over the tree, sampled every 100 ms
+	PeakProcs    int     `json:"peak_procs"`     // most processes in the tree at one sample
+}
+
+// Failed is every request that did not get a 2xx: other statuses, errors,
+// and open-loop requests never sent.
+func (r *Result) Failed() int64 { return r.Requests - r.OK + r.Errors[ErrUnsent] }
+
+func (r *Result) addError(kind string, n int64) {
+	if r.Errors == nil {
+		r.Errors = map[string]int64{}
+	}
+	r.Errors[kind] += n
+}
+
+func merge(recs []*recorder, elapsed time.Duration) *Result {
+	h := newHist()
+	r := &Result{Status: map[string]int64{}, Errors: map[string]int64{}, ElapsedS: elapsed.Seconds()}
+	for _, rec := range recs {
+		h.Merge(rec.hist)
+		for code, n := range rec.status {
+			r.Status[strconv.Itoa(code)] += n
+			r.Requests += n
+			if code >= 200 && code < 300 {
+				r.OK += n
+			}
+		}
+		for k, n := range rec.errors {
+			r.Errors[k] += n
+			r.Requests += n
+		}
+	}
+	if r.ElapsedS > 0 {
+		r.OKPerSec = float64(r.OK) / r.ElapsedS
+	}
+	r.Histogram = exportHist(h)
+	r.Latency = summarize(h)
+	return r
+}
+
+func summarize(h *hdrhistogram.Histogram) Latency {
+	if h.TotalCount() == 0 {
+		return Latency{}
+	}
+	ms := func(us int64) float64 { return float64(us) / 1000 }
+	return Latency{
+		Min: ms(h.Min()), Mean: h.Mean() / 1000, Max: ms(h.Max()),
+		P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)),
+		P99: ms(h.ValueAtQuantile(99)), P999: ms(h.ValueAtQuantile(99.9)),
+	}
+}
+
+// Histogram is an HDR histogram in a compact, lossless form: the non-empty
+// buckets as [lowest value in µs, count] pairs.
+type Histogram struct {
+	Buckets [][2]int64 `json:"buckets_us"`
+}
+
+func exportHist(h *hdrhistogram.Histogram) Histogram {
+	out := Histogram{Buckets: [][2]int64{}}
+	for _, b := range h.Distribution() {
+		if b.Count > 0 {
+			out.Buckets = append(out.Buckets, [2]int64{b.From, b.Count})
+		}
+	}
+	return out
+}
+
+// hdr rebuilds the histogram; every value lands in the bucket it came from.
+func (x Histogram) hdr() *hdrhistogram.Histogram {
+	h := newHist()
+	for _, b := range x.Buckets {
+		h.RecordValues(min(max(b[0], histMinUS), histMaxUS), b[1])
+	}
+	return h
+}
+
+// CountOver is how many recorded latencies exceed d (to the histogram's
+// 0.1 % precision).
+func (x Histogram) CountOver(d time.Duration) int64 {
+	h := x.hdr()
+	var n int64
+	for _, b := range h.Distribution() {
+		if b.From > d.Microseconds() {
+			n += b.Count
+		}
+	}
+	return n
+}
+
+// Quantiles are the points of a latency percentile curve, from p0 to p100
+// on a scale that spreads the tail (…, 99, 99.9, 99.99).
+func (x Histogram) Quantiles() [][2]float64 {
+	h := x.hdr()
+	if h.TotalCount() == 0 {
+		return nil
+	}
+	var pts [][2]float64
+	for _, q := range curveQuantiles {
+		pts = append(pts, [2]float64{q, float64(h.ValueAtQuantile(q)) / 1000})
+	}
+	return pts
+}
+
+// curveQuantiles go 0, 10 … 90, then 9 steps per decade of 1/(1-q) up to
+// 99.999, then 100.
+var curveQuantiles = func() []float64 {
+	var qs []float64
+	for q := 0.0; q < 90; q += 10 {
+		qs = append(qs, q)
+	}
+	for e := 1.0; e < 5; e += 1.0 / 9 {
+		qs = append(qs, 100*(1-math.Pow(10, -e)))
+	}
+	return append(qs, 100)
+}()
+
+// MarshalJSON writes the maps in a stable order (encoding/json sorts keys),
+// and never null.
+func (r *Result) MarshalJSON() ([]byte, error) {
+	type plain Result
+	p := plain(*r)
+	if p.Status == nil {
+		p.Status = map[string]int64{}
+	}
+	if p.Errors == nil {
+		p.Errors = map[string]int64{}
+	}
+	return json.Marshal(p)
+}
+
+// StatusCodes is the answered statuses in order.
+func (r *Result) StatusCodes() []string {
+	return slices.Sorted(maps.Keys(r.Status))
+}
+
+// ErrorSummary is every non-2xx outcome as "503:12 timeout:3", or "-".
+func (r *Result) ErrorSummary() string {
+	s := ""
+	add := func(k string, n int64) {
+		if n == 0 {
+			return
+		}
+		if s != "" {
+			s += " "
+		}
+		s += fmt.Sprintf("%s:%d", k, n)
+	}
+	for _, code := range r.StatusCodes() {
+		if len(code) == 3 && code[0] == '2' {
+			continue
+		}
+		add(code, r.Status[code])
+	}
+	for _, k := range slices.Sorted(maps.Keys(r.Errors)) {
+		add(k, r.Errors[k])
+	}
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,160 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"text/tabwriter"
+)
+
+// fmtMS prints milliseconds with three significant digits or so.
+func fmtMS(ms float64) string {
+	switch {
+	case ms < 1:
+		return strconv.FormatFloat(ms, 'f', 3, 64)
+	case ms < 10:
+		return strconv.FormatFloat(ms, 'f', 2, 64)
+	case ms < 100:
+		return strconv.FormatFloat(ms, 'f', 1, 64)
+	}
+	return strconv.FormatFloat(ms, 'f', 0, 64)
+}
+
+func fmtRate(v float64) string {
+	if v < 100 {
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	}
+	return strconv.FormatFloat(v, 'f', 0, 64)
+}
+
+func fmtRatio(v float64) string {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return "-"
+	}
+	if v < 0.1 {
+		return strconv.FormatFloat(v, 'g', 2, 64) + "×"
+	}
+	return strconv.FormatFloat(v, 'f', 2, 64) + "×"
+}
+
+// Best is, for each workload and worker count, the highest 2xx throughput
+// and the lowest p99 over its modes: the yardsticks of the ratio columns.
+func best(cells []Cell) map[string][2]float64 {
+	b := map[string][2]float64{}
+	for _, c := range cells {
+		if c.Result == nil || c.Result.OK == 0 {
+			continue
+		}
+		k := fmt.Sprintf("%s/w%d", c.Name, c.Workers)
+		cur, ok := b[k]
+		if !ok {
+			cur = [2]float64{0, math.Inf(1)}
+		}
+		b[k] = [2]float64{max(cur[0], c.Result.OKPerSec), min(cur[1], c.Result.Latency.P99)}
+	}
+	return b
+}
+
+// Ratios are a cell's throughput and p99 against the best mode of its
+// workload and worker count: 1.00× is the best; throughput below 1 is
+// slower, p99 above 1 is slower.
+func Ratios(cells []Cell, c Cell) (rps, p99 float64) {
+	if c.Result == nil {
+		return math.NaN(), math.NaN()
+	}
+	b, ok := best(cells)[fmt.Sprintf("%s/w%d", c.Name, c.Workers)]
+	if !ok || b[0] == 0 {
+		return math.NaN(), math.NaN()
+	}
+	return c.Result.OKPerSec / b[0], c.Result.Latency.P99 / b[1]
+}
+
+// WriteTable prints r's cells as an aligned table.
+func WriteTable(w io.Writer, r *Report) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tmode\tworkers\tconns\treq/s\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\terrors\tCPU ms/req\tpeak RSS MiB\treq/s ×best\tp99 ×best\t")
+	for _, c := range r.Cells {
+		workers := "?"
+		if c.Workers > 0 {
+			workers = strconv.Itoa(c.Workers)
+		}
+		conns := strconv.Itoa(c.Concurrency)
+		if c.Rate > 0 {
+			conns += "@" + fmtRate(c.Rate) + "/s"
+		}
+		if c.Result == nil {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\t-\tfailed: %s\t-\t-\t-\t-\t\n", c.Name, c.Mode, workers, conns, oneLine(c.Error))
+			continue
+		}
+		res := c.Result
+		l := res.Latency
+		cpu, rss := "-", "-"
+		if res.Server != nil {
+			cpu = fmtMS(res.Server.CPUMSPerReq)
+			rss = strconv.FormatFloat(float64(res.Server.PeakRSSBytes)/(1<<20), 'f', 0, 64)
+		}
+		rr, pr := Ratios(r.Cells, c)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			c.Name, c.Mode, workers, conns, fmtRate(res.OKPerSec),
+			fmtMS(l.P50), fmtMS(l.P90), fmtMS(l.P99), fmtMS(l.P999), fmtMS(l.Max),
+			res.ErrorSummary(), cpu, rss, fmtRatio(rr), fmtRatio(pr))
+	}
+	return tw.Flush()
+}
+
+func oneLine(s string) string {
+	for i, r := range s {
+		if r == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+// WriteCompare prints, for every cell in both reports (matched by name,
+// mode and workers), b's figures as ratios to a's: req/s b/a above 1 and
+// p99 and CPU b/a below 1 mean b is faster. It ends with the geometric mean
+// of the throughput ratios.
+func WriteCompare(w io.Writer, a, b *Report) error {
+	byKey := map[string]Cell{}
+	for _, c := range a.Cells {
+		byKey[c.Key()] = c
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "cell\treq/s a\treq/s b\tb/a\tp99 ms a\tp99 ms b\tb/a\tCPU ms/req a\tCPU ms/req b\tb/a\terrors a\terrors b\t")
+	logSum, n, matched := 0.0, 0, 0
+	for _, cb := range b.Cells {
+		ca, ok := byKey[cb.Key()]
+		if !ok || ca.Result == nil || cb.Result == nil {
+			continue
+		}
+		matched++
+		ra, rb := ca.Result, cb.Result
+		cpuA, cpuB, cpuR := "-", "-", "-"
+		if ra.Server != nil && rb.Server != nil {
+			cpuA, cpuB = fmtMS(ra.Server.CPUMSPerReq), fmtMS(rb.Server.CPUMSPerReq)
+			cpuR = fmtRatio(rb.Server.CPUMSPerReq / ra.Server.CPUMSPerReq)
+		}
+		tr := rb.OKPerSec / ra.OKPerSec
+		if tr > 0 && !math.IsInf(tr, 0) {
+			logSum += math.Log(tr)
+			n++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", cb.Key(),
+			fmtRate(ra.OKPerSec), fmtRate(rb.OKPerSec), fmtRatio(tr),
+			fmtMS(ra.Latency.P99), fmtMS(rb.Latency.P99), fmtRatio(rb.Latency.P99/ra.Latency.P99),
+			cpuA, cpuB, cpuR, ra.ErrorSummary(), rb.ErrorSummary())
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if matched == 0 {
+		return fmt.Errorf("compare: no cell of b matches a cell of a (cells match by name/mode/workers)")
+	}
+	if n > 0 {
+		_, err := fmt.Fprintf(w, "\ngeometric mean of req/s b/a over %d cells: %s\n", n, fmtRatio(math.Exp(logSum/float64(n))))
+		return err
+	}
+	return nil
+}
