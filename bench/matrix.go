@@ -11,6 +11,8 @@ import (
 // NamedTarget is a --target: any HTTP server, labelled.
 type NamedTarget struct {
 	Name string
+	// Concurrency, if not 0, replaces the matrix's for this target.
+	Concurrency int
 	Target
 }
 
@@ -25,6 +27,10 @@ type Matrix struct {
 	URL string
 	// Targets, when set, are run as they are and nothing else is.
 	Targets []NamedTarget
+	// ServerPID, with URL or Targets, is the running server's root process:
+	// its tree is measured as a started server's is (CPU per request, peak
+	// RSS). 0: no server cost.
+	ServerPID int
 
 	Workloads []Workload
 	Modes     []string
@@ -52,6 +58,9 @@ func (m *Matrix) plan() []job {
 	if len(m.Targets) > 0 {
 		for _, t := range m.Targets {
 			c := m.load(0)
+			if t.Concurrency > 0 {
+				c.Concurrency = t.Concurrency
+			}
 			jobs = append(jobs, job{
 				cell:   Cell{Name: t.Name, Mode: "-", Target: t.Method + " " + t.URL, BodyBytes: len(t.Body), Concurrency: c.Concurrency, Rate: c.Rate},
 				target: func(string) Target { return t.Target },
@@ -134,9 +143,13 @@ func (m *Matrix) Run(ctx context.Context, r *Report) error {
 func (m *Matrix) runCell(ctx context.Context, j job) (Cell, error) {
 	cell := j.cell
 	o := m.load(cell.Workers)
+	o.Concurrency = cell.Concurrency
 	base := m.URL
 	var meter *treeMeter
 	var meterErr error
+	if m.ServerPID > 0 && cell.ServeArgs == nil {
+		o.onMeasure = func() { meter, meterErr = startTreeMeter(m.ServerPID, 100*time.Millisecond) }
+	}
 	if cell.ServeArgs != nil {
 		srv, err := StartServer(ctx, m.Exe, cell.ServeArgs)
 		if err != nil {

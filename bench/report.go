@@ -102,5 +102,13 @@ func ReadReport(path string) (*Report, error) {
 	if r.Format != ReportFormat {
 		return nil, fmt.Errorf("%s: results format %d, want %d", path, r.Format, ReportFormat)
 	}
+	for _, c := range r.Cells {
+		if c.Result == nil {
+			continue
+		}
+		if _, err := c.Result.Histogram.decode(); err != nil {
+			return nil, fmt.Errorf("%s: cell %s: %w", path, c.Key(), err)
+		}
+	}
 	return &r, nil
 }

@@ -48,11 +48,7 @@ func TestReportRoundTrips(t *testing.T) {
 		if got := summarize(c.Result.Histogram.hdr()); got != c.Result.Latency {
 			t.Errorf("%s: latency from the histogram %+v; stated %+v", c.Key(), got, c.Result.Latency)
 		}
-		var n int64
-		for _, b := range c.Result.Histogram.Buckets {
-			n += b[1]
-		}
-		if n != c.Result.Requests {
+		if n := c.Result.Histogram.hdr().TotalCount(); n != c.Result.Requests {
 			t.Errorf("%s: histogram holds %d; want %d requests", c.Key(), n, c.Result.Requests)
 		}
 	}
@@ -64,6 +60,16 @@ func TestReadReportRefusesOtherFormats(t *testing.T) {
 	r.WriteFile(path)
 	if _, err := ReadReport(path); err == nil || !strings.Contains(err.Error(), "format 99") {
 		t.Errorf("ReadReport of format 99: %v; want a format error", err)
+	}
+}
+
+func TestReadReportRefusesABrokenHistogram(t *testing.T) {
+	r := sampleReport(t)
+	r.Cells[0].Result.Histogram = "HISTFAAA-not-base64"
+	path := filepath.Join(t.TempDir(), "r.json")
+	r.WriteFile(path)
+	if _, err := ReadReport(path); err == nil || !strings.Contains(err.Error(), "hash-64k/inline/w2: latency histogram") {
+		t.Errorf("ReadReport with a broken histogram: %v; want an error naming the cell", err)
 	}
 }
 

@@ -134,27 +134,37 @@ func summarize(h *hdrhistogram.Histogram) Latency {
 	}
 }
 
-// Histogram is an HDR histogram in a compact, lossless form: the non-empty
-// buckets as [lowest value in µs, count] pairs.
-type Histogram struct {
-	Buckets [][2]int64 `json:"buckets_us"`
-}
+// Histogram is the whole latency distribution, in microseconds, in
+// HdrHistogram's standard compressed V2 encoding (base64): a few KB per
+// cell, lossless, and readable by any HdrHistogram library or plotter.
+type Histogram string
 
 func exportHist(h *hdrhistogram.Histogram) Histogram {
-	out := Histogram{Buckets: [][2]int64{}}
-	for _, b := range h.Distribution() {
-		if b.Count > 0 {
-			out.Buckets = append(out.Buckets, [2]int64{b.From, b.Count})
-		}
+	b, err := h.Encode(hdrhistogram.V2CompressedEncodingCookieBase)
+	if err != nil { // only for an unknown version
+		panic("bench: encoding a histogram: " + err.Error())
 	}
-	return out
+	return Histogram(b)
 }
 
-// hdr rebuilds the histogram; every value lands in the bucket it came from.
+// decode rebuilds the histogram.
+func (x Histogram) decode() (*hdrhistogram.Histogram, error) {
+	if x == "" {
+		return newHist(), nil
+	}
+	h, err := hdrhistogram.Decode([]byte(x))
+	if err != nil {
+		return nil, fmt.Errorf("latency histogram: %w", err)
+	}
+	return h, nil
+}
+
+// hdr is decode for a histogram known to be sound (made here, or checked by
+// ReadReport); a broken one reads as empty.
 func (x Histogram) hdr() *hdrhistogram.Histogram {
-	h := newHist()
-	for _, b := range x.Buckets {
-		h.RecordValues(min(max(b[0], histMinUS), histMaxUS), b[1])
+	h, err := x.decode()
+	if err != nil {
+		return newHist()
 	}
 	return h
 }

@@ -38,15 +38,20 @@ func fmtRatio(v float64) string {
 	return strconv.FormatFloat(v, 'f', 2, 64) + "×"
 }
 
-// Best is, for each workload and worker count, the highest 2xx throughput
-// and the lowest p99 over its modes: the yardsticks of the ratio columns.
+// Best is, for each workload and worker count with more than one mode, the
+// highest 2xx throughput and the lowest p99 over its modes: the yardsticks
+// of the ratio columns.
 func best(cells []Cell) map[string][2]float64 {
 	b := map[string][2]float64{}
+	n := map[string]int{}
 	for _, c := range cells {
-		if c.Result == nil || c.Result.OK == 0 {
+		n[fmt.Sprintf("%s/w%d", c.Name, c.Workers)]++
+	}
+	for _, c := range cells {
+		k := fmt.Sprintf("%s/w%d", c.Name, c.Workers)
+		if c.Result == nil || c.Result.OK == 0 || n[k] < 2 {
 			continue
 		}
-		k := fmt.Sprintf("%s/w%d", c.Name, c.Workers)
 		cur, ok := b[k]
 		if !ok {
 			cur = [2]float64{0, math.Inf(1)}

@@ -72,9 +72,10 @@ func benchFlagSet() (*flag.FlagSet, *benchConfig, func() error) {
 	fs.DurationVar(&m.Load.Timeout, "timeout", 30*time.Second, "one request's limit; past it the request counts as a timeout error")
 	fs.StringVar(&m.URL, "url", "", "measure a running hybrid server at this base URL (it needs --allow-mode-override for --modes)")
 	var targets, headers listFlag
-	fs.Var(&targets, "target", `measure any HTTP server: "[NAME=]METHOD URL"; repeatable`)
+	fs.Var(&targets, "target", `measure any HTTP server: "[NAME=]METHOD URL [@BODYFILE] [c=N]"; repeatable`)
 	fs.Var(&headers, "H", `a header for every --target request, "Name: value"; repeatable`)
-	body := fs.String("body", "", "a file whose bytes are every --target request's body")
+	body := fs.String("body", "", "a file whose bytes are the body of every --target request that sends one (not GET or HEAD) and names no @BODYFILE")
+	fs.IntVar(&m.ServerPID, "server-pid", 0, "with --url or --target: the server's root pid, to measure its process tree's CPU per request and peak RSS")
 	serveArgs := fs.String("serve-args", "", `more flags for every server the bench starts, e.g. "--pool-size 2 --isolate-reuse 10"`)
 	fs.StringVar(&c.report, "report", "", "a directory to write results.json and report.html into")
 
@@ -120,21 +121,19 @@ func benchFlagSet() (*flag.FlagSet, *benchConfig, func() error) {
 				hdr = append(hdr, [2]string{strings.TrimSpace(k), strings.TrimSpace(v)})
 			}
 			for i, spec := range targets {
-				name := fmt.Sprintf("target-%d", i+1)
-				if k, rest, ok := strings.Cut(spec, "="); ok && !strings.ContainsAny(k, " /:") {
-					name, spec = k, rest
-				}
-				t, err := bench.ParseTarget(spec)
+				nt, err := parseTargetSpec(spec, i, hdr, bodyBytes)
 				if err != nil {
 					return fmt.Errorf("--target: %w", err)
 				}
-				t.Header, t.Body = hdr, bodyBytes
-				m.Targets = append(m.Targets, bench.NamedTarget{Name: name, Target: t})
+				m.Targets = append(m.Targets, nt)
 			}
 			return nil
 		}
 		if *body != "" || len(headers) > 0 {
 			return errors.New("--body and -H: only with --target (workloads bring their own)")
+		}
+		if m.ServerPID != 0 && m.URL == "" {
+			return errors.New("--server-pid: only with --url or --target (the bench measures the servers it starts itself)")
 		}
 		if m.URL != "" {
 			if given["workers"] || given["serve-args"] {
@@ -171,6 +170,50 @@ func benchFlagSet() (*flag.FlagSet, *benchConfig, func() error) {
 		return nil
 	}
 	return fs, c, finish
+}
+
+// parseTargetSpec reads "[NAME=]METHOD URL [@BODYFILE] [c=N]". The body is
+// the @file's, else --body's for methods that send one.
+func parseTargetSpec(spec string, i int, hdr [][2]string, defBody []byte) (bench.NamedTarget, error) {
+	nt := bench.NamedTarget{Name: fmt.Sprintf("target-%d", i+1)}
+	if k, rest, ok := strings.Cut(spec, "="); ok && !strings.ContainsAny(k, " /:") {
+		nt.Name, spec = k, rest
+	}
+	f := strings.Fields(spec)
+	var bodyFile string
+	for len(f) > 2 {
+		opt := f[len(f)-1]
+		switch {
+		case strings.HasPrefix(opt, "@") && bodyFile == "":
+			bodyFile = opt[1:]
+		case strings.HasPrefix(opt, "c="):
+			n, err := strconv.Atoi(opt[2:])
+			if err != nil || n < 1 {
+				return nt, fmt.Errorf("%q: %s: want c=N with N ≥ 1", spec, opt)
+			}
+			nt.Concurrency = n
+		default:
+			return nt, fmt.Errorf("%q: unknown option %q (want @BODYFILE or c=N)", spec, opt)
+		}
+		f = f[:len(f)-1]
+	}
+	t, err := bench.ParseTarget(strings.Join(f, " "))
+	if err != nil {
+		return nt, err
+	}
+	t.Header = hdr
+	switch {
+	case bodyFile != "":
+		b, err := os.ReadFile(bodyFile)
+		if err != nil {
+			return nt, fmt.Errorf("%q: %w", spec, err)
+		}
+		t.Body = b
+	case t.Method != "GET" && t.Method != "HEAD":
+		t.Body = defBody
+	}
+	nt.Target = t
+	return nt, nil
 }
 
 func splitList(s string) []string {
