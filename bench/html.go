@@ -52,7 +52,7 @@ type chartGroup struct {
 
 type tableRow struct {
 	Name, Mode, Workers, Conns, RPS, P50, P90, P99, P999, Max, Errors, CPU, RSS, RatioRPS, RatioP99 string
-	Failed                                                                                          bool
+	Failed, Disturbed                                                                               bool
 }
 
 func newRow(cells []Cell, c Cell) tableRow {
@@ -76,6 +76,7 @@ func newRow(cells []Cell, c Cell) tableRow {
 	}
 	rr, pr := Ratios(cells, c)
 	t.RatioRPS, t.RatioP99 = fmtRatio(rr), fmtRatio(pr)
+	t.Disturbed = res.Disturbed()
 	return t
 }
 
@@ -337,7 +338,7 @@ process tree (primary, workers, isolate children) per 2xx answer; peak RSS is th
 columns compare each mode to the best mode of the same workload and worker count.</p>
 <table>
 <tr><th class="l">workload</th><th class="l">mode</th><th>workers</th><th>conns</th><th>req/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th class="l">errors</th><th>CPU ms/req</th><th>peak RSS MiB</th><th>req/s ×best</th><th>p99 ×best</th></tr>
-{{range .Rows}}<tr{{if .Failed}} class="failed"{{end}}><td class="l">{{.Name}}</td><td class="l">{{.Mode}}</td><td>{{.Workers}}</td><td>{{.Conns}}</td><td>{{.RPS}}</td><td>{{.P50}}</td><td>{{.P90}}</td><td>{{.P99}}</td><td>{{.P999}}</td><td>{{.Max}}</td><td class="l">{{.Errors}}</td><td>{{.CPU}}</td><td>{{.RSS}}</td><td>{{.RatioRPS}}</td><td>{{.RatioP99}}</td></tr>
+{{range .Rows}}<tr{{if .Failed}} class="failed"{{end}}><td class="l">{{.Name}}{{if .Disturbed}} <span title="other processes used more than 0.1 core during this cell: re-run it">(disturbed)</span>{{end}}</td><td class="l">{{.Mode}}</td><td>{{.Workers}}</td><td>{{.Conns}}</td><td>{{.RPS}}</td><td>{{.P50}}</td><td>{{.P90}}</td><td>{{.P99}}</td><td>{{.P999}}</td><td>{{.Max}}</td><td class="l">{{.Errors}}</td><td>{{.CPU}}</td><td>{{.RSS}}</td><td>{{.RatioRPS}}</td><td>{{.RatioP99}}</td></tr>
 {{end}}</table>
 {{range .Groups}}<h2>{{.Name}}</h2>
 <div class="charts">{{.Throughput}}{{.Latency}}</div>

@@ -210,9 +210,10 @@ func Run(ctx context.Context, t Target, o Options, prog *Progress) (*Result, err
 		o.onMeasure()
 	}
 	prog.begin(false)
-	cpu0 := selfCPU()
+	cpu0, busy0 := selfCPU(), machineBusy()
 	r := phase(ctx, client, t, o, prog)
 	r.ClientCPUS = (selfCPU() - cpu0).Seconds()
+	r.MachineCPUS = (machineBusy() - busy0).Seconds()
 	return r, ctx.Err()
 }
 

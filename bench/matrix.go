@@ -171,6 +171,7 @@ func (m *Matrix) runCell(ctx context.Context, j job) (Cell, error) {
 		if err != nil {
 			return cell, fmt.Errorf("measuring the server: %w", err)
 		}
+		cost.OtherCPUS = max(0, res.MachineCPUS-cost.CPUS-res.ClientCPUS)
 		res.Server = cost
 	} else if meterErr != nil {
 		return cell, errors.Join(errors.New("measuring the server"), meterErr)

@@ -65,6 +65,8 @@ type Result struct {
 	Server *Cost `json:"server,omitempty"`
 	// ClientCPUS is the CPU time the load generator itself spent.
 	ClientCPUS float64 `json:"client_cpu_s"`
+	// MachineCPUS is the CPU time every core of the machine spent busy.
+	MachineCPUS float64 `json:"machine_cpu_s"`
 }
 
 // Latency is a summary in milliseconds.
@@ -84,6 +86,17 @@ type Cost struct {
 	CPUMSPerReq  float64 `json:"cpu_ms_per_req"` // CPUS over the 2xx answers: what one success costs
 	PeakRSSBytes uint64  `json:"peak_rss_bytes"` // largest sum of RSS over the tree, sampled every 100 ms
 	PeakProcs    int     `json:"peak_procs"`     // most processes in the tree at one sample
+	// OtherCPUS is the machine's busy CPU time that was neither the
+	// server's tree nor the bench: other processes competing for the
+	// cores. Well above zero, the cell was disturbed and should be re-run.
+	OtherCPUS float64 `json:"other_cpu_s"`
+}
+
+// Disturbed reports whether other processes used more than a tenth of one
+// core on average during the measurement (the /proc sampling itself is a
+// few hundredths).
+func (r *Result) Disturbed() bool {
+	return r.Server != nil && r.ElapsedS > 0 && r.Server.OtherCPUS/r.ElapsedS > 0.1
 }
 
 // Failed is every request that did not get a 2xx: other statuses, errors,

@@ -105,7 +105,16 @@ func WriteTable(w io.Writer, r *Report) error {
 			fmtMS(l.P50), fmtMS(l.P90), fmtMS(l.P99), fmtMS(l.P999), fmtMS(l.Max),
 			res.ErrorSummary(), cpu, rss, fmtRatio(rr), fmtRatio(pr))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, c := range r.Cells {
+		if c.Result != nil && c.Result.Disturbed() {
+			fmt.Fprintf(w, "note: %s: other processes used %.1f CPU-s of the machine during its %.0f s: disturbed, re-run it\n",
+				c.Key(), c.Result.Server.OtherCPUS, c.Result.ElapsedS)
+		}
+	}
+	return nil
 }
 
 func oneLine(s string) string {
