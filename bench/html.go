@@ -33,51 +33,18 @@ func WriteHTML(w io.Writer, r *Report) error {
 			Latency:    template.HTML(latencySVG(name, cells)),
 		})
 	}
-	var rows []tableRow
-	for _, c := range r.Cells {
-		rows = append(rows, newRow(r.Cells, c))
-	}
 	return pageTmpl.Execute(w, struct {
 		R       *Report
 		Command string
+		Header  []string
 		Groups  []chartGroup
 		Rows    []tableRow
-	}{r, strings.Join(r.Command, " "), groups, rows})
+	}{r, strings.Join(r.Command, " "), tableHeader, groups, rows(r.Cells)})
 }
 
 type chartGroup struct {
 	Name                string
 	Throughput, Latency template.HTML
-}
-
-type tableRow struct {
-	Name, Mode, Workers, Conns, RPS, P50, P90, P99, P999, Max, Errors, CPU, RSS, RatioRPS, RatioP99 string
-	Failed, Disturbed                                                                               bool
-}
-
-func newRow(cells []Cell, c Cell) tableRow {
-	t := tableRow{Name: c.Name, Mode: c.Mode, Workers: "?", Conns: strconv.Itoa(c.Concurrency)}
-	if c.Workers > 0 {
-		t.Workers = strconv.Itoa(c.Workers)
-	}
-	if c.Rate > 0 {
-		t.Conns += " @ " + fmtRate(c.Rate) + "/s"
-	}
-	if c.Result == nil {
-		t.Failed, t.Errors = true, "failed: "+oneLine(c.Error)
-		return t
-	}
-	res, l := c.Result, c.Result.Latency
-	t.RPS, t.P50, t.P90, t.P99, t.P999, t.Max = fmtRate(res.OKPerSec), fmtMS(l.P50), fmtMS(l.P90), fmtMS(l.P99), fmtMS(l.P999), fmtMS(l.Max)
-	t.Errors, t.CPU, t.RSS = res.ErrorSummary(), "-", "-"
-	if res.Server != nil {
-		t.CPU = fmtMS(res.Server.CPUMSPerReq)
-		t.RSS = strconv.FormatFloat(float64(res.Server.PeakRSSBytes)/(1<<20), 'f', 0, 64)
-	}
-	rr, pr := Ratios(cells, c)
-	t.RatioRPS, t.RatioP99 = fmtRatio(rr), fmtRatio(pr)
-	t.Disturbed = res.Disturbed()
-	return t
 }
 
 // cellNames are the distinct names in first-seen order.
@@ -318,7 +285,7 @@ h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:28px 0 8px}
 code,pre{font:12px ui-monospace,Menlo,Consolas,monospace;background:#f0f0f0;padding:2px 4px;border-radius:3px;white-space:pre-wrap;word-break:break-all}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:8px 0} dt{color:#666}
 table{border-collapse:collapse;background:#fff;font-size:13px} th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
-th{background:#f2f2f2} td.l,th.l{text-align:left} tr.failed td{color:#b00}
+th{background:#f2f2f2} td:nth-child(-n+2),th:nth-child(-n+2),td:nth-child(11),th:nth-child(11){text-align:left} tr.failed td{color:#b00}
 .charts{display:flex;flex-wrap:wrap;gap:16px} .charts svg{border:1px solid #ddd;max-width:100%;height:auto}
 svg text{font-family:system-ui,sans-serif;fill:#222} svg .title{font-size:14px;font-weight:600} svg .tick{font-size:11px;fill:#555}
 svg .label{font-size:12px} svg .legend{font-size:12px} svg .value{font-size:10px;fill:#333}
@@ -337,8 +304,8 @@ svg .grid{stroke:#e6e6e6;stroke-width:1} svg .axis{stroke:#333;stroke-width:1}
 process tree (primary, workers, isolate children) per 2xx answer; peak RSS is the tree's largest total. The ×best
 columns compare each mode to the best mode of the same workload and worker count.</p>
 <table>
-<tr><th class="l">workload</th><th class="l">mode</th><th>workers</th><th>conns</th><th>req/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th class="l">errors</th><th>CPU ms/req</th><th>peak RSS MiB</th><th>req/s ×best</th><th>p99 ×best</th></tr>
-{{range .Rows}}<tr{{if .Failed}} class="failed"{{end}}><td class="l">{{.Name}}{{if .Disturbed}} <span title="other processes used more than 0.1 core during this cell: re-run it">(disturbed)</span>{{end}}</td><td class="l">{{.Mode}}</td><td>{{.Workers}}</td><td>{{.Conns}}</td><td>{{.RPS}}</td><td>{{.P50}}</td><td>{{.P90}}</td><td>{{.P99}}</td><td>{{.P999}}</td><td>{{.Max}}</td><td class="l">{{.Errors}}</td><td>{{.CPU}}</td><td>{{.RSS}}</td><td>{{.RatioRPS}}</td><td>{{.RatioP99}}</td></tr>
+<tr>{{range .Header}}<th>{{.}}</th>{{end}}</tr>
+{{range .Rows}}<tr{{if .Failed}} class="failed"{{end}}><td>{{.Name}}{{if .Disturbed}} <span title="other processes used more than 0.1 core during this cell: re-run it">(disturbed)</span>{{end}}</td><td>{{.Mode}}</td><td>{{.Workers}}</td><td>{{.Conns}}</td><td>{{.RPS}}</td><td>{{.P50}}</td><td>{{.P90}}</td><td>{{.P99}}</td><td>{{.P999}}</td><td>{{.Max}}</td><td>{{.Errors}}</td><td>{{.CPU}}</td><td>{{.RSS}}</td><td>{{.RatioRPS}}</td><td>{{.RatioP99}}</td></tr>
 {{end}}</table>
 {{range .Groups}}<h2>{{.Name}}</h2>
 <div class="charts">{{.Throughput}}{{.Latency}}</div>

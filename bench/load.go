@@ -190,7 +190,6 @@ func Run(ctx context.Context, t Target, o Options, prog *Progress) (*Result, err
 		WriteTimeout:                  o.Timeout,
 		MaxIdleConnDuration:           time.Minute,
 		DisableHeaderNamesNormalizing: true,
-		NoDefaultUserAgentHeader:      false,
 		// Bodies are read in full and dropped; a huge one is the server's
 		// answer, not the generator's problem.
 		MaxResponseBodySize: 1 << 30,
@@ -303,8 +302,7 @@ func (t Target) fill(req *fasthttp.Request, newConn bool) {
 	if len(t.Body) > 0 {
 		req.SetBodyRaw(t.Body)
 	}
-	req.SetConnectionClose()
-	if !newConn {
-		req.Header.ResetConnectionClose()
+	if newConn {
+		req.SetConnectionClose()
 	}
 }

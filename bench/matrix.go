@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -144,37 +143,38 @@ func (m *Matrix) runCell(ctx context.Context, j job) (Cell, error) {
 	cell := j.cell
 	o := m.load(cell.Workers)
 	o.Concurrency = cell.Concurrency
-	base := m.URL
-	var meter *treeMeter
-	var meterErr error
-	if m.ServerPID > 0 && cell.ServeArgs == nil {
-		o.onMeasure = func() { meter, meterErr = startTreeMeter(m.ServerPID, 100*time.Millisecond) }
-	}
+	base, pid := m.URL, m.ServerPID // pid: the tree to meter, 0 for none
 	if cell.ServeArgs != nil {
 		srv, err := StartServer(ctx, m.Exe, cell.ServeArgs)
 		if err != nil {
 			return cell, err
 		}
 		defer srv.Stop(context.Background())
-		base, cell.ServerPID = srv.URL, srv.PID
-		o.onMeasure = func() { meter, meterErr = startTreeMeter(srv.PID, 100*time.Millisecond) }
+		base, pid, cell.ServerPID = srv.URL, srv.PID, srv.PID
+	}
+	var meter *treeMeter
+	var meterErr error
+	if pid > 0 {
+		o.onMeasure = func() { meter, meterErr = startTreeMeter(pid, 100*time.Millisecond) }
 	}
 	t := j.target(base)
 	cell.Target, cell.BodyBytes = t.Method+" "+t.URL, len(t.Body)
 	res, err := Run(ctx, t, o, m.Progress)
+	if meter != nil {
+		cost, stopErr := meter.stop(res.okCount())
+		if err == nil && stopErr != nil {
+			err = fmt.Errorf("measuring the server: %w", stopErr)
+		}
+		if cost != nil && res != nil {
+			cost.OtherCPUS = max(0, res.MachineCPUS-cost.CPUS-res.ClientCPUS)
+			res.Server = cost
+		}
+	} else if err == nil && meterErr != nil {
+		err = fmt.Errorf("measuring the server: %w", meterErr)
+	}
 	if err != nil {
 		return cell, err
 	}
 	cell.Result = res
-	if meter != nil {
-		cost, err := meter.stop(res.OK)
-		if err != nil {
-			return cell, fmt.Errorf("measuring the server: %w", err)
-		}
-		cost.OtherCPUS = max(0, res.MachineCPUS-cost.CPUS-res.ClientCPUS)
-		res.Server = cost
-	} else if meterErr != nil {
-		return cell, errors.Join(errors.New("measuring the server"), meterErr)
-	}
 	return cell, nil
 }

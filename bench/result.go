@@ -103,6 +103,14 @@ func (r *Result) Disturbed() bool {
 // and open-loop requests never sent.
 func (r *Result) Failed() int64 { return r.Requests - r.OK + r.Errors[ErrUnsent] }
 
+// okCount is r.OK, or 0 for no result.
+func (r *Result) okCount() int64 {
+	if r == nil {
+		return 0
+	}
+	return r.OK
+}
+
 func (r *Result) addError(kind string, n int64) {
 	if r.Errors == nil {
 		r.Errors = map[string]int64{}

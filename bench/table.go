@@ -5,6 +5,7 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -38,17 +39,20 @@ func fmtRatio(v float64) string {
 	return strconv.FormatFloat(v, 'f', 2, 64) + "×"
 }
 
-// Best is, for each workload and worker count with more than one mode, the
+// groupKey names the cells whose modes are compared with each other.
+func groupKey(c Cell) string { return fmt.Sprintf("%s/w%d", c.Name, c.Workers) }
+
+// best is, for each workload and worker count with more than one mode, the
 // highest 2xx throughput and the lowest p99 over its modes: the yardsticks
 // of the ratio columns.
 func best(cells []Cell) map[string][2]float64 {
 	b := map[string][2]float64{}
 	n := map[string]int{}
 	for _, c := range cells {
-		n[fmt.Sprintf("%s/w%d", c.Name, c.Workers)]++
+		n[groupKey(c)]++
 	}
 	for _, c := range cells {
-		k := fmt.Sprintf("%s/w%d", c.Name, c.Workers)
+		k := groupKey(c)
 		if c.Result == nil || c.Result.OK == 0 || n[k] < 2 {
 			continue
 		}
@@ -61,49 +65,67 @@ func best(cells []Cell) map[string][2]float64 {
 	return b
 }
 
-// Ratios are a cell's throughput and p99 against the best mode of its
-// workload and worker count: 1.00× is the best; throughput below 1 is
-// slower, p99 above 1 is slower.
-func Ratios(cells []Cell, c Cell) (rps, p99 float64) {
-	if c.Result == nil {
-		return math.NaN(), math.NaN()
-	}
-	b, ok := best(cells)[fmt.Sprintf("%s/w%d", c.Name, c.Workers)]
-	if !ok || b[0] == 0 {
-		return math.NaN(), math.NaN()
-	}
-	return c.Result.OKPerSec / b[0], c.Result.Latency.P99 / b[1]
+// tableHeader and tableRow are the one layout of the terminal table and of
+// report.html's.
+var tableHeader = []string{"workload", "mode", "workers", "conns", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
+	"max ms", "errors", "CPU ms/req", "peak RSS MiB", "req/s ×best", "p99 ×best"}
+
+type tableRow struct {
+	Name, Mode, Workers, Conns, RPS, P50, P90, P99, P999, Max, Errors, CPU, RSS, RatioRPS, RatioP99 string
+	Failed, Disturbed                                                                               bool
 }
 
-// WriteTable prints r's cells as an aligned table.
-func WriteTable(w io.Writer, r *Report) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tmode\tworkers\tconns\treq/s\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\terrors\tCPU ms/req\tpeak RSS MiB\treq/s ×best\tp99 ×best\t")
-	for _, c := range r.Cells {
-		workers := "?"
+func (t tableRow) cols() []string {
+	return []string{t.Name, t.Mode, t.Workers, t.Conns, t.RPS, t.P50, t.P90, t.P99, t.P999, t.Max, t.Errors, t.CPU, t.RSS, t.RatioRPS, t.RatioP99}
+}
+
+// rows formats every cell. The ratios compare a cell's throughput and p99
+// with the best mode of its workload and worker count: 1.00× is the best;
+// throughput below 1 and p99 above 1 are slower; "-" where nothing compares.
+func rows(cells []Cell) []tableRow {
+	b := best(cells)
+	out := make([]tableRow, 0, len(cells))
+	for _, c := range cells {
+		t := tableRow{Name: c.Name, Mode: c.Mode, Workers: "?", Conns: strconv.Itoa(c.Concurrency)}
 		if c.Workers > 0 {
-			workers = strconv.Itoa(c.Workers)
+			t.Workers = strconv.Itoa(c.Workers)
 		}
-		conns := strconv.Itoa(c.Concurrency)
 		if c.Rate > 0 {
-			conns += "@" + fmtRate(c.Rate) + "/s"
-		}
-		if c.Result == nil {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\t-\tfailed: %s\t-\t-\t-\t-\t\n", c.Name, c.Mode, workers, conns, oneLine(c.Error))
-			continue
+			t.Conns += "@" + fmtRate(c.Rate) + "/s"
 		}
 		res := c.Result
-		l := res.Latency
-		cpu, rss := "-", "-"
-		if res.Server != nil {
-			cpu = fmtMS(res.Server.CPUMSPerReq)
-			rss = strconv.FormatFloat(float64(res.Server.PeakRSSBytes)/(1<<20), 'f', 0, 64)
+		if res == nil {
+			t.Failed, t.Errors = true, "failed: "+oneLine(c.Error)
+			for _, f := range []*string{&t.RPS, &t.P50, &t.P90, &t.P99, &t.P999, &t.Max, &t.CPU, &t.RSS, &t.RatioRPS, &t.RatioP99} {
+				*f = "-"
+			}
+			out = append(out, t)
+			continue
 		}
-		rr, pr := Ratios(r.Cells, c)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			c.Name, c.Mode, workers, conns, fmtRate(res.OKPerSec),
-			fmtMS(l.P50), fmtMS(l.P90), fmtMS(l.P99), fmtMS(l.P999), fmtMS(l.Max),
-			res.ErrorSummary(), cpu, rss, fmtRatio(rr), fmtRatio(pr))
+		l := res.Latency
+		t.RPS, t.P50, t.P90, t.P99, t.P999, t.Max = fmtRate(res.OKPerSec), fmtMS(l.P50), fmtMS(l.P90), fmtMS(l.P99), fmtMS(l.P999), fmtMS(l.Max)
+		t.Errors, t.CPU, t.RSS = res.ErrorSummary(), "-", "-"
+		if res.Server != nil {
+			t.CPU = fmtMS(res.Server.CPUMSPerReq)
+			t.RSS = strconv.FormatFloat(float64(res.Server.PeakRSSBytes)/(1<<20), 'f', 0, 64)
+		}
+		t.RatioRPS, t.RatioP99 = "-", "-"
+		if y, ok := b[groupKey(c)]; ok && y[0] > 0 {
+			t.RatioRPS, t.RatioP99 = fmtRatio(res.OKPerSec/y[0]), fmtRatio(l.P99/y[1])
+		}
+		t.Disturbed = res.Disturbed()
+		out = append(out, t)
+	}
+	return out
+}
+
+// WriteTable prints r's cells as an aligned table, then a note for each
+// cell that other processes disturbed.
+func WriteTable(w io.Writer, r *Report) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, strings.Join(tableHeader, "\t")+"\t")
+	for _, t := range rows(r.Cells) {
+		fmt.Fprintln(tw, strings.Join(t.cols(), "\t")+"\t")
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -10,8 +10,10 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -151,7 +153,7 @@ func benchFlagSet() (*flag.FlagSet, *benchConfig, func() error) {
 			m.Workloads = append(m.Workloads, w)
 		}
 		for _, md := range splitList(*modes) {
-			if !contains(bench.Modes, md) {
+			if !slices.Contains(bench.Modes, md) {
 				return fmt.Errorf("--modes: unknown mode %q (known: %s)", md, strings.Join(bench.Modes, ", "))
 			}
 			m.Modes = append(m.Modes, md)
@@ -224,15 +226,6 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 func parseBench(args []string) (*benchConfig, error) {
@@ -360,19 +353,15 @@ func startProgress(m *bench.Matrix) func() {
 		return func() {}
 	}
 	m.Progress = new(bench.Progress)
-	var cur struct {
+	var (
+		mu   sync.Mutex
 		i, n int
 		cell bench.Cell
-	}
-	cells := make(chan struct {
-		i, n int
-		c    bench.Cell
-	}, 1)
-	m.OnCell = func(i, n int, c bench.Cell) {
-		cells <- struct {
-			i, n int
-			c    bench.Cell
-		}{i, n, c}
+	)
+	m.OnCell = func(ci, cn int, c bench.Cell) {
+		mu.Lock()
+		i, n, cell = ci, cn, c
+		mu.Unlock()
 	}
 	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -384,24 +373,24 @@ func startProgress(m *bench.Matrix) func() {
 			case <-done:
 				fmt.Print("\r\033[K")
 				return
-			case x := <-cells:
-				cur.i, cur.n, cur.cell = x.i, x.n, x.c
 			case <-tick.C:
-				if cur.n == 0 {
-					continue
-				}
-				n, el, warm := m.Progress.Snapshot()
-				phase := "measuring"
-				if warm {
-					phase = "warming up"
-				}
-				rate := 0.0
-				if el > 0 {
-					rate = float64(n) / el.Seconds()
-				}
-				fmt.Printf("\r\033[K[%d/%d] %s %s workers=%d  %s %.1fs  %.0f req/s", cur.i+1, cur.n,
-					cur.cell.Name, cur.cell.Mode, cur.cell.Workers, phase, el.Seconds(), rate)
 			}
+			mu.Lock()
+			ci, cn, c := i, n, cell
+			mu.Unlock()
+			if cn == 0 {
+				continue
+			}
+			sent, el, warm := m.Progress.Snapshot()
+			phase := "measuring"
+			if warm {
+				phase = "warming up"
+			}
+			rate := 0.0
+			if el > 0 {
+				rate = float64(sent) / el.Seconds()
+			}
+			fmt.Printf("\r\033[K[%d/%d] %s %s workers=%d  %s %.1fs  %.0f req/s", ci+1, cn, c.Name, c.Mode, c.Workers, phase, el.Seconds(), rate)
 		}
 	}()
 	return func() { close(done); <-stopped }
