@@ -105,7 +105,7 @@ func TestCountsMatchTheServer(t *testing.T) {
 
 // One 200 ms stall on one connection at 100 requests/s: a closed loop sees
 // one slow request; the open loop also charges the 19 requests that should
-// have gone out during the stall with their wait (200, 190, … 10 ms).
+// have gone out during the stall with their wait (190, 180, … 10 ms).
 func TestOpenLoopCountsTheWaitBehindAStall(t *testing.T) {
 	once := func(n int64) bool { return n == 20 }
 	closed := run(t, startFaulty(t, once).url, Options{Concurrency: 1, Requests: 100})
@@ -113,13 +113,20 @@ func TestOpenLoopCountsTheWaitBehindAStall(t *testing.T) {
 		t.Errorf("closed loop: %d latencies over 100ms; want the 1 stalled request", got)
 	}
 	open := run(t, startFaulty(t, once).url, Options{Concurrency: 1, Rate: 100, Requests: 100})
-	// Requests 20…29 waited 200…110 ms; scheduling jitter may move one
-	// across the line either way.
-	if got := open.Histogram.CountOver(100 * time.Millisecond); got < 9 || got > 11 {
-		t.Errorf("open loop: %d latencies over 100ms; want 10 (the stall and the 9 queued behind it)", got)
+	// Requests 20…29 waited 200…110 ms and 20…34 more than 50 ms. Delay
+	// can only add to a latency: a late timer, a sleep that overshoots, the
+	// catch-up of the queued requests one after another on one connection,
+	// all larger under -race with the other packages' tests on both cores.
+	// Request 30 and 35 sit on the lines themselves, and CI saw 17 over
+	// 50 ms: a 10 ms delay. Allow 40 ms (4 slots of 10 ms) of it. A
+	// coordinated-omission bug gives 1; timing from the start of the run,
+	// or a lost schedule, gives tens.
+	const slack = 4
+	if got := open.Histogram.CountOver(100 * time.Millisecond); got < 10 || got > 10+slack {
+		t.Errorf("open loop: %d latencies over 100ms; want 10 (the stall and the 9 queued behind it), up to %d with scheduling delay", got, 10+slack)
 	}
-	if got := open.Histogram.CountOver(50 * time.Millisecond); got < 14 || got > 16 {
-		t.Errorf("open loop: %d latencies over 50ms; want 15", got)
+	if got := open.Histogram.CountOver(50 * time.Millisecond); got < 15 || got > 15+slack {
+		t.Errorf("open loop: %d latencies over 50ms; want 15, up to %d with scheduling delay", got, 15+slack)
 	}
 	if open.Requests != 100 || open.Errors[ErrUnsent] != 0 {
 		t.Errorf("open loop: %d sent, %d unsent; want 100, 0", open.Requests, open.Errors[ErrUnsent])
