@@ -18,6 +18,17 @@ const (
 	ListenReusePort = "reuseport"
 )
 
+// Accept balance modes for a shared socket (see the accept board in
+// board.go).
+const (
+	// BalanceConns: a worker holding more open connections than another
+	// steps back for up to 2 ms before it accepts, so that connections
+	// spread evenly.
+	BalanceConns = "conns"
+	// BalanceOff: whichever worker the kernel wakes first accepts.
+	BalanceOff = "off"
+)
+
 // Config is the supervisor's configuration. Zero fields take the defaults of
 // [DefaultConfig]; see the README for the matching flags.
 type Config struct {
@@ -25,6 +36,9 @@ type Config struct {
 	Addr string
 	// ListenMode is ListenShared (default) or ListenReusePort.
 	ListenMode string
+	// AcceptBalance is BalanceConns (default) or BalanceOff. Only a shared
+	// socket with more than one worker uses it.
+	AcceptBalance string
 	// Workers is the number of worker processes. Default: runtime.GOMAXPROCS(0),
 	// which honours the container's CPU limit.
 	Workers int
@@ -75,6 +89,7 @@ func DefaultConfig() Config {
 	return Config{
 		Addr:              ":8080",
 		ListenMode:        ListenShared,
+		AcceptBalance:     BalanceConns,
 		Workers:           runtime.GOMAXPROCS(0),
 		StartTimeout:      10 * time.Second,
 		RestartBackoff:    time.Second,
@@ -96,6 +111,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ListenMode == "" {
 		c.ListenMode = d.ListenMode
+	}
+	if c.AcceptBalance == "" {
+		c.AcceptBalance = d.AcceptBalance
 	}
 	if c.Workers == 0 {
 		c.Workers = d.Workers
@@ -128,6 +146,9 @@ func (c Config) Validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.ListenMode != ListenShared && c.ListenMode != ListenReusePort {
 		bad("listen mode %q: want %q or %q", c.ListenMode, ListenShared, ListenReusePort)
+	}
+	if c.AcceptBalance != BalanceConns && c.AcceptBalance != BalanceOff {
+		bad("accept balance %q: want %q or %q", c.AcceptBalance, BalanceConns, BalanceOff)
 	}
 	if c.Workers < 1 || c.Workers > 1024 {
 		bad("workers %d: want 1 to 1024", c.Workers)

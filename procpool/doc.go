@@ -7,7 +7,7 @@
 // The primary ([Supervisor]) binds the socket once and re-executes
 // /proc/self/exe for every worker with [RoleEnv]=worker in its environment (the
 // role is never a user-facing flag, as with Node's NODE_UNIQUE_ID). Each worker
-// inherits two descriptors:
+// inherits these descriptors:
 //
 //   - fd 3: a duplicate of the listening socket (listen mode "shared"), or
 //     nothing (listen mode "reuseport": the worker binds its own SO_REUSEPORT
@@ -17,6 +17,10 @@
 //     accepts, then a "heartbeat" every interval, or one "fatal" before it exits
 //     with [ExitConfig]. The primary never writes; the worker reads only to see
 //     EOF, which means the primary is gone.
+//   - fd 5: the accept board (shared mode with more than one worker, unless
+//     Config.AcceptBalance is "off"): a memfd page where each worker keeps its
+//     open connection count, so that a worker ahead lets the others accept
+//     first. See board.go for why and the bounds.
 //
 // The worker side of that contract is [Attach] and [Worker].
 //

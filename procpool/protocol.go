@@ -17,14 +17,16 @@ const RoleWorker = "worker"
 // Environment variables the primary sets for a worker, besides [RoleEnv].
 const (
 	workerIDEnv   = "HYBRID_WORKER_ID"
-	listenEnv     = "HYBRID_LISTEN"      // "fd" (shared, fd 3) or "reuseport:<addr>"
-	maxRequestEnv = "HYBRID_MAX_REQUEST" // unused by the worker; visible in /proc for debugging
+	listenEnv     = "HYBRID_LISTEN"       // "fd" (shared, fd 3) or "reuseport:<addr>"
+	maxRequestEnv = "HYBRID_MAX_REQUEST"  // unused by the worker; visible in /proc for debugging
+	boardEnv      = "HYBRID_ACCEPT_BOARD" // "<entry>/<entries>": the worker's accept board entry, on fd 5
 )
 
 // Descriptor numbers in the worker (0-2 are stdio).
 const (
 	listenerFD = 3
 	controlFD  = 4
+	boardFD    = 5
 )
 
 // ExitConfig is the exit code of a worker whose start-up checks failed

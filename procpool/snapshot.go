@@ -38,6 +38,9 @@ type WorkerInfo struct {
 	Requests   uint64    `json:"requests"`
 	InFlight   int64     `json:"in_flight"`
 	Goroutines int       `json:"goroutines"`
+	// Conns is the worker's open connections, live from the accept board;
+	// absent without one (a single worker, reuseport, --accept-balance off).
+	Conns *int32 `json:"open_conns,omitempty"`
 }
 
 // Health says whether the cluster serves at full strength, and if not, why.
@@ -77,7 +80,13 @@ func (s *Supervisor) publish() {
 		}
 	}
 	for p := range s.procs {
+		var conns *int32
+		if p.entry >= 0 {
+			n := s.board.conns(p.entry).Load()
+			conns = &n
+		}
 		snap.Workers = append(snap.Workers, WorkerInfo{
+			Conns:      conns,
 			ID:         p.slot.id,
 			PID:        p.pid,
 			State:      p.state,

@@ -40,10 +40,11 @@ const tick = 50 * time.Millisecond
 // Config.Workers worker processes serving on it. Create it with [New], run it
 // with [Supervisor.Run].
 type Supervisor struct {
-	cfg  Config
-	log  *slog.Logger
-	sock *socket
-	exe  string
+	cfg   Config
+	log   *slog.Logger
+	sock  *socket
+	board *board // nil unless shared mode with more than one worker
+	exe   string
 
 	events   chan func() // run on the loop goroutine, which owns all state below
 	done     chan struct{}
@@ -100,6 +101,7 @@ type proc struct {
 	reload   bool      // started by a reload: its failure stops the reload
 	fatal    string    // the worker's own message before an ExitConfig exit
 	stderr   *tail.Buffer
+	entry    int // its accept board entry; -1 for none
 }
 
 // New binds the cluster's address and returns a supervisor ready to Run. A
@@ -129,6 +131,12 @@ func New(cfg Config, log *slog.Logger) (*Supervisor, error) {
 		kill:    make(chan struct{}),
 		procs:   make(map[*proc]struct{}),
 		crashes: crashWindow{window: cfg.CrashWindow},
+	}
+	if cfg.ListenMode == ListenShared && cfg.AcceptBalance == BalanceConns && cfg.Workers > 1 {
+		if s.board, err = newBoard(boardEntries(cfg.Workers)); err != nil {
+			sock.Close()
+			return nil, err
+		}
 	}
 	for i := range cfg.Workers {
 		s.slots = append(s.slots, &slot{id: i + 1, backoff: backoff{initial: cfg.RestartBackoff, max: cfg.RestartBackoffMax}})
@@ -161,6 +169,9 @@ func (s *Supervisor) Forks() int64 { return s.forks.Load() }
 func (s *Supervisor) Run(ctx context.Context) error {
 	defer close(s.done)
 	defer s.sock.Close()
+	if s.board != nil {
+		defer s.board.Close()
+	}
 	if os.Getpid() == 1 {
 		stop := reapOrphans(s.log)
 		defer stop()
@@ -213,7 +224,7 @@ func (s *Supervisor) spawn(sl *slot, successor bool) *proc {
 	if s.circuitOpen || s.shutting {
 		return nil
 	}
-	p := &proc{slot: sl, state: StateStarting, started: time.Now(), stderr: &tail.Buffer{Head: 512, Max: 4096}}
+	p := &proc{slot: sl, state: StateStarting, started: time.Now(), stderr: &tail.Buffer{Head: 512, Max: 4096}, entry: s.freeEntry()}
 	if s.cfg.MaxRequests > 0 {
 		p.maxReqs = s.cfg.MaxRequests + rand.Uint64N(s.cfg.MaxRequests/10+1)
 	}
@@ -237,6 +248,28 @@ func (s *Supervisor) spawn(sl *slot, successor bool) *proc {
 	s.procs[p] = struct{}{}
 	s.log.Info("worker starting", "worker", sl.id, "worker_pid", p.pid, "successor", successor)
 	return p
+}
+
+// freeEntry returns an accept board entry no live worker holds, cleared, or
+// -1 without a board. Should draining workers ever hold them all, the new
+// worker serves outside the balance, as with no board.
+func (s *Supervisor) freeEntry() int {
+	if s.board == nil {
+		return -1
+	}
+	used := make([]bool, s.board.entries())
+	for p := range s.procs {
+		if p.entry >= 0 {
+			used[p.entry] = true
+		}
+	}
+	for i, u := range used {
+		if !u {
+			s.board.clear(i)
+			return i
+		}
+	}
+	return -1
 }
 
 // start forks and execs the worker from a goroutine locked to its OS thread
@@ -265,7 +298,11 @@ func (s *Supervisor) start(p *proc) error {
 	if s.sock.mode == ListenShared {
 		lnFile = s.sock.file
 	}
-	cmd.ExtraFiles = []*os.File{lnFile, childEnd} // fd 3, fd 4
+	var boardFile *os.File
+	if p.entry >= 0 {
+		boardFile = s.board.file
+	}
+	cmd.ExtraFiles = []*os.File{lnFile, childEnd, boardFile} // fd 3, 4, 5
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:   true, // terminal signals reach the primary only; it decides
 		Pdeathsig: syscall.SIGTERM,
@@ -297,7 +334,7 @@ func (s *Supervisor) start(p *proc) error {
 func (s *Supervisor) workerEnv(p *proc) []string {
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		k, _, _ := strings.Cut(kv, "=")
-		return k == RoleEnv || k == workerIDEnv || k == listenEnv || k == "GOMAXPROCS"
+		return k == RoleEnv || k == workerIDEnv || k == listenEnv || k == boardEnv || k == "GOMAXPROCS"
 	})
 	env = append(env,
 		RoleEnv+"="+RoleWorker,
@@ -307,6 +344,9 @@ func (s *Supervisor) workerEnv(p *proc) []string {
 	)
 	if p.maxReqs > 0 {
 		env = append(env, maxRequestEnv+"="+strconv.FormatUint(p.maxReqs, 10))
+	}
+	if p.entry >= 0 {
+		env = append(env, fmt.Sprintf("%s=%d/%d", boardEnv, p.entry, s.board.entries()))
 	}
 	return append(env, s.cfg.Env...)
 }
@@ -379,6 +419,9 @@ func (s *Supervisor) onBeat(p *proc, hb Heartbeat) {
 
 func (s *Supervisor) onExit(p *proc, werr error) {
 	delete(s.procs, p)
+	if p.entry >= 0 {
+		s.board.clear(p.entry) // a killed worker cannot clear its own
+	}
 	sl := p.slot
 	wasSuccessor := sl.next == p
 	if sl.cur == p {

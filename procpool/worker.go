@@ -27,6 +27,8 @@ type Worker struct {
 	ID int
 
 	listen string
+	board  *board // nil: accept whenever the kernel says
+	entry  int
 	ctrl   net.Conn
 	mu     sync.Mutex // serialises writes on ctrl
 	gone   chan struct{}
@@ -49,6 +51,17 @@ func Attach() (*Worker, error) {
 		return nil, fmt.Errorf("procpool: control channel on fd %d: %w", controlFD, err)
 	}
 	w := &Worker{ID: id, listen: os.Getenv(listenEnv), ctrl: ctrl, gone: make(chan struct{})}
+	if v := os.Getenv(boardEnv); v != "" {
+		var n int
+		if _, err := fmt.Sscanf(v, "%d/%d", &w.entry, &n); err != nil || w.entry < 0 || w.entry >= n {
+			ctrl.Close()
+			return nil, fmt.Errorf("procpool: bad %s %q", boardEnv, v)
+		}
+		if w.board, err = openBoard(boardFD, n); err != nil {
+			ctrl.Close()
+			return nil, err
+		}
+	}
 	go w.watchParent()
 	return w, nil
 }
@@ -78,6 +91,10 @@ func (w *Worker) Listener(ctx context.Context) (net.Listener, error) {
 		if _, ok := ln.(*net.TCPListener); !ok {
 			ln.Close()
 			return nil, fmt.Errorf("procpool: inherited fd %d is a %T, not a TCP listener", listenerFD, ln)
+		}
+		if w.board != nil {
+			w.board.accepting(w.entry).Store(1)
+			return &balancedListener{Listener: ln, board: w.board, me: w.entry, sleep: time.Sleep}, nil
 		}
 		return ln, nil
 	case "reuseport":

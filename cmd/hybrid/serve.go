@@ -59,6 +59,7 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.IntVar(&p.Workers, "workers", p.Workers, "worker processes; the default is GOMAXPROCS, which honours the container's CPU limit")
 	fs.IntVar(&p.WorkerProcs, "worker-procs", 0, "GOMAXPROCS of each worker (0: GOMAXPROCS ÷ workers, at least 1)")
 	fs.StringVar(&p.ListenMode, "listen-mode", p.ListenMode, "shared (one socket owned by the primary) or reuseport (a SO_REUSEPORT socket per worker)")
+	fs.StringVar(&p.AcceptBalance, "accept-balance", p.AcceptBalance, "shared socket: conns (a worker with more open connections than another lets it accept first) or off")
 	fs.DurationVar(&p.StartTimeout, "start-timeout", p.StartTimeout, "a worker not ready within this is killed and counted as a crash")
 	fs.DurationVar(&p.RestartBackoff, "restart-backoff", p.RestartBackoff, "first restart delay after a crash; doubles on each crash")
 	fs.DurationVar(&p.RestartBackoffMax, "restart-backoff-max", p.RestartBackoffMax, "cap of the restart delay")

@@ -429,6 +429,7 @@ func TestBadConfiguration(t *testing.T) {
 		want string
 	}{
 		{[]string{"--listen-mode", "magic"}, "", `listen mode "magic"`},
+		{nil, "HYBRID_ACCEPT_BALANCE=fair", `accept balance "fair"`},
 		{[]string{"--max-body", "lots"}, "", `size "lots"`},
 		{nil, "HYBRID_WORKERS=abc", `invalid HYBRID_WORKERS="abc"`},
 		{[]string{"--log-format", "xml"}, "", `log format "xml"`},
