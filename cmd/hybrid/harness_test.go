@@ -134,7 +134,24 @@ type cluster struct {
 func startCluster(t *testing.T, env []string, wantReady int, args ...string) *cluster {
 	t.Helper()
 	full := append([]string{"serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"}, args...)
-	cmd := exec.Command(binPath, full...)
+	c := launch(t, exec.Command(binPath, full...), env)
+	t.Cleanup(c.cleanup)
+	c.waitLog("primary starting", 10*time.Second)
+	c.addr = c.logs.find("primary starting")[0]["addr"].(string)
+	c.waitLog("admin endpoint listening", 10*time.Second)
+	c.admin = c.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
+	if wantReady > 0 {
+		c.waitFor(15*time.Second, fmt.Sprintf("%d workers ready", wantReady), func() bool {
+			return len(c.readyPIDs()) >= wantReady
+		})
+	}
+	return c
+}
+
+// launch starts cmd (hybrid serve, or a wrapper that runs it) and collects
+// its JSON log; the caller registers the cleanup.
+func launch(t *testing.T, cmd *exec.Cmd, env []string) *cluster {
+	t.Helper()
 	// A race-built process sleeps 1s at exit by default: not for every
 	// isolated child.
 	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
@@ -152,16 +169,6 @@ func startCluster(t *testing.T, env []string, wantReady int, args ...string) *cl
 		c.state = cmd.ProcessState
 		close(c.exit)
 	}()
-	t.Cleanup(c.cleanup)
-	c.waitLog("primary starting", 10*time.Second)
-	c.addr = c.logs.find("primary starting")[0]["addr"].(string)
-	c.waitLog("admin endpoint listening", 10*time.Second)
-	c.admin = c.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
-	if wantReady > 0 {
-		c.waitFor(15*time.Second, fmt.Sprintf("%d workers ready", wantReady), func() bool {
-			return len(c.readyPIDs()) >= wantReady
-		})
-	}
 	return c
 }
 

@@ -53,21 +53,7 @@ func TestPID1ReapsOrphans(t *testing.T) {
 	}
 	cmd := exec.Command("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child",
 		binPath, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json", "--workers", "1")
-	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{t: t, cmd: cmd, logs: &logLines{added: make(chan struct{}, 1)}, exit: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		c.logs.consume(stderr)
-		cmd.Wait()
-		c.state = cmd.ProcessState
-		close(c.exit)
-	}()
+	c := launch(t, cmd, nil)
 	// Not c.cleanup: the logged worker pids are the namespace's, not the
 	// host's. SIGKILL to unshare makes it (--kill-child) SIGKILL the
 	// namespace's PID 1, and the kernel then kills everything in it.
