@@ -81,11 +81,9 @@ func (m *Matrix) plan() []job {
 				c := m.load(n)
 				cell := Cell{Name: w.Name, Mode: mode, Workers: n, Concurrency: c.Concurrency, Rate: c.Rate}
 				if m.URL == "" {
-					// A queue as deep as the connections: a cell measures
-					// the mode, not the admission limit (--serve-args can
-					// set another; the last flag wins).
-					cell.ServeArgs = append([]string{"--workers", strconv.Itoa(n), "--allow-mode-override",
-						"--pool-queue", strconv.Itoa(c.Concurrency)}, m.ServeArgs...)
+					// Default admission, as users get it (--serve-args can
+					// set other flags; the last flag wins).
+					cell.ServeArgs = append([]string{"--workers", strconv.Itoa(n), "--allow-mode-override"}, m.ServeArgs...)
 				}
 				jobs = append(jobs, job{cell: cell, target: func(base string) Target { return w.Target(base, mode) }})
 			}

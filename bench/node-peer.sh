@@ -81,10 +81,10 @@ stop_server
 
 # hybrid at its defaults but two: modes chosen per request, and a queue as
 # deep as the connections (the peer's is 256), so neither side sheds load.
-echo "== hybrid: --workers $WORKERS --allow-mode-override --pool-queue 64"
+echo "== hybrid: --workers $WORKERS --allow-mode-override"
 H="http://127.0.0.1:$HYBRID_PORT"
 "$work/hybrid" serve --addr "127.0.0.1:$HYBRID_PORT" --admin-addr off --workers "$WORKERS" \
-	--allow-mode-override --pool-queue 64 --log-level warn 2> "$work/hybrid.log" &
+	--allow-mode-override --log-level warn 2> "$work/hybrid.log" &
 SERVER_PID=$!
 wait_health "$H"
 bench hybrid "$SERVER_PID" \

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/klauspost/compress/gzip"
@@ -143,9 +144,9 @@ func zstdEncoder(level int) *zstd.Encoder {
 }
 
 func init() {
-	Register(&Workload{Name: "compress", Group: "compress", Check: checkCompress, Run: runCompress,
+	Register(&Workload{Name: "compress", Estimate: 10 * time.Millisecond, Group: "compress", Check: checkCompress, Run: runCompress,
 		ContentTypeOf: func(p Params) string { return codecs[p["codec"]].contentType }})
-	Register(&Workload{Name: "decompress", Group: "compress", Check: checkDecompress, Run: runDecompress,
+	Register(&Workload{Name: "decompress", Estimate: 5 * time.Millisecond, Group: "compress", Check: checkDecompress, Run: runDecompress,
 		ContentType: "application/octet-stream"})
 }
 

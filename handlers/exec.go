@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hybrid-server/hybrid/server"
@@ -100,6 +102,28 @@ type Executor struct {
 	// pixels, and frames.
 	ImageMaxPixels, ImageMaxOutput, ImageMaxFrames int
 	Log                                            *slog.Logger
+
+	classes sync.Map // workload name → *classes
+}
+
+// classes are a workload's admission classes in the two pools.
+type classes struct{ pool, isolate *taskpool.Class }
+
+// isolateStart is added to a workload's seed estimate in isolate mode: a
+// child's start and the frame round trip (bench/RESULTS.md: 8–40 ms of CPU
+// per one-task child, host-dependent).
+const isolateStart = 20 * time.Millisecond
+
+func (e *Executor) classesOf(w *Workload) *classes {
+	if c, ok := e.classes.Load(w.Name); ok {
+		return c.(*classes)
+	}
+	c := &classes{pool: e.Pool.Class(w.Name, w.Estimate)}
+	if e.IsolatePool != nil {
+		c.isolate = e.IsolatePool.Class(w.Name, w.Estimate+isolateStart)
+	}
+	got, _ := e.classes.LoadOrStore(w.Name, c)
+	return got.(*classes)
 }
 
 // Run runs w in mode. input must stay valid until Run returns, which it
@@ -112,7 +136,7 @@ func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, in
 		return w.Run(ctx, p, input)
 	case Pool:
 		var out []byte
-		err := e.Pool.Do(ctx, func(ctx context.Context) error {
+		err := e.classesOf(w).pool.Do(ctx, func(ctx context.Context) error {
 			var err error
 			out, err = w.Run(ctx, p, input)
 			return err
@@ -123,7 +147,7 @@ func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, in
 			break
 		}
 		var out []byte
-		err := e.IsolatePool.Do(ctx, func(ctx context.Context) error {
+		err := e.classesOf(w).isolate.Do(ctx, func(ctx context.Context) error {
 			var err error
 			out, err = e.Isolate.Run(ctx, w.Name, p, input)
 			return err
@@ -185,13 +209,21 @@ func checkOf(w *Workload) func(Params, []byte) error {
 func (e *Executor) writeError(ctx *fasthttp.RequestCtx, w *Workload, mode Mode, err error) {
 	var se *server.Error
 	var pe *taskpool.PanicError
+	var oe *taskpool.OverloadError
 	switch {
 	case errors.As(err, &se):
 		server.WriteError(ctx, se)
-	case errors.Is(err, taskpool.ErrOverloaded):
-		ctx.Response.Header.Set("Retry-After", "1")
+	case errors.As(err, &oe):
+		retry := int((oe.RetryAfter() + time.Second - 1) / time.Second)
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(retry))
+		if oe.Full {
+			server.WriteError(ctx, server.Errorf(fasthttp.StatusServiceUnavailable, CodeOverloaded,
+				"the %s queue is full; retry in %d s", mode, retry))
+			break
+		}
 		server.WriteError(ctx, server.Errorf(fasthttp.StatusServiceUnavailable, CodeOverloaded,
-			"the task pool and its queue are full; retry later"))
+			"overloaded: the predicted wait of %v exceeds the bound of %v; retry in %d s",
+			oe.Wait.Round(time.Millisecond), oe.Limit, retry))
 	case errors.Is(err, taskpool.ErrDeadline), errors.Is(err, context.DeadlineExceeded):
 		server.WriteError(ctx, server.Errorf(fasthttp.StatusGatewayTimeout, CodeTaskTimeout,
 			"%s did not finish within the task timeout of %v", w.Name, e.TaskTimeout))

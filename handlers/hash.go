@@ -14,6 +14,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
@@ -52,7 +53,7 @@ func HashAlgos() []string {
 }
 
 func init() {
-	Register(&Workload{Name: "hash", Group: "hash", Check: checkHash, Run: runHash, ContentType: "application/json"})
+	Register(&Workload{Name: "hash", Estimate: time.Millisecond, Group: "hash", Check: checkHash, Run: runHash, ContentType: "application/json"})
 }
 
 func checkHash(p Params, _ []byte) error {

@@ -12,6 +12,7 @@ import (
 	"image/jpeg"
 	"image/png"
 	"strconv"
+	"time"
 
 	"github.com/HugoSmits86/nativewebp"
 	"github.com/gen2brain/jpegn"
@@ -48,9 +49,9 @@ const (
 // aliasing. WebP output is lossless (github.com/HugoSmits86/nativewebp, pure
 // Go; quality is ignored).
 func init() {
-	Register(&Workload{Name: "image-resize", Group: "image", Check: checkResize, Run: runResize,
+	Register(&Workload{Name: "image-resize", Estimate: 150 * time.Millisecond, Group: "image", Check: checkResize, Run: runResize,
 		ContentTypeOf: func(p Params) string { return "image/" + outputFormat(p) }})
-	Register(&Workload{Name: "image-info", Group: "image-info", Check: checkInfo, Run: runInfo,
+	Register(&Workload{Name: "image-info", Estimate: time.Millisecond, Group: "image-info", Check: checkInfo, Run: runInfo,
 		ContentType: "application/json"})
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
@@ -49,9 +50,9 @@ const (
 )
 
 func init() {
-	Register(&Workload{Name: "password-hash", Group: "password", Check: checkPasswordHash, Run: runPasswordHash,
+	Register(&Workload{Name: "password-hash", Estimate: 100 * time.Millisecond, Group: "password", Check: checkPasswordHash, Run: runPasswordHash,
 		ContentType: "application/json"})
-	Register(&Workload{Name: "password-verify", Group: "password", Check: checkPasswordVerify, Run: runPasswordVerify,
+	Register(&Workload{Name: "password-verify", Estimate: 100 * time.Millisecond, Group: "password", Check: checkPasswordVerify, Run: runPasswordVerify,
 		ContentType: "application/json"})
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
@@ -27,6 +28,10 @@ type Workload struct {
 	Check func(p Params, input []byte) error
 	// Run does the work.
 	Run Func
+	// Estimate is a first guess of one task's run time, which seeds the
+	// admission estimate of the workload until its tasks have been timed
+	// (package taskpool). Zero: taskpool.DefaultEstimate.
+	Estimate time.Duration
 	// ContentType of the output.
 	ContentType string
 	// ContentTypeOf, when set, gives the output's type from the params

@@ -4,14 +4,27 @@
 //
 // # Mechanism
 //
-// [Pool.Do] admits a task at once or refuses it: when Size tasks run and Queue
-// more wait, it returns [ErrOverloaded] without blocking, so a burst turns into
-// fast 503s instead of an unbounded pile of goroutines. An admitted task waits
-// in FIFO order for one of Size run slots; if its context ends while it waits it
-// never starts and Do returns [ErrDeadline]. A running task gets the caller's
-// context and should watch it; Do returns when the task returns. A panic in a
-// task becomes an [*PanicError] for that one caller; the worker goroutine and
-// the process live on.
+// [Pool.Do] and [Class.Do] admit a task at once or refuse it. A task that
+// finds a free run slot runs. Otherwise it is admitted to a FIFO queue while
+// its predicted wait, the estimated service time of the tasks queued ahead
+// of it divided by the run slots, is within Config.QueueWait, and refused at
+// once with an [*OverloadError] (errors.Is [ErrOverloaded]) beyond it, so a
+// burst of seconds of work is queued and served while real overload turns
+// into fast 503s with a Retry-After instead of requests that time out.
+// Config.Queue is a count cap on top, a memory bound only.
+//
+// Each [Class] (hybrid makes one per workload) keeps its own estimate: an
+// exponentially weighted moving average of its tasks' run times, seeded by
+// the caller, so 4 queued hashes of 50 µs and 4 thumbnails of 80 ms weigh
+// what they cost. A running task already past its class's estimate raises
+// that class's weight in the prediction at once, so admission follows a
+// slowdown before the first slow task has finished.
+//
+// An admitted task waits in FIFO order for one of Size run slots; if its
+// context ends while it waits it never starts and Do returns [ErrDeadline].
+// A running task gets the caller's context and should watch it; Do returns
+// when the task returns. A panic in a task becomes an [*PanicError] for that
+// one caller; the worker goroutine and the process live on.
 //
 // ants alone cannot do this (ants v2.12): its blocking Submit takes no
 // context, its "waiting" callers are parked goroutines with no order and no

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,14 +15,44 @@ import (
 )
 
 var (
-	// ErrOverloaded means every run slot and every queue slot is taken: the
-	// task was refused at once. HTTP: 503 with Retry-After.
+	// ErrOverloaded means the task was refused at once: its predicted wait
+	// exceeds the pool's QueueWait, or the queue holds Queue tasks already.
+	// The error returned is an [*OverloadError] that matches it with
+	// errors.Is and carries the predicted wait. HTTP: 503 with Retry-After.
 	ErrOverloaded = errors.New("taskpool: overloaded")
 	// ErrDeadline means the task's context ended while it waited: it never ran.
 	// HTTP: 504.
 	ErrDeadline = errors.New("taskpool: deadline passed while queued")
 	// ErrClosed means the pool was closed.
 	ErrClosed = errors.New("taskpool: closed")
+)
+
+// Defaults of [Config].
+const (
+	// DefaultQueueWait bounds the predicted wait of an admitted task. 10 s
+	// admits a burst of a few seconds of work (60 thumbnails on two cores
+	// are about 6 s) and stays a third of hybrid's default task timeout
+	// (30 s), so an admitted task has 20 s of margin for a wrong estimate
+	// before it would be a 504. imgproxy's default request timeout is 10 s.
+	DefaultQueueWait = 10 * time.Second
+	// DefaultQueue is the count cap on waiting tasks: a memory bound, not
+	// the admission rule. At 1,024 it does not bind before the time bound
+	// for any task of 10 ms or more per run slot (10 s ÷ 10 ms = 1,000),
+	// which a task on the default 32 MiB body limit is.
+	DefaultQueue = 1024
+	// DefaultEstimate seeds a class created without a seed.
+	DefaultEstimate = time.Millisecond
+)
+
+// The weight of a new observation in a class's estimate. It rises fast
+// and falls slowly: an estimate that is too low admits more work than the
+// bound allows, one that is too high only refuses a little early. Rising,
+// it covers 75 % of a step to a new run time in 2 tasks and 94 % in 4;
+// falling, 67 % in 5 tasks and 89 % in 10, and one fast outlier moves it by
+// a fifth.
+const (
+	ewmaUp   = 0.5
+	ewmaDown = 0.2
 )
 
 // PanicError is a task's panic, returned to the one caller whose task it was.
@@ -32,38 +63,109 @@ type PanicError struct {
 
 func (e *PanicError) Error() string { return fmt.Sprintf("taskpool: task panicked: %v", e.Value) }
 
+// OverloadError is a refusal: the wait the task would have had, and the
+// bound it exceeded. It matches [ErrOverloaded].
+type OverloadError struct {
+	// Wait is the predicted wait before the task could start.
+	Wait time.Duration
+	// Limit is the pool's QueueWait.
+	Limit time.Duration
+	// Full is set when the count cap (Config.Queue) refused it, not the
+	// time bound.
+	Full bool
+}
+
+func (e *OverloadError) Error() string {
+	if e.Full {
+		return fmt.Sprintf("taskpool: overloaded: the queue is full (predicted wait %v)", e.Wait.Round(time.Millisecond))
+	}
+	return fmt.Sprintf("taskpool: overloaded: predicted wait %v exceeds %v", e.Wait.Round(time.Millisecond), e.Limit)
+}
+
+// Is makes errors.Is(err, ErrOverloaded) true.
+func (e *OverloadError) Is(target error) bool { return target == ErrOverloaded }
+
+// RetryAfter is when a retry may be admitted: the time until the work
+// queued ahead fits the bound again, at least one second.
+func (e *OverloadError) RetryAfter() time.Duration {
+	return max(time.Second, e.Wait-e.Limit)
+}
+
 // Config sizes a pool. Zero fields take defaults.
 type Config struct {
 	// Size bounds the tasks running at once. Default: GOMAXPROCS.
 	Size int
-	// Queue bounds the tasks waiting for a run slot. Default: 4 × Size.
+	// QueueWait bounds the predicted wait of an admitted task: the service
+	// time of the tasks queued ahead of it, by their classes' estimates,
+	// divided by Size. Default: [DefaultQueueWait].
+	QueueWait time.Duration
+	// Queue caps the tasks waiting for a run slot, whatever their predicted
+	// wait: a memory bound. Default: [DefaultQueue].
 	Queue int
+}
+
+// ClassStats is one class's estimate, for /health and metrics.
+type ClassStats struct {
+	Name       string  `json:"name"`
+	EstimateMS float64 `json:"estimate_ms"`
+	Waiting    int     `json:"waiting"`
+	Completed  uint64  `json:"completed"`
 }
 
 // Stats are a pool's counters, for /health and metrics.
 type Stats struct {
-	Capacity  int    `json:"capacity"`
-	Queue     int    `json:"queue"`
-	Running   int    `json:"running"`
-	Waiting   int    `json:"waiting"`
-	Completed uint64 `json:"completed"`
-	Rejected  uint64 `json:"rejected"`
-	TimedOut  uint64 `json:"timed_out"`
-	Panicked  uint64 `json:"panicked"`
+	Capacity int `json:"capacity"`
+	Queue    int `json:"queue"`
+	Running  int `json:"running"`
+	Waiting  int `json:"waiting"`
+	// QueueWaitMS is the admission bound; PredictedWaitMS the wait a task
+	// arriving now would have.
+	QueueWaitMS     float64 `json:"queue_wait_ms"`
+	PredictedWaitMS float64 `json:"predicted_wait_ms"`
+	Completed       uint64  `json:"completed"`
+	// Rejected counts every refusal; RejectedFull those of the count cap.
+	Rejected     uint64       `json:"rejected"`
+	RejectedFull uint64       `json:"rejected_full"`
+	TimedOut     uint64       `json:"timed_out"`
+	Panicked     uint64       `json:"panicked"`
+	Classes      []ClassStats `json:"classes"`
+}
+
+// Class is a kind of task with its own service-time estimate: an
+// exponentially weighted moving average of its tasks' run times, seeded
+// when the class is made. Get one with [Pool.Class].
+type Class struct {
+	p    *Pool
+	name string
+	// Guarded by p.mu.
+	estimate time.Duration
+	waiting  int
+
+	completed atomic.Uint64
+}
+
+// ticket is one task's place: in the queue, then in a run slot.
+type ticket struct {
+	class *Class
+	ready chan struct{} // closed when a run slot is handed to a queued ticket
+	start time.Time     // when it got its run slot
 }
 
 // Pool is a bounded task pool. Its methods are safe for concurrent use.
 type Pool struct {
-	ants *ants.Pool
+	ants      *ants.Pool
+	queueWait time.Duration
+	queue     int
+	def       *Class
 
 	mu      sync.Mutex
 	size    int
-	queue   int
-	running int
-	waiters []chan struct{} // FIFO; closing one hands its owner a run slot
+	running []*ticket // tasks holding a run slot; len ≤ size except after a shrinking Tune
+	waiters []*ticket // FIFO; closing ready hands a run slot over
+	classes []*Class
 	closed  bool
 
-	completed, rejected, timedOut, panicked atomic.Uint64
+	completed, rejected, rejectedFull, timedOut, panicked atomic.Uint64
 }
 
 // New returns a pool; Close releases it.
@@ -72,35 +174,70 @@ func New(cfg Config) (*Pool, error) {
 		cfg.Size = runtime.GOMAXPROCS(0)
 	}
 	if cfg.Queue == 0 {
-		cfg.Queue = 4 * cfg.Size
+		cfg.Queue = DefaultQueue
 	}
-	if cfg.Size < 1 || cfg.Queue < 0 {
-		return nil, fmt.Errorf("taskpool: size %d, queue %d: want size ≥ 1 and queue ≥ 0", cfg.Size, cfg.Queue)
+	if cfg.QueueWait == 0 {
+		cfg.QueueWait = DefaultQueueWait
+	}
+	if cfg.Size < 1 || cfg.Queue < 0 || cfg.QueueWait < 0 {
+		return nil, fmt.Errorf("taskpool: size %d, queue %d, queue wait %v: want size ≥ 1, queue ≥ 0, queue wait ≥ 0",
+			cfg.Size, cfg.Queue, cfg.QueueWait)
 	}
 	// Blocking ants: admission already bounds submitters to Size, so a Submit
 	// waits at most for a finishing worker to be put back.
-	p, err := ants.NewPool(cfg.Size, ants.WithPreAlloc(false), ants.WithPanicHandler(func(any) {}))
+	a, err := ants.NewPool(cfg.Size, ants.WithPreAlloc(false), ants.WithPanicHandler(func(any) {}))
 	if err != nil {
 		return nil, fmt.Errorf("taskpool: %w", err)
 	}
-	return &Pool{ants: p, size: cfg.Size, queue: cfg.Queue}, nil
+	p := &Pool{ants: a, size: cfg.Size, queue: cfg.Queue, queueWait: cfg.QueueWait}
+	p.def = p.Class("default", DefaultEstimate)
+	return p, nil
 }
 
-// Do runs task on the pool and returns its error. It refuses at once with
-// ErrOverloaded when the pool and its queue are full, and returns ErrDeadline
-// if ctx ends before the task starts.
+// Class returns the class named name, making it with the estimate seed
+// (DefaultEstimate when ≤ 0) the first time. A sensible seed matters for
+// the first burst only: the estimate follows measured run times from the
+// first completed task on.
+func (p *Pool) Class(name string, seed time.Duration) *Class {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.classes {
+		if c.name == name {
+			return c
+		}
+	}
+	if seed <= 0 {
+		seed = DefaultEstimate
+	}
+	c := &Class{p: p, name: name, estimate: seed}
+	p.classes = append(p.classes, c)
+	return c
+}
+
+// Do runs task on the pool in the default class; see [Class.Do].
 func (p *Pool) Do(ctx context.Context, task func(context.Context) error) error {
-	if err := p.acquire(ctx); err != nil {
+	return p.def.Do(ctx, task)
+}
+
+// Do runs task on c's pool and returns its error. It admits the task at once
+// if a run slot is free, queues it if its predicted wait is within the
+// pool's QueueWait and the queue has room, and otherwise refuses it at once
+// with an [*OverloadError]. It returns ErrDeadline if ctx ends before the
+// task starts.
+func (c *Class) Do(ctx context.Context, task func(context.Context) error) error {
+	p := c.p
+	t, err := p.acquire(ctx, c)
+	if err != nil {
 		return err
 	}
 	done := make(chan error, 1)
-	err := p.ants.Submit(func() {
+	err = p.ants.Submit(func() {
 		err := p.run(ctx, task)
-		p.release() // before the caller hears back, so its view of Stats is settled
+		p.release(t, true) // before the caller hears back, so its view of Stats is settled
 		done <- err
 	})
 	if err != nil {
-		p.release()
+		p.release(t, false)
 		if errors.Is(err, ants.ErrPoolClosed) {
 			return ErrClosed
 		}
@@ -121,68 +258,119 @@ func (p *Pool) run(ctx context.Context, task func(context.Context) error) (err e
 	return err
 }
 
-// acquire takes a run slot, waiting in the queue if there is room.
-func (p *Pool) acquire(ctx context.Context) error {
+// acquire takes a run slot, waiting in the queue if admitted.
+func (p *Pool) acquire(ctx context.Context, c *Class) (*ticket, error) {
 	if ctx.Err() != nil {
 		p.timedOut.Add(1)
-		return ErrDeadline
+		return nil, ErrDeadline
 	}
+	t := &ticket{class: c}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return ErrClosed
+		return nil, ErrClosed
 	}
-	if p.running < p.size && len(p.waiters) == 0 {
-		p.running++
+	if len(p.running) < p.size && len(p.waiters) == 0 {
+		t.start = time.Now()
+		p.running = append(p.running, t)
 		p.mu.Unlock()
-		return nil
+		return t, nil
 	}
-	if len(p.waiters) >= p.queue {
+	wait := p.predictLocked(time.Now())
+	full := len(p.waiters) >= p.queue
+	if full || wait > p.queueWait {
 		p.mu.Unlock()
 		p.rejected.Add(1)
-		return ErrOverloaded
+		if full {
+			p.rejectedFull.Add(1)
+		}
+		return nil, &OverloadError{Wait: wait, Limit: p.queueWait, Full: full}
 	}
-	ready := make(chan struct{})
-	p.waiters = append(p.waiters, ready)
+	t.ready = make(chan struct{})
+	p.waiters = append(p.waiters, t)
+	c.waiting++
 	p.mu.Unlock()
 
 	select {
-	case <-ready:
-		return nil
+	case <-t.ready:
+		return t, nil
 	case <-ctx.Done():
 	}
 	p.mu.Lock()
-	for i, w := range p.waiters {
-		if w == ready {
-			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
-			p.mu.Unlock()
-			p.timedOut.Add(1)
-			return ErrDeadline
-		}
+	if i := slices.Index(p.waiters, t); i >= 0 {
+		p.waiters = slices.Delete(p.waiters, i, i+1)
+		c.waiting--
+		p.mu.Unlock()
+		p.timedOut.Add(1)
+		return nil, ErrDeadline
 	}
 	p.mu.Unlock()
 	// The slot was handed over just as ctx ended: give it back.
-	p.release()
+	p.release(t, false)
 	p.timedOut.Add(1)
-	return ErrDeadline
+	return nil, ErrDeadline
 }
 
-// release frees a run slot, handing it to the first waiter if any.
-func (p *Pool) release() {
+// predictLocked is the wait of a task queued now: the estimated service time
+// of every queued task, divided by the run slots. A running task that has
+// already run longer than its class's estimate shows the estimate is low:
+// its class counts at least that long until its tasks complete and the
+// average catches up, so admission reacts to a slowdown before the first
+// slow task finishes.
+func (p *Pool) predictLocked(now time.Time) time.Duration {
+	var work time.Duration
+	for _, c := range p.classes {
+		if c.waiting == 0 {
+			continue
+		}
+		est := c.estimate
+		for _, r := range p.running {
+			if r.class == c {
+				est = max(est, now.Sub(r.start))
+			}
+		}
+		work += time.Duration(c.waiting) * est
+	}
+	return work / time.Duration(p.size)
+}
+
+// release frees t's run slot, handing it to the first waiter if any. If
+// the task ran, its run time feeds its class's estimate.
+func (p *Pool) release(t *ticket, ran bool) {
+	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.waiters) > 0 && p.running <= p.size {
-		w := p.waiters[0]
-		p.waiters = p.waiters[1:]
-		close(w) // the slot passes on; running is unchanged
-		return
+	if c := t.class; ran {
+		w, d := ewmaDown, now.Sub(t.start)-c.estimate
+		if d > 0 {
+			w = ewmaUp
+		}
+		c.estimate += time.Duration(w * float64(d))
+		c.completed.Add(1)
 	}
-	p.running--
+	if i := slices.Index(p.running, t); i >= 0 {
+		p.running[i] = p.running[len(p.running)-1]
+		p.running[len(p.running)-1] = nil
+		p.running = p.running[:len(p.running)-1]
+	}
+	if len(p.waiters) > 0 && len(p.running) < p.size {
+		p.startLocked(now)
+	}
+}
+
+// startLocked hands a run slot to the first waiter.
+func (p *Pool) startLocked(now time.Time) {
+	w := p.waiters[0]
+	p.waiters[0] = nil
+	p.waiters = p.waiters[1:]
+	w.class.waiting--
+	w.start = now
+	p.running = append(p.running, w)
+	close(w.ready)
 }
 
 // Tune changes the number of run slots at run time. Growing starts waiting
-// tasks at once; shrinking lets running tasks finish. The queue keeps its
-// size.
+// tasks at once; shrinking lets running tasks finish.
 func (p *Pool) Tune(size int) error {
 	if size < 1 {
 		return fmt.Errorf("taskpool: tune to %d: want ≥ 1", size)
@@ -191,24 +379,29 @@ func (p *Pool) Tune(size int) error {
 	defer p.mu.Unlock()
 	p.size = size
 	p.ants.Tune(size)
-	for p.running < p.size && len(p.waiters) > 0 {
-		w := p.waiters[0]
-		p.waiters = p.waiters[1:]
-		p.running++
-		close(w)
+	now := time.Now()
+	for len(p.running) < p.size && len(p.waiters) > 0 {
+		p.startLocked(now)
 	}
 	return nil
 }
 
-// Stats returns the pool's counters.
+// Stats returns the pool's counters and estimates.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
-	s := Stats{Capacity: p.size, Queue: p.queue, Running: p.running, Waiting: len(p.waiters)}
+	s := Stats{Capacity: p.size, Queue: p.queue, Running: len(p.running), Waiting: len(p.waiters),
+		QueueWaitMS: ms(p.queueWait), PredictedWaitMS: ms(p.predictLocked(time.Now())),
+		Classes: make([]ClassStats, len(p.classes))}
+	for i, c := range p.classes {
+		s.Classes[i] = ClassStats{Name: c.name, EstimateMS: ms(c.estimate), Waiting: c.waiting, Completed: c.completed.Load()}
+	}
 	p.mu.Unlock()
-	s.Completed, s.Rejected = p.completed.Load(), p.rejected.Load()
+	s.Completed, s.Rejected, s.RejectedFull = p.completed.Load(), p.rejected.Load(), p.rejectedFull.Load()
 	s.TimedOut, s.Panicked = p.timedOut.Load(), p.panicked.Load()
 	return s
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // Close refuses new tasks and waits up to ctx for running ones.
 func (p *Pool) Close(ctx context.Context) error {

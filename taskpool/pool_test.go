@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -225,5 +226,156 @@ func BenchmarkOverhead(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+func TestAdmissionByPredictedWait(t *testing.T) {
+	p, err := New(Config{Size: 1, QueueWait: 100 * time.Millisecond, Queue: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	slow := p.Class("slow", 30*time.Millisecond)
+	release := make(chan struct{})
+	go slow.Do(context.Background(), func(context.Context) error { <-release; return nil })
+	waitFor(t, func() bool { return p.Stats().Running == 1 })
+	// The k-th queued task sees k-1 tasks of 30 ms ahead of it on one slot:
+	// 0, 30, 60 and 90 ms are within 100 ms; the fifth would wait 120 ms.
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() { defer wg.Done(); slow.Do(context.Background(), func(context.Context) error { return nil }) }()
+		waitFor(t, func() bool { return p.Stats().Waiting == i+1 })
+	}
+	err = slow.Do(context.Background(), func(context.Context) error { t.Error("a refused task ran"); return nil })
+	var oe *OverloadError
+	if !errors.As(err, &oe) || !errors.Is(err, ErrOverloaded) || oe.Full {
+		t.Fatalf("fifth queued task = %v; want an *OverloadError of the time bound", err)
+	}
+	if oe.Wait != 120*time.Millisecond || oe.Limit != 100*time.Millisecond || oe.RetryAfter() != time.Second {
+		t.Errorf("refusal = wait %v, limit %v, retry after %v; want 120ms, 100ms, 1s", oe.Wait, oe.Limit, oe.RetryAfter())
+	}
+	// A cheaper class still fits behind the same queue: 4 × 30 ms = 120 ms is
+	// the wait of any task now, so it is refused too, whatever its own cost.
+	fast := p.Class("fast", time.Millisecond)
+	if err := fast.Do(context.Background(), func(context.Context) error { return nil }); !errors.Is(err, ErrOverloaded) {
+		t.Errorf("a cheap task behind 120 ms of queued work = %v; want ErrOverloaded", err)
+	}
+	if s := p.Stats(); s.PredictedWaitMS != 120 || s.QueueWaitMS != 100 || s.Rejected != 2 || s.RejectedFull != 0 {
+		t.Errorf("stats = %+v; want predicted 120 ms, bound 100 ms, 2 rejected by time", s)
+	}
+	close(release)
+	wg.Wait()
+}
+
+func TestCountCapStillBinds(t *testing.T) {
+	p, err := New(Config{Size: 1, QueueWait: time.Hour, Queue: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	release := make(chan struct{})
+	wg := fill(t, p, 1, release)
+	for i := range 2 {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.Do(context.Background(), func(context.Context) error { return nil }) }()
+		waitFor(t, func() bool { return p.Stats().Waiting == i+1 })
+	}
+	var oe *OverloadError
+	if err := p.Do(context.Background(), func(context.Context) error { return nil }); !errors.As(err, &oe) || !oe.Full {
+		t.Errorf("third queued task with Queue 2 = %v; want an *OverloadError of the count cap", err)
+	}
+	close(release)
+	wg.Wait()
+	if s := p.Stats(); s.RejectedFull != 1 {
+		t.Errorf("stats = %+v; want 1 rejected by the count cap", s)
+	}
+}
+
+func TestEstimateFollowsRunTimes(t *testing.T) {
+	p := newPool(t, 1, 0)
+	c := p.Class("sleep", time.Second)
+	for range 30 {
+		c.Do(context.Background(), func(context.Context) error { time.Sleep(5 * time.Millisecond); return nil })
+	}
+	var est float64
+	for _, cs := range p.Stats().Classes {
+		if cs.Name == "sleep" {
+			est = cs.EstimateMS
+		}
+	}
+	// From a 1 s seed, 30 tasks of ~5 ms leave 0.8^30 × 1 s ≈ 1.2 ms of the
+	// seed; sleeping under -race on a busy box takes a little longer.
+	if est < 5 || est > 30 {
+		t.Errorf("estimate after 30 tasks of 5 ms = %.1f ms; want about 5", est)
+	}
+}
+
+// A workload whose duration changes from fast to slow must change admission
+// within a second, and back again.
+func TestAdmissionFollowsAChangeOfDuration(t *testing.T) {
+	p, err := New(Config{Size: 2, QueueWait: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	c := p.Class("changing", time.Millisecond)
+	var dur atomic.Int64
+	dur.Store(int64(time.Millisecond))
+	var refused atomic.Int64
+	lastRefusal := atomic.Int64{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 16 { // 14 waiting behind 2 running
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := c.Do(context.Background(), func(context.Context) error {
+					time.Sleep(time.Duration(dur.Load()))
+					return nil
+				})
+				if errors.Is(err, ErrOverloaded) {
+					refused.Add(1)
+					lastRefusal.Store(time.Now().UnixNano())
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+
+	// Fast: 14 × ~1 ms ÷ 2 slots ≈ 7 ms of predicted wait: all admitted.
+	time.Sleep(500 * time.Millisecond)
+	if n := refused.Load(); n != 0 {
+		t.Errorf("%d refusals at 1 ms per task; want 0 (predicted wait ≈ 7 ms, bound 100 ms)", n)
+	}
+	// Slow: 14 × 50 ms ÷ 2 = 350 ms: refusals within a second.
+	dur.Store(int64(50 * time.Millisecond))
+	switched := time.Now()
+	for refused.Load() == 0 {
+		if time.Since(switched) > time.Second {
+			t.Fatalf("no refusal within 1s of the tasks going from 1 ms to 50 ms; stats %+v", p.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("fast → slow: first refusal after %v", time.Since(switched).Round(time.Millisecond))
+	// Fast again: refusals stop within a second.
+	dur.Store(int64(time.Millisecond))
+	switched = time.Now()
+	for {
+		time.Sleep(100 * time.Millisecond)
+		if quiet := time.Since(time.Unix(0, lastRefusal.Load())); quiet > 300*time.Millisecond {
+			t.Logf("slow → fast: refusals stopped %v after the switch", (time.Since(switched) - quiet).Round(time.Millisecond))
+			break
+		}
+		if time.Since(switched) > 1500*time.Millisecond {
+			t.Fatalf("still refusing 1.5s after the tasks went back to 1 ms; stats %+v", p.Stats())
+		}
 	}
 }

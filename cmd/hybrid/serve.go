@@ -15,6 +15,7 @@ import (
 	"github.com/hybrid-server/hybrid/handlers"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
+	"github.com/hybrid-server/hybrid/taskpool"
 )
 
 // serveConfig is everything `hybrid serve` reads from flags and environment.
@@ -31,6 +32,7 @@ type serveConfig struct {
 
 	poolSize      int
 	poolQueue     int
+	queueWait     time.Duration
 	taskTimeout   time.Duration
 	modes         string
 	allowOverride bool
@@ -76,7 +78,8 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&s.WriteTimeout, "write-timeout", s.WriteTimeout, "time to write one response")
 	fs.DurationVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "keep-alive idle time between requests")
 	fs.IntVar(&c.poolSize, "pool-size", 0, "tasks running at once per worker (0: the worker's GOMAXPROCS)")
-	fs.IntVar(&c.poolQueue, "pool-queue", 0, "tasks waiting per worker beyond --pool-size; more get 503 (0: 4 × pool size)")
+	fs.DurationVar(&c.queueWait, "queue-wait", 0, "admit a task while its predicted wait (the estimated work queued ahead ÷ run slots) is within this; beyond it 503 at once (0: a third of --task-timeout)")
+	fs.IntVar(&c.poolQueue, "pool-queue", taskpool.DefaultQueue, "most tasks waiting per worker and pool, whatever their predicted wait: a memory cap; more get 503")
 	fs.DurationVar(&c.taskTimeout, "task-timeout", 30*time.Second, "a task's deadline, queueing included; past it 504")
 	fs.StringVar(&c.modes, "mode", "hash=pool,password=pool,compress=pool,image=isolate,image-info=inline", "execution mode per workload group: group=inline|pool|isolate,…")
 	fs.BoolVar(&c.allowOverride, "allow-mode-override", false, "let a request choose its mode with ?mode= (for benchmarks; keep off in production)")
@@ -116,8 +119,15 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	if c.isoTimeout <= 0 || c.isoMemory < 32<<20 || c.isoCPU < 0 || c.isoWarm < -1 || c.isoReuse < 1 || c.isoProcs < 0 {
 		return nil, fmt.Errorf("isolate: timeout > 0, memory ≥ 32MiB, cpu ≥ 0, warm ≥ -1, reuse ≥ 1, procs ≥ 0")
 	}
-	if c.poolSize < 0 || c.poolQueue < 0 || c.taskTimeout <= 0 || c.maxOutput == 0 || c.maxOutput > 1<<34 {
-		return nil, fmt.Errorf("pool size, pool queue: want ≥ 0; task timeout: want > 0; max output: want 1B to 16GiB")
+	if c.poolSize < 0 || c.poolQueue < 1 || c.taskTimeout <= 0 || c.maxOutput == 0 || c.maxOutput > 1<<34 {
+		return nil, fmt.Errorf("pool size: want ≥ 0; pool queue: want ≥ 1; task timeout: want > 0; max output: want 1B to 16GiB")
+	}
+	if c.queueWait == 0 {
+		c.queueWait = c.taskTimeout / 3
+	}
+	if c.queueWait < 0 || c.queueWait >= c.taskTimeout {
+		return nil, fmt.Errorf("queue wait %v: want > 0 and below the task timeout (%v), or admitted tasks time out in the queue",
+			c.queueWait, c.taskTimeout)
 	}
 	if err := errors.Join(c.pool.Validate(), c.server.Validate()); err != nil {
 		return nil, err

@@ -62,7 +62,7 @@ func runWorker(args []string) int {
 		return fatal("%v", err)
 	}
 	srv := server.New(cfg.server, log, w.ID)
-	pool, err := taskpool.New(taskpool.Config{Size: cfg.poolSize, Queue: cfg.poolQueue})
+	pool, err := taskpool.New(taskpool.Config{Size: cfg.poolSize, Queue: cfg.poolQueue, QueueWait: cfg.queueWait})
 	if err != nil {
 		return fatal("%v", err)
 	}
@@ -81,7 +81,7 @@ func runWorker(args []string) int {
 	if isoProcs == 0 {
 		isoProcs = pool.Stats().Capacity
 	}
-	isoPool, err := taskpool.New(taskpool.Config{Size: isoProcs, Queue: cfg.poolQueue})
+	isoPool, err := taskpool.New(taskpool.Config{Size: isoProcs, Queue: cfg.poolQueue, QueueWait: cfg.queueWait})
 	if err != nil {
 		return fatal("%v", err)
 	}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Admission by predicted waiting time, through the binary: a workload whose
+// run time goes from 5 ms to 150 ms is admitted in full while fast, refused
+// within a second once slow, with a Retry-After and no 504, and /health
+// shows the estimate and the predicted wait.
+func TestAdmissionFollowsTheWorkloadsDuration(t *testing.T) {
+	env, _ := faultFile(t)
+	c := startCluster(t, env, 1, "--workers", "1", "--pool-size", "1", "--queue-wait", "500ms")
+	base := "http://" + c.addr
+	var ms atomic.Int64
+	ms.Store(5)
+	type tally struct {
+		mu       sync.Mutex
+		byStatus map[int]int
+		retry    map[string]int
+		lastRef  time.Time
+		firstRef time.Time
+		errs     []error
+	}
+	tl := &tally{byStatus: map[int]int{}, retry: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	const clients = 8
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Keep-alive, and POST: a refused request must not be retried
+			// by the client behind the test's back.
+			client := &http.Client{Timeout: 10 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := client.Post(base+"/_test/task?ms="+strconv.FormatInt(ms.Load(), 10), "text/plain", nil)
+				if err != nil {
+					tl.mu.Lock()
+					tl.errs = append(tl.errs, err)
+					tl.mu.Unlock()
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				now := time.Now()
+				tl.mu.Lock()
+				tl.byStatus[resp.StatusCode]++
+				if resp.StatusCode == 503 {
+					tl.retry[resp.Header.Get("Retry-After")]++
+					if tl.firstRef.IsZero() {
+						tl.firstRef = now
+					}
+					tl.lastRef = now
+				}
+				tl.mu.Unlock()
+				if resp.StatusCode == 503 {
+					time.Sleep(20 * time.Millisecond) // a polite client backs off a little
+				}
+			}
+		}()
+	}
+	stopped := false
+	halt := func() {
+		if !stopped {
+			close(stop)
+			wg.Wait()
+			stopped = true
+		}
+	}
+	defer halt()
+
+	// Fast: 7 tasks of 5 ms queued ahead on one slot are 35 ms: all admitted.
+	time.Sleep(time.Second)
+	tl.mu.Lock()
+	fast := tl.byStatus[200]
+	if tl.byStatus[503] != 0 || fast < 20 {
+		t.Errorf("at 5 ms per task: %v; want only 200s (and at least 20)", tl.byStatus)
+	}
+	tl.mu.Unlock()
+
+	// Slow: 7 × 150 ms = 1.05 s predicted > 500 ms: refusals within a second.
+	ms.Store(150)
+	switched := time.Now()
+	var first time.Time
+	for deadline := switched.Add(1500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		tl.mu.Lock()
+		first = tl.firstRef
+		tl.mu.Unlock()
+		if !first.IsZero() {
+			break
+		}
+	}
+	if first.IsZero() || first.Sub(switched) > time.Second {
+		t.Fatalf("no 503 within 1s of the task going from 5 ms to 150 ms (first at %v)", first.Sub(switched))
+	}
+	t.Logf("5 ms → 150 ms: first refusal after %v", first.Sub(switched).Round(time.Millisecond))
+	time.Sleep(time.Second) // steady state at 150 ms
+
+	var h struct {
+		Pool struct {
+			QueueWaitMS     float64 `json:"queue_wait_ms"`
+			PredictedWaitMS float64 `json:"predicted_wait_ms"`
+			Waiting         int
+			Classes         []struct {
+				Name       string
+				EstimateMS float64 `json:"estimate_ms"`
+			}
+		}
+	}
+	if _, err := getJSON(freshClient(), base+"/health", &h); err != nil {
+		t.Fatal(err)
+	}
+	halt()
+	var est float64
+	for _, cl := range h.Pool.Classes {
+		if cl.Name == "test-task" {
+			est = cl.EstimateMS
+		}
+	}
+	if h.Pool.QueueWaitMS != 500 || est < 100 || est > 300 {
+		t.Errorf("/health pool = %+v; want queue_wait_ms 500 and test-task's estimate near 150 ms", h.Pool)
+	}
+	// At most 500 ms ÷ 150 ms + 1 = 4 waiting: admission held the queue to
+	// the bound (a count cap of 1,024 would have let all 7 others wait).
+	if h.Pool.Waiting > 4 || h.Pool.PredictedWaitMS > 500+300 {
+		t.Errorf("/health pool = %+v; want ≤ 4 waiting and a predicted wait near the 500 ms bound", h.Pool)
+	}
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	if tl.byStatus[504] != 0 || len(tl.errs) != 0 || tl.byStatus[200]-fast < 5 {
+		t.Errorf("statuses %v, errors %v; want no 504, no error, slow tasks still served", tl.byStatus, tl.errs)
+	}
+	if tl.retry["1"] == 0 || tl.retry[""] != 0 {
+		t.Errorf("Retry-After values of the 503s: %v; want 1 s (predicted wait − bound < 1 s), always set", tl.retry)
+	}
+	if r := post(t, base+"/_test/task?ms=0", nil); r.status != 200 { // idle now: admitted
+		t.Errorf("after the load: %d %s; want 200", r.status, r.body)
+	}
+}
