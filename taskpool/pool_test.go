@@ -304,7 +304,7 @@ func TestEstimateFollowsRunTimes(t *testing.T) {
 			est = cs.EstimateMS
 		}
 	}
-	// From a 1 s seed, 30 tasks of ~5 ms leave 0.8^30 × 1 s ≈ 1.2 ms of the
+	// From a 1 s seed, 30 tasks of ~5 ms leave 0.75^30 × 1 s ≈ 0.2 ms of the
 	// seed; sleeping under -race on a busy box takes a little longer.
 	if est < 5 || est > 30 {
 		t.Errorf("estimate after 30 tasks of 5 ms = %.1f ms; want about 5", est)
