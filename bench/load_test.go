@@ -203,3 +203,21 @@ func TestOptionsValidate(t *testing.T) {
 		}
 	}
 }
+
+// Latency is also kept per status. Every third request is a 503 and every
+// sixth sleeps first, so half the 503s are slow and no 200 is (n%6 == 0
+// implies n%3 == 0): the 200s' p99 is fast, the 503s' is the stall.
+func TestLatencyByStatus(t *testing.T) {
+	f := startFaulty(t, every(6))
+	r := run(t, f.url, Options{Concurrency: 2, Requests: 120})
+	ok, refused := r.LatencyByStatus["200"], r.LatencyByStatus["503"]
+	if r.Status["200"] == 0 || r.Status["503"] == 0 {
+		t.Fatalf("statuses %v; want 200s and 503s", r.Status)
+	}
+	if ok.P99 >= float64(stallFor.Milliseconds()) {
+		t.Errorf("200s' p99 = %.1f ms; want them fast (no 200 sleeps)", ok.P99)
+	}
+	if refused.P99 < float64(stallFor.Milliseconds()) || refused.Min >= float64(stallFor.Milliseconds()) {
+		t.Errorf("503s' min %.1f, p99 %.1f ms; want half of them at the %v stall", refused.Min, refused.P99, stallFor)
+	}
+}

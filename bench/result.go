@@ -25,23 +25,30 @@ func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(histMinUS, hist
 
 // recorder belongs to one connection's goroutine, so it needs no lock.
 type recorder struct {
-	hist   *hdrhistogram.Histogram
-	status map[int]int64
-	errors map[string]int64
+	hist     *hdrhistogram.Histogram
+	byStatus map[int]*hdrhistogram.Histogram // the same latencies, split by status
+	status   map[int]int64
+	errors   map[string]int64
 }
 
 func newRecorder() *recorder {
-	return &recorder{hist: newHist(), status: map[int]int64{}, errors: map[string]int64{}}
+	return &recorder{hist: newHist(), byStatus: map[int]*hdrhistogram.Histogram{}, status: map[int]int64{}, errors: map[string]int64{}}
 }
 
 func (r *recorder) record(code int, err error, d time.Duration) {
+	us := min(max(d.Microseconds(), histMinUS), histMaxUS)
 	if err != nil {
 		r.errors[classify(err)]++
 	} else {
 		r.status[code]++
+		h := r.byStatus[code]
+		if h == nil {
+			h = newHist()
+			r.byStatus[code] = h
+		}
+		h.RecordValue(us)
 	}
-	us := d.Microseconds()
-	r.hist.RecordValue(min(max(us, histMinUS), histMaxUS))
+	r.hist.RecordValue(us)
 }
 
 // Result is what one measured run saw. Every request sent is in Requests
@@ -60,6 +67,9 @@ type Result struct {
 	// is as slow as a slow success.
 	Latency   Latency   `json:"latency_ms"`
 	Histogram Histogram `json:"histogram"`
+	// LatencyByStatus splits Latency by HTTP status: how fast a 503
+	// refusal came back, apart from the 200s.
+	LatencyByStatus map[string]Latency `json:"latency_by_status_ms,omitempty"`
 	// Server is the cost on the server side, known only when the bench
 	// started the server itself.
 	Server *Cost `json:"server,omitempty"`
@@ -121,8 +131,15 @@ func (r *Result) addError(kind string, n int64) {
 func merge(recs []*recorder, elapsed time.Duration) *Result {
 	h := newHist()
 	r := &Result{Status: map[string]int64{}, Errors: map[string]int64{}, ElapsedS: elapsed.Seconds()}
+	byStatus := map[int]*hdrhistogram.Histogram{}
 	for _, rec := range recs {
 		h.Merge(rec.hist)
+		for code, sh := range rec.byStatus {
+			if byStatus[code] == nil {
+				byStatus[code] = newHist()
+			}
+			byStatus[code].Merge(sh)
+		}
 		for code, n := range rec.status {
 			r.Status[strconv.Itoa(code)] += n
 			r.Requests += n
@@ -140,6 +157,12 @@ func merge(recs []*recorder, elapsed time.Duration) *Result {
 	}
 	r.Histogram = exportHist(h)
 	r.Latency = summarize(h)
+	if len(byStatus) > 1 {
+		r.LatencyByStatus = map[string]Latency{}
+		for code, sh := range byStatus {
+			r.LatencyByStatus[strconv.Itoa(code)] = summarize(sh)
+		}
+	}
 	return r
 }
 

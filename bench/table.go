@@ -119,8 +119,9 @@ func rows(cells []Cell) []tableRow {
 	return out
 }
 
-// WriteTable prints r's cells as an aligned table, then a note for each
-// cell that other processes disturbed.
+// WriteTable prints r's cells as an aligned table, then a line for each
+// cell answered with more than one status (the latency of each), and a
+// note for each cell that other processes disturbed.
 func WriteTable(w io.Writer, r *Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, strings.Join(tableHeader, "\t")+"\t")
@@ -129,6 +130,16 @@ func WriteTable(w io.Writer, r *Report) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	for _, c := range r.Cells {
+		if c.Result == nil || len(c.Result.LatencyByStatus) == 0 {
+			continue
+		}
+		for _, code := range c.Result.StatusCodes() {
+			l := c.Result.LatencyByStatus[code]
+			fmt.Fprintf(w, "%s: %s ×%d  p50 %s  p99 %s  max %s ms\n", c.Key(), code, c.Result.Status[code],
+				fmtMS(l.P50), fmtMS(l.P99), fmtMS(l.Max))
+		}
 	}
 	for _, c := range r.Cells {
 		if c.Result != nil && c.Result.Disturbed() {
