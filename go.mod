@@ -3,11 +3,11 @@ module github.com/hybrid-server/hybrid
 go 1.26.8
 
 require (
+	github.com/HdrHistogram/hdrhistogram-go v1.4.0
 	github.com/HugoSmits86/nativewebp v0.9.3
 	github.com/gen2brain/jpegn v0.4.2
 	github.com/klauspost/compress v1.20.3
 	github.com/molecule-man/go-brrr v1.0.1
-	github.com/panjf2000/ants/v2 v2.12.1
 	github.com/valyala/fasthttp v1.74.0
 	github.com/zeebo/xxh3 v1.1.0
 	golang.org/x/crypto v0.58.0
@@ -17,8 +17,6 @@ require (
 )
 
 require (
-	github.com/HdrHistogram/hdrhistogram-go v1.4.0 // indirect
 	github.com/klauspost/cpuid/v2 v2.2.10 // indirect
 	github.com/valyala/bytebufferpool v1.0.0 // indirect
-	golang.org/x/sync v0.11.0 // indirect
 )

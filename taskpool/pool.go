@@ -10,8 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/panjf2000/ants/v2"
 )
 
 var (
@@ -145,13 +143,13 @@ type Class struct {
 // ticket is one task's place: in the queue, then in a run slot.
 type ticket struct {
 	class *Class
-	ready chan struct{} // closed when a run slot is handed to a queued ticket
+	ready chan struct{} // closed when a run slot is handed to a queued ticket, or the pool closes
+	err   error         // set before ready is closed if the pool closed instead
 	start time.Time     // when it got its run slot
 }
 
 // Pool is a bounded task pool. Its methods are safe for concurrent use.
 type Pool struct {
-	ants      *ants.Pool
 	queueWait time.Duration
 	queue     int
 	def       func() *Class
@@ -162,6 +160,7 @@ type Pool struct {
 	waiters []*ticket // FIFO; closing ready hands a run slot over
 	classes []*Class
 	closed  bool
+	idle    chan struct{} // made by Close; closed when the last running task ends
 
 	completed, rejected, rejectedFull, timedOut, panicked atomic.Uint64
 }
@@ -181,13 +180,7 @@ func New(cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("taskpool: size %d, queue %d, queue wait %v: want size ≥ 1, queue ≥ 0, queue wait ≥ 0",
 			cfg.Size, cfg.Queue, cfg.QueueWait)
 	}
-	// Blocking ants: admission already bounds submitters to Size, so a Submit
-	// waits at most for a finishing worker to be put back.
-	a, err := ants.NewPool(cfg.Size, ants.WithPreAlloc(false), ants.WithPanicHandler(func(any) {}))
-	if err != nil {
-		return nil, fmt.Errorf("taskpool: %w", err)
-	}
-	p := &Pool{ants: a, size: cfg.Size, queue: cfg.Queue, queueWait: cfg.QueueWait}
+	p := &Pool{size: cfg.Size, queue: cfg.Queue, queueWait: cfg.QueueWait}
 	p.def = sync.OnceValue(func() *Class { return p.Class("default", DefaultEstimate) })
 	return p, nil
 }
@@ -217,31 +210,23 @@ func (p *Pool) Do(ctx context.Context, task func(context.Context) error) error {
 	return p.def().Do(ctx, task)
 }
 
-// Do runs task on c's pool and returns its error. It admits the task at once
-// if a run slot is free, queues it if its predicted wait is within the
-// pool's QueueWait and the queue has room, and otherwise refuses it at once
-// with an [*OverloadError]. It returns ErrDeadline if ctx ends before the
-// task starts.
+// Do runs task in one of c's pool's run slots and returns its error. It
+// admits the task at once if a run slot is free, queues it if its predicted
+// wait is within the pool's QueueWait and the queue has room, and otherwise
+// refuses it at once with an [*OverloadError]. It returns ErrDeadline if ctx
+// ends before the task starts.
+//
+// The task runs on the caller's goroutine, once it holds a slot: see the
+// package doc for why there is no hand-off to a pool goroutine.
 func (c *Class) Do(ctx context.Context, task func(context.Context) error) error {
 	p := c.p
 	t, err := p.acquire(ctx, c)
 	if err != nil {
 		return err
 	}
-	done := make(chan error, 1)
-	err = p.ants.Submit(func() {
-		err := p.run(ctx, task)
-		p.release(t, true) // before the caller hears back, so its view of Stats is settled
-		done <- err
-	})
-	if err != nil {
-		p.release(t, false)
-		if errors.Is(err, ants.ErrPoolClosed) {
-			return ErrClosed
-		}
-		return fmt.Errorf("taskpool: submit: %w", err)
-	}
-	return <-done
+	err = p.run(ctx, task)
+	p.release(t, true)
+	return err
 }
 
 func (p *Pool) run(ctx context.Context, task func(context.Context) error) (err error) {
@@ -291,6 +276,9 @@ func (p *Pool) acquire(ctx context.Context, c *Class) (*ticket, error) {
 
 	select {
 	case <-t.ready:
+		if t.err != nil {
+			return nil, t.err
+		}
 		return t, nil
 	case <-ctx.Done():
 	}
@@ -350,6 +338,10 @@ func (p *Pool) release(t *ticket, ran bool) {
 	if len(p.waiters) > 0 && len(p.running) < p.size {
 		p.startLocked(now)
 	}
+	if p.idle != nil && len(p.running) == 0 {
+		close(p.idle)
+		p.idle = nil
+	}
 }
 
 // startLocked hands a run slot to the first waiter.
@@ -372,7 +364,6 @@ func (p *Pool) Tune(size int) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.size = size
-	p.ants.Tune(size)
 	now := time.Now()
 	for len(p.running) < p.size && len(p.waiters) > 0 {
 		p.startLocked(now)
@@ -397,15 +388,30 @@ func (p *Pool) Stats() Stats {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// Close refuses new tasks and waits up to ctx for running ones.
+// Close refuses new tasks, fails the queued ones with ErrClosed, and waits
+// up to ctx for the running ones to end.
 func (p *Pool) Close(ctx context.Context) error {
 	p.mu.Lock()
 	p.closed = true
-	p.mu.Unlock()
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		p.ants.Release()
+	for _, w := range p.waiters {
+		w.class.waiting--
+		w.err = ErrClosed
+		close(w.ready)
+	}
+	p.waiters = nil
+	if len(p.running) == 0 {
+		p.mu.Unlock()
 		return nil
 	}
-	return p.ants.ReleaseTimeout(max(0, time.Until(deadline)))
+	if p.idle == nil {
+		p.idle = make(chan struct{})
+	}
+	idle := p.idle
+	p.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("taskpool: close: tasks still running: %w", ctx.Err())
+	}
 }
