@@ -286,3 +286,10 @@ func TestParseModes(t *testing.T) {
 		}
 	}
 }
+
+// hashResult is the shape runHash writes.
+type hashResult struct {
+	Algo   string `json:"algo"`
+	Digest string `json:"digest"`
+	Size   int    `json:"size"`
+}

@@ -9,10 +9,10 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"hash/crc32"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -68,20 +68,21 @@ func checkHash(p Params, _ []byte) error {
 	return badParam("encoding=%q: want hex or base64", p["encoding"])
 }
 
-type hashResult struct {
-	Algo   string `json:"algo"`
-	Digest string `json:"digest"`
-	Size   int    `json:"size"`
-}
-
 // runHash returns {"algo":…,"digest":…,"size":…}. Digests of xxh3-64 and
 // crc32c are their integer value in big-endian bytes, as xxhsum and crc32c
-// tools print them.
+// tools print them. The JSON is appended by hand, in one allocation: algo is
+// one of the known names (checkHash) and a digest is hex or base64, so
+// neither needs escaping.
 func runHash(_ context.Context, p Params, input []byte) ([]byte, error) {
-	sum := hashAlgos[p["algo"]](input)
-	digest := hex.EncodeToString(sum)
+	algo := p["algo"]
+	sum := hashAlgos[algo](input)
+	b := make([]byte, 0, 48+len(algo)+base64.StdEncoding.EncodedLen(len(sum))+hex.EncodedLen(len(sum)))
+	b = append(append(append(b, `{"algo":"`...), algo...), `","digest":"`...)
 	if p["encoding"] == "base64" {
-		digest = base64.StdEncoding.EncodeToString(sum)
+		b = base64.StdEncoding.AppendEncode(b, sum)
+	} else {
+		b = hex.AppendEncode(b, sum)
 	}
-	return json.Marshal(hashResult{Algo: p["algo"], Digest: digest, Size: len(input)})
+	b = strconv.AppendInt(append(b, `","size":`...), int64(len(input)), 10)
+	return append(b, '}'), nil
 }
