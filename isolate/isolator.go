@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hybrid-server/hybrid/handlers"
+	"github.com/hybrid-server/hybrid/internal/jsonw"
 	"github.com/hybrid-server/hybrid/internal/tail"
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
@@ -509,4 +510,41 @@ func (iso *Isolator) Close() error {
 			return os.Remove(iso.dir)
 		}
 	}
+}
+
+// AppendStatsFields appends the fields of Stats() to an open JSON object, as
+// encoding/json writes them, without allocating: GET /health serves them on
+// every call, beside fields of the caller's (the admission queue).
+func (iso *Isolator) AppendStatsFields(o *jsonw.Object) {
+	var caps Capabilities
+	probing := true
+	select {
+	case <-iso.probed:
+		caps, probing = iso.caps, false
+	default:
+	}
+	o.Key("limits")
+	l := jsonw.Open(o.B)
+	l.Bool("cgroup_memory", caps.CgroupMemory)
+	l.Bool("cgroup_pids", caps.CgroupPids)
+	l.Bool("no_network", caps.NoNetwork)
+	l.Bool("rlimit_cpu", caps.RlimitCPU)
+	l.Bool("rlimit_files", caps.RlimitFiles)
+	l.Bool("wall_clock", caps.WallClock)
+	l.String("memory_limit", caps.MemoryLimit)
+	o.B = l.Close()
+	if probing {
+		o.Bool("probing", true)
+	}
+	o.Uint("children_started", iso.started.Load())
+	o.Uint("peak_child_bytes", iso.peakChild.Load())
+	o.Key("outcomes") // encoding/json writes a map's keys sorted
+	oc := jsonw.Open(o.B)
+	oc.Uint(CodeCPU, iso.cpu.Load())
+	oc.Uint("input_error", iso.inputErr.Load())
+	oc.Uint(CodeCrashed, iso.crashed.Load())
+	oc.Uint(CodeTimeout, iso.timeout.Load())
+	oc.Uint(CodeMemory, iso.memory.Load())
+	oc.Uint("ok", iso.ok.Load())
+	o.B = oc.Close()
 }

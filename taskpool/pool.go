@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hybrid-server/hybrid/internal/jsonw"
 )
 
 var (
@@ -414,4 +416,38 @@ func (p *Pool) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("taskpool: close: tasks still running: %w", ctx.Err())
 	}
+}
+
+// AppendStats appends Stats() as JSON, as encoding/json writes it, without
+// allocating: GET /health serves it on every call.
+func (p *Pool) AppendStats(b []byte) []byte {
+	p.mu.Lock()
+	o := jsonw.Open(b)
+	o.Int("capacity", int64(p.size))
+	o.Int("queue", int64(p.queue))
+	o.Int("running", int64(len(p.running)))
+	o.Int("waiting", int64(len(p.waiters)))
+	o.Float("queue_wait_ms", ms(p.queueWait))
+	o.Float("predicted_wait_ms", ms(p.predictLocked(time.Now())))
+	o.Uint("completed", p.completed.Load())
+	o.Uint("rejected", p.rejected.Load())
+	o.Uint("rejected_full", p.rejectedFull.Load())
+	o.Uint("timed_out", p.timedOut.Load())
+	o.Uint("panicked", p.panicked.Load())
+	o.Key("classes")
+	o.B = append(o.B, '[')
+	for i, c := range p.classes {
+		if i > 0 {
+			o.B = append(o.B, ',')
+		}
+		co := jsonw.Open(o.B)
+		co.String("name", c.name)
+		co.Float("estimate_ms", ms(c.estimate))
+		co.Int("waiting", int64(c.waiting))
+		co.Uint("completed", c.completed.Load())
+		o.B = co.Close()
+	}
+	o.B = append(o.B, ']')
+	p.mu.Unlock()
+	return o.Close()
 }

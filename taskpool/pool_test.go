@@ -3,6 +3,7 @@ package taskpool
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -377,5 +378,23 @@ func TestAdmissionFollowsAChangeOfDuration(t *testing.T) {
 		if time.Since(switched) > 1500*time.Millisecond {
 			t.Fatalf("still refusing 1.5s after the tasks went back to 1 ms; stats %+v", p.Stats())
 		}
+	}
+}
+
+// AppendStats is Stats as encoding/json writes it, with no allocation.
+func TestAppendStatsIsStatsJSON(t *testing.T) {
+	p := newPool(t, 2, 0)
+	p.Class("a", 3*time.Millisecond)
+	p.Class("b <&>", 0).Do(context.Background(), func(context.Context) error { return nil })
+	want, err := json.Marshal(p.Stats())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.AppendStats(nil); string(got) != string(want) {
+		t.Errorf("AppendStats =\n%s\nwant\n%s", got, want)
+	}
+	buf := make([]byte, 0, 4096)
+	if n := testing.AllocsPerRun(100, func() { buf = p.AppendStats(buf[:0]) }); n != 0 {
+		t.Errorf("AppendStats: %v allocations; want 0", n)
 	}
 }
