@@ -79,8 +79,8 @@ bench node "$SERVER_PID" \
 	--target "scrypt-n16384=POST $N/v1/password?cost=14 @$work/pw.txt c=16"
 stop_server
 
-# hybrid at its defaults but two: modes chosen per request, and a queue as
-# deep as the connections (the peer's is 256), so neither side sheds load.
+# hybrid at its defaults but one: modes chosen per request. Its admission is
+# the default (by predicted wait, --queue-wait 10s), as users get it.
 echo "== hybrid: --workers $WORKERS --allow-mode-override"
 H="http://127.0.0.1:$HYBRID_PORT"
 "$work/hybrid" serve --addr "127.0.0.1:$HYBRID_PORT" --admin-addr off --workers "$WORKERS" \

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The request path's cost against bare fasthttp, in one run on one box:
+# server CPU per request (whole process tree, from /proc) and latency, for
+# GET /health, GET /ready and sha256 of 64 KiB, on bench/bare (one
+# process) and on `hybrid serve --workers 1` (primary + one worker; sha256
+# on the pool, the default mode). Rounds alternate bare, hybrid, bare,
+# hybrid… so that a drift of the machine shows as spread, not as a ratio.
+#
+#   bash bench/pathcost.sh        # ROUNDS=2 DURATION=5s WARMUP=1s OUT=bench/results/pathcost
+#
+# Outputs: $OUT/{bare,hybrid}-N.json and $OUT/compare-N.txt (b/a is
+# hybrid/bare: CPU ms/req b/a is the ratio the targets are stated in).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-bench/results/pathcost}
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+PORT=${PORT:-3011}
+mkdir -p "$OUT"
+work=$(mktemp -d)
+SERVER_PID=""
+stop_server() {
+	if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+		kill -TERM "$SERVER_PID"
+		for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$SERVER_PID" 2>/dev/null || true
+		wait "$SERVER_PID" 2>/dev/null || true
+	fi
+	SERVER_PID=""
+}
+trap 'stop_server; rm -rf "$work"' EXIT
+wait_ready() {
+	for _ in $(seq 150); do
+		if kill -0 "$SERVER_PID" 2>/dev/null && curl -fsS -o /dev/null "http://127.0.0.1:$PORT/ready" 2>/dev/null; then return 0; fi
+		sleep 0.1
+	done
+	echo "pathcost: server did not come up" >&2; exit 1
+}
+
+CGO_ENABLED=0 go build -o "$work/hybrid" ./cmd/hybrid
+CGO_ENABLED=0 go build -o "$work/bare" ./bench/bare
+head -c 65536 /dev/urandom > "$work/64k.bin"
+U="http://127.0.0.1:$PORT"
+measure() { # $1 name
+	"$work/hybrid" bench --duration "$DURATION" --warmup "$WARMUP" --server-pid "$SERVER_PID" \
+		-H "Content-Type: application/octet-stream" --report "$work/out-$1" \
+		--target "health=GET $U/health c=64" \
+		--target "ready=GET $U/ready c=64" \
+		--target "sha256-64k=POST $U/v1/hash/sha256 @$work/64k.bin c=32" | tee "$OUT/$1.txt"
+	cp "$work/out-$1/results.json" "$OUT/$1.json"
+}
+for r in $(seq "$ROUNDS"); do
+	echo "== round $r: bare fasthttp (GOMAXPROCS $(nproc))"
+	"$work/bare" --addr "127.0.0.1:$PORT" & SERVER_PID=$!
+	wait_ready; measure "bare-$r"; stop_server
+	echo "== round $r: hybrid serve --workers 1"
+	"$work/hybrid" serve --addr "127.0.0.1:$PORT" --admin-addr off --workers 1 --log-level warn 2> "$work/hybrid.log" & SERVER_PID=$!
+	wait_ready; measure "hybrid-$r"; stop_server
+	"$work/hybrid" bench compare "$OUT/bare-$r.json" "$OUT/hybrid-$r.json" | tee "$OUT/compare-$r.txt"
+done
