@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -167,12 +168,26 @@ func (l *balancedListener) Close() error {
 	return l.Listener.Close()
 }
 
+// SyscallConn gives the shared socket's descriptor, so that a draining
+// server can take what waits in the accept queue (server's listener.stop).
+func (l *balancedListener) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := l.Listener.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("procpool: listener %T has no descriptor", l.Listener)
+	}
+	return sc.SyscallConn()
+}
+
 // countedConn gives its place on the board back when it closes.
 type countedConn struct {
 	net.Conn
 	l      *balancedListener
 	closed atomic.Bool
 }
+
+// NetConn returns the connection underneath, as crypto/tls's Conn does, for
+// what needs the socket itself (FIONREAD, CloseWrite).
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
 
 func (c *countedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {

@@ -53,7 +53,13 @@
 //
 // With the shared socket, connections waiting in the accept queue belong to the
 // socket, not to a worker: a draining worker closes only its own descriptor
-// and loses nothing. A SO_REUSEPORT socket has its own queue, and connections
-// queued on it are reset when its worker closes it (unless the host enables
-// net.ipv4.tcp_migrate_req). That is why "shared" is the default.
+// and loses nothing. Only the last close of the socket (on a full stop) resets
+// what is still queued; each worker's server therefore takes the queued
+// connections with non-blocking accepts right before it closes its
+// descriptor, and serves them (server's listener.stop). A SO_REUSEPORT socket
+// has its own queue, and connections queued on it are reset when its worker
+// closes it (unless the host enables net.ipv4.tcp_migrate_req); the same
+// sweep narrows that to the one system call between the worker's last accept
+// and its close, but new connections keep being hashed to the socket until
+// then. That is why "shared" is the default.
 package procpool

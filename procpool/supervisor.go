@@ -591,7 +591,10 @@ func (s *Supervisor) shutdown() {
 	if !s.shutting {
 		s.log.Info("graceful shutdown: draining all workers", "timeout", s.cfg.ShutdownTimeout.String())
 		// Let go of the socket now: it closes when the last draining worker
-		// closes its copy, and new connections are refused, not left queued.
+		// closes its copy, and new connections are refused from then on.
+		// Each worker takes what the kernel queued before it closes its
+		// copy (server's listener.stop), so that the last close finds next
+		// to nothing queued to reset.
 		s.sock.Close()
 	}
 	s.shutting = true

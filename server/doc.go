@@ -12,6 +12,19 @@
 // with the HTTP status that matches the code (see [Error]). Codes are stable
 // identifiers for programs; messages are for people and may change.
 //
+// # Ending connections
+//
+// An early error response (413, 431, 400, 408) closes its connection by
+// lingering: the write side is shut down and what the client still sends
+// is read and discarded (at most 64 MiB, 10 s, 2 s without data), so that
+// a client that writes its whole body before reading gets the response,
+// not a reset. [Server.Shutdown] drains without failing a request: each
+// keep-alive connection ends at a request boundary (Connection: close on
+// its next response, or a close once idle for Config.DrainGrace with no
+// request byte unread), and the connections already in the socket's accept
+// queue are taken and served before the listener closes. conn.go has the
+// mechanism and the reasons for the bounds.
+//
 // # Lifetimes
 //
 // A handler's *fasthttp.RequestCtx and every byte slice it returns are valid

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -28,6 +29,9 @@ type Config struct {
 	// IdleTimeout bounds the wait for the next request on a keep-alive
 	// connection.
 	IdleTimeout time.Duration
+	// DrainGrace is how long a keep-alive connection may stay idle during
+	// a drain before the drain closes it (see [Server.Shutdown]).
+	DrainGrace time.Duration
 }
 
 // DefaultConfig returns the limits hybrid serve uses without flags.
@@ -37,15 +41,24 @@ func DefaultConfig() Config {
 		ReadTimeout:  30 * time.Second,
 		WriteTimeout: 30 * time.Second,
 		IdleTimeout:  60 * time.Second,
+		DrainGrace:   DefaultDrainGrace,
 	}
 }
+
+// DefaultDrainGrace is the default Config.DrainGrace. A client that keeps
+// a connection busy sends its next request well within a second, and gets
+// Connection: close on it; a connection quiet for a second is most likely
+// a pool's spare, and closing it races a client's send only if the send
+// starts in the instant of the close. A longer grace would lengthen every
+// reload's overlap of old and new workers for little gain.
+const DefaultDrainGrace = time.Second
 
 // Validate reports the first invalid limit.
 func (c Config) Validate() error {
 	switch {
 	case c.MaxBody < 0:
 		return fmt.Errorf("server: max body %d: want a positive size", c.MaxBody)
-	case c.ReadTimeout < 0 || c.WriteTimeout < 0 || c.IdleTimeout < 0:
+	case c.ReadTimeout < 0 || c.WriteTimeout < 0 || c.IdleTimeout < 0 || c.DrainGrace < 0:
 		return fmt.Errorf("server: timeouts must be positive")
 	}
 	return nil
@@ -64,6 +77,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = d.IdleTimeout
+	}
+	if c.DrainGrace == 0 {
+		c.DrainGrace = d.DrainGrace
 	}
 	return c
 }
@@ -84,6 +100,14 @@ type Server struct {
 	workerID int
 	started  time.Time
 	fs       *fasthttp.Server
+	grace    time.Duration
+
+	conns     conns
+	mu        sync.Mutex
+	listeners []*listener
+	serving   sync.WaitGroup // Serve calls under way
+
+	closedAfterResponse atomic.Int64 // responses a drain marked Connection: close
 
 	requests  atomic.Uint64
 	inFlight  atomic.Int64
@@ -105,7 +129,9 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 		started:   time.Now(),
 		accepting: make(chan struct{}),
 		extras:    map[string]func() any{},
+		grace:     cfg.DrainGrace,
 	}
+	s.conns.readTimeout = cfg.ReadTimeout
 	s.fs = newFastServer(cfg, s.serve, log)
 	s.Router.Handle(fasthttp.MethodGet, "/health", s.health)
 	s.Router.Handle(fasthttp.MethodGet, "/ready", s.ready)
@@ -115,12 +141,13 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 func newFastServer(cfg Config, h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 	return &fasthttp.Server{
 		Handler:               h,
-		ErrorHandler:          transportErrors(cfg.MaxBody),
+		ErrorHandler:          lingerAfter(transportErrors(cfg.MaxBody)),
+		ConnState:             connState,
 		ReadTimeout:           cfg.ReadTimeout,
 		WriteTimeout:          cfg.WriteTimeout,
 		IdleTimeout:           cfg.IdleTimeout,
 		MaxRequestBodySize:    cfg.MaxBody,
-		CloseOnShutdown:       true, // responses during a drain say Connection: close
+		CloseOnShutdown:       true, // only for the last moments of Shutdown, see there
 		NoDefaultServerHeader: true,
 		NoDefaultDate:         false,
 		Logger:                fastLogger{log},
@@ -135,27 +162,138 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 	}()
 	s.Router.Serve(ctx)
 	compressResponse(ctx)
+	if s.draining.Load() {
+		// End the connection at this request boundary: the client opens
+		// its next connection elsewhere (or learns the server is gone)
+		// instead of sending on one about to close.
+		ctx.SetConnectionClose()
+		s.closedAfterResponse.Add(1)
+	}
+}
+
+// lingerAfter marks the connection of an early error response (the errors
+// fasthttp meets before any handler runs) to close by lingering (conn.go),
+// and has h write the response.
+func lingerAfter(h func(*fasthttp.RequestCtx, error)) func(*fasthttp.RequestCtx, error) {
+	return func(ctx *fasthttp.RequestCtx, err error) {
+		if c, ok := ctx.Conn().(*conn); ok {
+			c.lingerOnClose()
+		}
+		h(ctx, err)
+	}
+}
+
+// connState keeps each connection's phase for the drain (see conn.go).
+// fasthttp calls it on the connection's own goroutine.
+func connState(nc net.Conn, st fasthttp.ConnState) {
+	c, ok := nc.(*conn)
+	if !ok {
+		return
+	}
+	switch st {
+	case fasthttp.StateActive:
+		c.active()
+	case fasthttp.StateIdle:
+		c.idle()
+	}
 }
 
 // AddHealth adds a section to GET /health: key's value is f(), called on
 // every request. Call it before Serve.
 func (s *Server) AddHealth(key string, f func() any) { s.extras[key] = f }
 
-// Serve accepts connections on ln until Shutdown. Blocking.
+// Serve accepts connections on ln until Shutdown. Blocking. It returns nil
+// once Shutdown has closed ln; the connections it accepted are served on
+// until Shutdown ends them.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.fs.Serve(acceptSignal{Listener: ln, s: s})
+	l := &listener{Listener: ln, s: s, held: -1}
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.listeners = append(s.listeners, l)
+	s.serving.Add(1)
+	s.mu.Unlock()
+	defer s.serving.Done()
+	return s.fs.Serve(l)
 }
 
 // Accepting is closed once the server's accept loop runs: the moment a worker
 // may report ready.
 func (s *Server) Accepting() <-chan struct{} { return s.accepting }
 
-// Shutdown stops accepting, marks the server not ready, and waits until the
-// in-flight requests finish or ctx is done.
+// Shutdown drains the server: it marks it not ready, stops accepting, and
+// ends every connection at a request boundary, so that no client loses a
+// request it sent on a connection the server accepted:
+//
+//   - the next response on each connection says Connection: close, and the
+//     connection closes after it;
+//   - a connection idle for Config.DrainGrace (or that never sent a byte)
+//     is closed, but never while a request byte waits unread in its
+//     socket; its client sees the close of an idle connection, as after
+//     IdleTimeout;
+//   - requests under way finish, and lingering closes (see conn.go) run
+//     to their end.
+//
+// Shutdown returns nil once no connection is open, or ctx's error if ctx
+// ends first; then the connections still open are left to the process's
+// exit.
+//
+// fasthttp's own ShutdownWithContext is not the drain: it makes every idle
+// keep-alive connection close at once (server.go, s.stop), racing clients
+// about to send. It runs only at the end, when nothing is left to close.
 func (s *Server) Shutdown(ctx context.Context) error {
+	start := time.Now()
+	s.mu.Lock()
 	s.draining.Store(true)
-	return s.fs.ShutdownWithContext(ctx)
+	lns := s.listeners
+	s.mu.Unlock()
+	var errs []error
+	for _, l := range lns {
+		if err := l.stop(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	served := make(chan struct{})
+	go func() { s.serving.Wait(); close(served) }() // Serve returns once its listener is closed
+	tick := time.NewTicker(drainTick)
+	defer tick.Stop()
+	for {
+		// Serve has returned only after its last accept and sweep, and
+		// every connection it handed out was tracked before that: look at
+		// served first, then count.
+		var acceptsDone bool
+		select {
+		case <-served:
+			acceptsDone = true
+			for _, l := range lns {
+				l.release()
+			}
+		default:
+		}
+		open := s.conns.expireIdle(time.Now(), s.grace)
+		if acceptsDone && open == 0 {
+			s.log.Info("connections drained", "took", time.Since(start).Round(time.Millisecond).String(),
+				"closed_after_response", s.closedAfterResponse.Load(), "closed_idle", s.conns.closedIdle.Load(),
+				"lingered", s.conns.lingered.Load())
+			// Nothing is open: this only releases fasthttp's state.
+			return errors.Join(append(errs, s.fs.ShutdownWithContext(ctx))...)
+		}
+		select {
+		case <-ctx.Done():
+			s.log.Warn("connections still open at the drain deadline", "open_conns", open, "in_flight", s.inFlight.Load())
+			s.fs.ShutdownWithContext(ctx) // closes what is idle, returns at once
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
+
+// drainTick is how often a drain looks for idle connections to close and
+// for its end.
+const drainTick = 20 * time.Millisecond
 
 // Stats returns the server's counters and the process's memory.
 func (s *Server) Stats() Stats {
@@ -234,17 +372,6 @@ type readyBody struct {
 	Status string `json:"status"`
 	PID    int    `json:"pid"`
 	Worker int    `json:"worker"`
-}
-
-// acceptSignal closes the server's accepting channel on the first Accept.
-type acceptSignal struct {
-	net.Listener
-	s *Server
-}
-
-func (a acceptSignal) Accept() (net.Conn, error) {
-	a.s.acceptOne.Do(func() { close(a.s.accepting) })
-	return a.Listener.Accept()
 }
 
 // fastLogger routes fasthttp's own messages to slog.

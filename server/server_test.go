@@ -16,6 +16,7 @@ import (
 // serveInMemory runs srv on an in-memory listener and returns a client for it.
 func serveInMemory(t *testing.T, srv *Server) *fasthttp.Client {
 	t.Helper()
+	srv.grace = 50 * time.Millisecond // the client's idle keep-alive connections end the test's drain
 	ln := fasthttputil.NewInmemoryListener()
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()

@@ -298,15 +298,17 @@ func TestSecondSIGINTForces(t *testing.T) {
 	}
 }
 
-// 5. A rolling reload under load: with the shared socket no request fails,
-// and afterwards every worker is new. Reuseport is measured and reported.
+// 5. A rolling reload under load, from clients with a new connection per
+// request and from keep-alive clients that never retry (drain_test.go): with
+// the shared socket no request fails, and afterwards every worker is new.
+// Reuseport is measured and reported.
 func TestReloadUnderLoad(t *testing.T) {
 	for _, mode := range []string{procpool.ListenShared, procpool.ListenReusePort} {
 		t.Run(mode, func(t *testing.T) {
 			c := startCluster(t, nil, 2, "--workers", "2", "--listen-mode", mode)
 			before := c.readyPIDs()
-			clients := []*http.Client{freshClient(), freshClient(), freshClient(), {Timeout: 10 * time.Second}}
-			l := startLoad("http://"+c.addr+"/health", clients)
+			l := startLoad("http://"+c.addr+"/health", []*http.Client{freshClient(), freshClient(), freshClient()})
+			ka := startKeepAlive(c.addr, 4, []rawRequest{getRequest("/health")})
 			const reloads = 3
 			for i := range reloads {
 				time.Sleep(300 * time.Millisecond)
@@ -318,18 +320,20 @@ func TestReloadUnderLoad(t *testing.T) {
 			}
 			time.Sleep(300 * time.Millisecond)
 			ok, failed, errs := l.stop()
+			kr := ka.stop()
 			after := c.readyPIDs()
 			for pid := range after {
 				if before[pid] {
 					t.Errorf("worker pid %d survived the reload", pid)
 				}
 			}
-			t.Logf("listen-mode=%s: %d reloads under load: %d requests ok, %d failed %v", mode, reloads, ok, failed, errs)
-			if ok < 100 {
-				t.Errorf("only %d requests succeeded; the load did not run", ok)
+			t.Logf("listen-mode=%s: %d reloads under load: new connection per request: %d requests ok, %d failed %v; keep-alive: %v",
+				mode, reloads, ok, failed, errs, kr)
+			if ok < 100 || kr.ok < 100 {
+				t.Errorf("only %d and %d requests succeeded; the load did not run", ok, kr.ok)
 			}
-			if mode == procpool.ListenShared && failed != 0 {
-				t.Errorf("listen-mode=shared lost %d requests across the reload; want 0: %v", failed, errs)
+			if mode == procpool.ListenShared && failed+kr.failed != 0 {
+				t.Errorf("listen-mode=shared lost %d requests across the reload; want 0: %v %v", failed+kr.failed, errs, kr.errs)
 			}
 			if s := c.snapshot(); s.CrashesInWindow != 0 {
 				t.Errorf("a reload counted %d crashes; want 0", s.CrashesInWindow)

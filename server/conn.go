@@ -1,0 +1,409 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// How a worker ends its connections.
+//
+// Every accepted connection is wrapped in a [conn] that knows whether a
+// request is under way on it (busy) or not (idle: accepted and nothing read
+// yet, or between keep-alive requests). That is what the two ways of ending a
+// connection gently need.
+//
+// Lingering close. After an early error response (fasthttp's ErrorHandler: a
+// body over the limit, headers too large, a malformed request, a read
+// timeout) the client may still be sending, and closing a socket with unread
+// data makes the kernel send RST, which can destroy the response before the
+// client reads it. Clients that write the whole body before reading (Python's
+// urllib and requests) then see "connection reset" instead of the 413. So
+// such a connection, and any connection closed with unread bytes, is closed
+// as nginx's lingering_close and Go's net/http do: shut down the write side
+// (the client reads the response, then EOF), read and discard what the client
+// still sends, and close once it closes its side or a bound is reached. The
+// bounds are [lingerMaxBytes], [lingerTimeout] and [lingerIdle].
+//
+// Drain. A worker that drains must not close a keep-alive connection under
+// a client that is about to send on it: the request is lost, and the client
+// cannot tell whether it was served. So [Server.Shutdown] ends each
+// connection at a request boundary: the next response on it says
+// Connection: close and fasthttp closes after it; a connection that stays
+// idle past Config.DrainGrace is ended only after a check (FIONREAD) that no
+// request byte waits unread in its socket, by making its pending read return
+// EOF, which fasthttp takes as the client's own close.
+const (
+	// lingerMaxBytes bounds what one lingering close discards: twice the
+	// default --max-body, so that a client whose body is over the limit by
+	// up to that much still reads its 413, while one that streams without
+	// end costs at most this much reading (tens of milliseconds of CPU on
+	// loopback) and a 32 KiB buffer.
+	lingerMaxBytes = 64 << 20
+	// lingerTimeout bounds a lingering close in all: nginx's
+	// lingering_time is 30 s; a client that is still writing after 10 s
+	// on a connection the server has finished with is not going to read.
+	lingerTimeout = 10 * time.Second
+	// lingerIdle ends a lingering close when the client sends nothing for
+	// this long: a client that has written its request reads the response
+	// and closes within a round trip; nginx's lingering_timeout is 5 s.
+	lingerIdle = 2 * time.Second
+	// lingerBuf is the discard buffer of one lingering read.
+	lingerBuf = 32 << 10
+
+	// sweepMax bounds the connections a draining listener takes from the
+	// accept queue before it closes; see [listener.stop].
+	sweepMax = 4096
+)
+
+// A connection's phase.
+const (
+	phaseIdle    int32 = iota // no request under way: accepted and nothing read, or between requests
+	phaseBusy                 // a request is being read, handled or answered
+	phaseExpired              // ended by a drain while idle: its next read returns EOF
+	phaseClosed               // closed, or closing by lingering
+)
+
+// aLongTimeAgo is a deadline in the past: it makes a blocked read return at
+// once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// conns is a server's set of open connections.
+type conns struct {
+	readTimeout time.Duration // what a connection's read deadline returns to when a drain's expiry is undone
+
+	mu  sync.Mutex
+	set map[*conn]struct{}
+
+	closedIdle atomic.Int64 // ended by a drain while idle
+	lingered   atomic.Int64 // closed by lingering
+}
+
+// conn is an accepted connection as the server tracks it.
+type conn struct {
+	net.Conn
+	set *conns
+	raw syscall.RawConn                 // the socket, for FIONREAD; nil if not a socket
+	cw  interface{ CloseWrite() error } // the socket's write side; nil if none
+
+	phase atomic.Int32 // changed under mu; read without it on the hot path
+
+	mu        sync.Mutex
+	idleSince time.Time
+	linger    bool // an early error response was written: close by lingering
+
+	served    int // requests answered; only fasthttp's goroutine for c uses it
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// track wraps a freshly accepted connection and adds it to the set.
+func (cs *conns) track(nc net.Conn) *conn {
+	c := &conn{Conn: nc, set: cs, idleSince: time.Now()}
+	inner := netConn(nc)
+	if sc, ok := inner.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	c.cw, _ = inner.(interface{ CloseWrite() error })
+	cs.mu.Lock()
+	if cs.set == nil {
+		cs.set = make(map[*conn]struct{})
+	}
+	cs.set[c] = struct{}{}
+	cs.mu.Unlock()
+	return c
+}
+
+// netConn unwraps nc down to the connection the kernel knows, through the
+// NetConn method that wrappers such as procpool's counted connection (and
+// crypto/tls) have.
+func netConn(nc net.Conn) net.Conn {
+	for {
+		u, ok := nc.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nc
+		}
+		nc = u.NetConn()
+	}
+}
+
+func (cs *conns) remove(c *conn) {
+	cs.mu.Lock()
+	delete(cs.set, c)
+	cs.mu.Unlock()
+}
+
+// open returns how many connections are open, lingering ones included.
+func (cs *conns) open() int {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return len(cs.set)
+}
+
+// expireIdle ends every connection idle for at least grace with no request
+// byte waiting, and returns how many connections are still open.
+func (cs *conns) expireIdle(now time.Time, grace time.Duration) int {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for c := range cs.set {
+		c.expireIfIdle(now, grace)
+	}
+	return len(cs.set)
+}
+
+// expireIfIdle makes c's pending read return EOF if c has been idle for at
+// least grace and no request byte waits in its socket. A byte that arrives
+// later, before the read returns, undoes it (see Read).
+func (c *conn) expireIfIdle(now time.Time, grace time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.phase.Load() == phaseExpired && c.raw != nil {
+		// Again, in case fasthttp set its own deadline after ours.
+		c.Conn.SetReadDeadline(aLongTimeAgo)
+		return
+	}
+	if c.phase.Load() != phaseIdle || now.Sub(c.idleSince) < grace || c.unread() > 0 {
+		return
+	}
+	c.phase.Store(phaseExpired)
+	if c.raw == nil {
+		// Not a socket (an in-memory pipe in tests): no unread count to
+		// go by, and its deadlines need not wake a blocked read. Close.
+		c.set.closedIdle.Add(1)
+		c.Conn.Close()
+		return
+	}
+	c.Conn.SetReadDeadline(aLongTimeAgo)
+}
+
+// Read marks c busy once bytes of a request arrive, and turns the read
+// deadline a drain set (see expireIfIdle) into EOF, unless request bytes
+// came in meanwhile: then the read goes on, and the request is served.
+func (c *conn) Read(p []byte) (int, error) {
+	for {
+		n, err := c.Conn.Read(p)
+		if n > 0 {
+			if c.phase.Load() != phaseBusy {
+				c.busy()
+			}
+			return n, err
+		}
+		if err == nil || c.phase.Load() != phaseExpired || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, err
+		}
+		if !c.unexpire() {
+			c.set.closedIdle.Add(1)
+			return 0, io.EOF
+		}
+	}
+}
+
+// busy marks c as serving a request. If a drain had just expired it, the
+// read deadline goes back to a request's.
+func (c *conn) busy() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.phase.Load() {
+	case phaseIdle:
+		c.phase.Store(phaseBusy)
+	case phaseExpired:
+		c.phase.Store(phaseBusy)
+		c.restoreDeadline()
+	}
+}
+
+// unexpire undoes a drain's expiry if request bytes wait unread: it reports
+// whether the read should go on.
+func (c *conn) unexpire() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.phase.Load() != phaseExpired || c.unread() == 0 {
+		return false
+	}
+	c.phase.Store(phaseBusy)
+	c.restoreDeadline()
+	return true
+}
+
+func (c *conn) restoreDeadline() {
+	var d time.Time
+	if c.set.readTimeout > 0 {
+		d = time.Now().Add(c.set.readTimeout)
+	}
+	c.Conn.SetReadDeadline(d)
+}
+
+// idle marks c as between requests. It runs on fasthttp's goroutine for c,
+// from the ConnState hook.
+func (c *conn) idle() {
+	c.served++
+	c.mu.Lock()
+	if c.phase.Load() == phaseBusy {
+		c.phase.Store(phaseIdle)
+	}
+	c.idleSince = time.Now()
+	c.mu.Unlock()
+}
+
+// active is fasthttp's StateActive. On a keep-alive connection it means a
+// request has begun (a pipelined one may need no read); on a new connection
+// fasthttp reports it before reading anything, so it is left to Read.
+func (c *conn) active() {
+	if c.served > 0 && c.phase.Load() != phaseBusy {
+		c.busy()
+	}
+}
+
+// lingerOnClose makes Close linger: an early error response has been
+// written and the client may still be sending.
+func (c *conn) lingerOnClose() {
+	c.mu.Lock()
+	c.linger = true
+	c.mu.Unlock()
+}
+
+// Close closes c by lingering (see the package's notes above) if an early
+// error response was written on it or request bytes wait unread in its
+// socket, and at once otherwise. A lingering close happens on its own
+// goroutine and keeps c in the open set until it ends, so that a drain waits
+// for it; Close returns at once either way.
+func (c *conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		linger := c.linger && c.phase.Load() != phaseExpired
+		c.phase.Store(phaseClosed)
+		c.mu.Unlock()
+		if c.cw != nil && (linger || c.unread() > 0) {
+			c.set.lingered.Add(1)
+			go c.lingerClose()
+			return
+		}
+		c.closeErr = c.Conn.Close()
+		c.set.remove(c)
+	})
+	return c.closeErr
+}
+
+var lingerBufs = sync.Pool{New: func() any { return new([lingerBuf]byte) }}
+
+// lingerClose shuts down c's write side, which fasthttp has flushed, then
+// reads and discards until the client closes or a bound is reached, then
+// closes.
+func (c *conn) lingerClose() {
+	defer func() {
+		c.Conn.Close()
+		c.set.remove(c)
+	}()
+	if c.cw.CloseWrite() != nil {
+		return
+	}
+	buf := lingerBufs.Get().(*[lingerBuf]byte)
+	defer lingerBufs.Put(buf)
+	end := time.Now().Add(lingerTimeout)
+	for discarded := 0; discarded < lingerMaxBytes; {
+		d := time.Now().Add(lingerIdle)
+		if d.After(end) {
+			d = end
+		}
+		if c.Conn.SetReadDeadline(d) != nil {
+			return
+		}
+		n, err := c.Conn.Read(buf[:min(len(buf), lingerMaxBytes-discarded)])
+		discarded += n
+		if err != nil {
+			return
+		}
+	}
+}
+
+// unread returns how many bytes wait unread in c's socket; 0 if c is not a
+// socket.
+func (c *conn) unread() int {
+	if c.raw == nil {
+		return 0
+	}
+	return unreadBytes(c.raw)
+}
+
+// listener is the server's view of its listening socket: it tracks every
+// connection it hands to fasthttp, signals the first Accept, and stops as
+// a drain needs (see stop).
+type listener struct {
+	net.Listener
+	s *Server
+
+	mu      sync.Mutex
+	stopped bool
+	held    int     // a duplicate of the socket's descriptor from stop to the sweep; -1 if none
+	swept   []*conn // taken from the accept queue by the sweep, not yet handed out
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	l.s.acceptOne.Do(func() { close(l.s.accepting) })
+	nc, err := l.Listener.Accept()
+	if err == nil {
+		return l.s.conns.track(nc), nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.stopped {
+		return nil, err
+	}
+	if l.held >= 0 {
+		// ln is closed and this goroutine's hold on its descriptor is
+		// gone: the socket lives on the held duplicate alone (and in
+		// other workers). Take what waits, then let go.
+		for _, nc := range sweep(l.held, sweepMax) {
+			l.swept = append(l.swept, l.s.conns.track(nc))
+		}
+		l.held = -1
+	}
+	if len(l.swept) > 0 {
+		c := l.swept[0]
+		l.swept = l.swept[1:]
+		return c, nil
+	}
+	return nil, err
+}
+
+// stop ends accepting without resetting what the kernel has queued: it
+// closes ln but keeps a duplicate of its descriptor, and once the accept
+// loop sees the close, Accept takes every connection still in the socket's
+// accept queue (at most sweepMax) with non-blocking accepts, closes the
+// duplicate at once, and hands those connections out before it reports the
+// close. The descriptor is released one system call after its last accept,
+// so the last worker to close a shared socket leaves (all but certainly)
+// nothing queued to be reset. On a reload the sweep takes only what was
+// queued at that instant, which it serves with Connection: close; the new
+// worker takes the rest. stop is idempotent.
+func (l *listener) stop() error {
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return nil
+	}
+	l.stopped = true
+	l.held = holdListener(l.Listener)
+	l.mu.Unlock()
+	return l.Listener.Close()
+}
+
+// release closes the held descriptor if the accept loop ended without
+// sweeping (Serve failed). The queue is lost then, as without a sweep.
+func (l *listener) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held >= 0 {
+		unreleased := l.held
+		l.held = -1
+		closeFD(unreleased)
+	}
+}
+
+// Close is stop: fasthttp's own shutdown closes its listeners too.
+func (l *listener) Close() error { return l.stop() }
