@@ -2,18 +2,19 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/hybrid-server/hybrid/internal/jsonw"
 	"github.com/valyala/fasthttp"
 )
 
@@ -98,6 +99,7 @@ type Server struct {
 
 	log      *slog.Logger
 	workerID int
+	pid      int
 	started  time.Time
 	fs       *fasthttp.Server
 	grace    time.Duration
@@ -112,7 +114,8 @@ type Server struct {
 	requests  atomic.Uint64
 	inFlight  atomic.Int64
 	rss       rssSampler
-	extras    map[string]func() any
+	extras    []healthSection // sorted by key
+	readyJSON []byte          // the /ready body: its figures never change
 	draining  atomic.Bool
 	accepting chan struct{}
 	acceptOne sync.Once
@@ -126,12 +129,13 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 		Router:    NewRouter(log),
 		log:       log,
 		workerID:  workerID,
+		pid:       os.Getpid(),
 		started:   time.Now(),
 		accepting: make(chan struct{}),
-		extras:    map[string]func() any{},
 		grace:     cfg.DrainGrace,
 	}
 	s.conns.readTimeout = cfg.ReadTimeout
+	s.readyJSON = readyDoc(os.Getpid(), workerID)
 	s.fs = newFastServer(cfg, s.serve, log)
 	s.Router.Handle(fasthttp.MethodGet, "/health", s.health)
 	s.Router.Handle(fasthttp.MethodGet, "/ready", s.ready)
@@ -198,9 +202,23 @@ func connState(nc net.Conn, st fasthttp.ConnState) {
 	}
 }
 
-// AddHealth adds a section to GET /health: key's value is f(), called on
-// every request. Call it before Serve.
-func (s *Server) AddHealth(key string, f func() any) { s.extras[key] = f }
+// healthSection is a section of GET /health: "key": and what appendJSON
+// appends.
+type healthSection struct {
+	key        string
+	appendJSON func([]byte) []byte
+}
+
+// AddHealth adds a section to GET /health: "key": followed by the JSON value
+// appendJSON appends to its argument, called on every request. Sections
+// follow the server's own fields, sorted by key. Call it before Serve.
+//
+// A health check is polled, often by several load balancers: the section
+// should append without reflection or allocation (package internal/jsonw).
+func (s *Server) AddHealth(key string, appendJSON func([]byte) []byte) {
+	s.extras = append(s.extras, healthSection{key, appendJSON})
+	slices.SortFunc(s.extras, func(a, b healthSection) int { return strings.Compare(a.key, b.key) })
+}
 
 // Serve accepts connections on ln until Shutdown. Blocking. It returns nil
 // once Shutdown has closed ln; the connections it accepted are served on
@@ -305,57 +323,42 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-type healthBody struct {
-	Status     string         `json:"status"`
-	PID        int            `json:"pid"`
-	Worker     int            `json:"worker"`
-	UptimeS    float64        `json:"uptime_s"`
-	RSS        uint64         `json:"rss_bytes"`
-	Goroutines int            `json:"goroutines"`
-	Requests   uint64         `json:"requests"`
-	InFlight   int64          `json:"in_flight"`
-	Extras     map[string]any `json:"-"`
-}
+// healthBufs hold /health documents while they are built.
+var healthBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// MarshalJSON flattens Extras into the object.
-func (h healthBody) MarshalJSON() ([]byte, error) {
-	type plain healthBody
-	b, err := json.Marshal(plain(h))
-	if err != nil || len(h.Extras) == 0 {
-		return b, err
-	}
-	x, err := json.Marshal(h.Extras)
-	if err != nil {
-		return nil, err
-	}
-	return append(append(b[:len(b)-1], ','), x[1:]...), nil
-}
-
-// health is liveness: 200 while the process can answer at all.
+// health is liveness: 200 while the process can answer at all. Its
+// document:
+//
+//	{"status":"ok"|"draining","pid":…,"worker":…,"uptime_s":…,"rss_bytes":…,
+//	 "goroutines":…,"requests":…,"in_flight":…, <sections of AddHealth>}
+//
+// It is appended by hand (internal/jsonw) and reads no /proc file: RSS is
+// the sample the heartbeat keeps fresh (rssSampler). Through encoding/json
+// it cost 14 µs and 31 allocations per call.
 func (s *Server) health(ctx *fasthttp.RequestCtx) {
-	st := s.Stats()
 	status := "ok"
 	if s.draining.Load() {
 		status = "draining"
 	}
-	var extras map[string]any
-	if len(s.extras) > 0 {
-		extras = make(map[string]any, len(s.extras))
-		for k, f := range s.extras {
-			extras[k] = f()
-		}
+	bp := healthBufs.Get().(*[]byte)
+	o := jsonw.Open((*bp)[:0])
+	o.String("status", status)
+	o.Int("pid", int64(s.pid))
+	o.Int("worker", int64(s.workerID))
+	o.Float("uptime_s", time.Since(s.started).Round(time.Millisecond).Seconds())
+	o.Uint("rss_bytes", s.rss.get())
+	o.Int("goroutines", int64(runtime.NumGoroutine()))
+	o.Uint("requests", s.requests.Load())
+	o.Int("in_flight", s.inFlight.Load())
+	for _, x := range s.extras {
+		o.Key(x.key)
+		o.B = x.appendJSON(o.B)
 	}
-	WriteJSON(ctx, fasthttp.StatusOK, healthBody{
-		Extras:     extras,
-		Status:     status,
-		PID:        os.Getpid(),
-		Worker:     s.workerID,
-		UptimeS:    time.Since(s.started).Round(time.Millisecond).Seconds(),
-		RSS:        st.RSS,
-		Goroutines: st.Goroutines,
-		Requests:   st.Requests,
-		InFlight:   st.InFlight,
-	})
+	*bp = append(o.Close(), '\n')
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(*bp)
+	healthBufs.Put(bp)
 }
 
 // ready is readiness: 503 while draining, so that a load balancer stops
@@ -365,13 +368,18 @@ func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 		WriteError(ctx, Errorf(fasthttp.StatusServiceUnavailable, CodeDraining, "worker %d is draining", s.workerID))
 		return
 	}
-	WriteJSON(ctx, fasthttp.StatusOK, readyBody{Status: "ready", PID: os.Getpid(), Worker: s.workerID})
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(s.readyJSON)
 }
 
-type readyBody struct {
-	Status string `json:"status"`
-	PID    int    `json:"pid"`
-	Worker int    `json:"worker"`
+// readyDoc is the /ready body: {"status":"ready","pid":…,"worker":…}.
+func readyDoc(pid, worker int) []byte {
+	o := jsonw.Open(nil)
+	o.String("status", "ready")
+	o.Int("pid", int64(pid))
+	o.Int("worker", int64(worker))
+	return append(o.Close(), '\n')
 }
 
 // fastLogger routes fasthttp's own messages to slog.

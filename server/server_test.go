@@ -86,7 +86,13 @@ func TestHealthAndReadiness(t *testing.T) {
 	srv := New(Config{}, slog.New(slog.DiscardHandler), 3)
 	c := serveInMemory(t, srv)
 	status, body, _ := do(t, c, "GET", "/health", "")
-	var h healthBody
+	var h struct {
+		Status     string
+		PID        int
+		Worker     int
+		RSS        uint64 `json:"rss_bytes"`
+		Goroutines int
+	}
 	if err := json.Unmarshal(body, &h); err != nil || status != 200 {
 		t.Fatalf("GET /health = %d %q: %v", status, body, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hybrid-server/hybrid/handlers"
+	"github.com/hybrid-server/hybrid/internal/jsonw"
 	"github.com/hybrid-server/hybrid/isolate"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
@@ -88,12 +89,13 @@ func runWorker(args []string) int {
 	defer isoPool.Close(context.Background())
 	exec.Isolate, exec.IsolatePool = iso, isoPool
 	exec.Mount(srv.Router)
-	srv.AddHealth("pool", func() any { return pool.Stats() })
-	srv.AddHealth("isolate", func() any {
-		return struct {
-			isolate.Stats
-			Admission taskpool.Stats `json:"admission"`
-		}{iso.Stats(), isoPool.Stats()}
+	srv.AddHealth("pool", pool.AppendStats)
+	srv.AddHealth("isolate", func(b []byte) []byte {
+		o := jsonw.Open(b)
+		iso.AppendStatsFields(&o)
+		o.Key("admission")
+		o.B = isoPool.AppendStats(o.B)
+		return o.Close()
 	})
 	hooks.register(srv.Router, exec)
 
