@@ -129,13 +129,15 @@ func (e *Executor) classesOf(w *Workload) *classes {
 // Run runs w in mode. input must stay valid until Run returns, which it
 // always does after the task has returned or never started.
 //
-// The task's context carries the task timeout and nothing of ctx's
-// cancellation: a *fasthttp.RequestCtx is done when its server starts to
-// shut down, and a drain must let the tasks in flight finish, not fail them.
-// (Deriving from it also cost a goroutine per request, to watch it.)
+// The task's context carries the task timeout and ctx's values, and nothing
+// of ctx's cancellation: a *fasthttp.RequestCtx is done when its server
+// starts to shut down, and a drain must let the tasks in flight finish, not
+// fail them. (context.WithTimeout of it also cost a goroutine per request,
+// to watch it; see deadlineCtx for the timer.)
 func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, input []byte) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.TaskTimeout)
+	tctx, cancel := withDeadline(ctx, e.TaskTimeout)
 	defer cancel()
+	ctx = tctx
 	switch mode {
 	case Inline:
 		return w.Run(ctx, p, input)
