@@ -223,6 +223,11 @@ func (e *Executor) writeError(ctx *fasthttp.RequestCtx, w *Workload, mode Mode, 
 	case errors.As(err, &oe):
 		retry := int((oe.RetryAfter() + time.Second - 1) / time.Second)
 		ctx.Response.Header.Set("Retry-After", strconv.Itoa(retry))
+		// The client's next request should reach a worker with room: on a
+		// new connection, which the accept board gives to a worker that is
+		// not busy. On this one it would come back here, and a worker that
+		// refuses fast draws the most requests.
+		ctx.SetConnectionClose()
 		if oe.Full {
 			server.WriteError(ctx, server.Errorf(fasthttp.StatusServiceUnavailable, CodeOverloaded,
 				"the %s queue is full; retry in %d s", mode, retry))

@@ -44,7 +44,9 @@ const (
 )
 
 // board is the mapped page. Entry i holds at offset i*boardLine an int32 of
-// open connections and a uint32 that is 1 while the worker accepts.
+// open connections, a uint32 that is 1 while the worker accepts, and a
+// uint32 that is 1 while the worker is busy: it refuses new work (its
+// admission's predicted wait is over its bound).
 type board struct {
 	mem  []byte
 	file *os.File // the primary's memfd, handed to workers; nil in a worker
@@ -108,19 +110,28 @@ func (b *board) accepting(i int) *atomic.Uint32 {
 	return (*atomic.Uint32)(unsafe.Pointer(&b.mem[i*boardLine+4]))
 }
 
+func (b *board) busy(i int) *atomic.Uint32 {
+	return (*atomic.Uint32)(unsafe.Pointer(&b.mem[i*boardLine+8]))
+}
+
 // clear zeroes entry i: the primary does it before a worker starts in it and
 // after it exited, however it died.
 func (b *board) clear(i int) {
 	b.accepting(i).Store(0)
 	b.conns(i).Store(0)
+	b.busy(i).Store(0)
 }
 
-// behind reports whether entry me holds more connections than some other
-// worker that accepts: then me should let that one take the next.
+// behind reports whether entry me should let another accepting worker take
+// the next connection: one that is not busy while me is, or one as busy as
+// me that holds fewer connections.
 func (b *board) behind(me int) bool {
-	mine := b.conns(me).Load()
+	mine, meBusy := b.conns(me).Load(), b.busy(me).Load()
 	for i := range b.entries() {
-		if i != me && b.accepting(i).Load() == 1 && b.conns(i).Load() < mine {
+		if i == me || b.accepting(i).Load() != 1 {
+			continue
+		}
+		if busy := b.busy(i).Load(); busy < meBusy || busy == meBusy && b.conns(i).Load() < mine {
 			return true
 		}
 	}
@@ -148,7 +159,10 @@ type balancedListener struct {
 }
 
 func (l *balancedListener) Accept() (net.Conn, error) {
-	if !l.churn.high(time.Now()) {
+	// Churn exempts a worker from stepping back for its connection count,
+	// never for being busy: a busy worker's refusals close connections
+	// fast, and accepting as woken would pull their retries back to it.
+	if l.board.busy(l.me).Load() == 1 || !l.churn.high(time.Now()) {
 		for waited := time.Duration(0); waited < maxDefer && l.board.behind(l.me); waited += deferStep {
 			l.sleep(deferStep)
 		}

@@ -73,6 +73,21 @@ func TestBoardBehind(t *testing.T) {
 	if b.behind(0) {
 		t.Error("stepped back for a worker that does not accept")
 	}
+	// Busy (refusing work) outranks the connection count.
+	set(0, 1, 1)
+	set(1, 5, 1)
+	b.busy(0).Store(1)
+	if !b.behind(0) || b.behind(1) {
+		t.Error("busy with 1 connection against idle with 5: want the busy worker to step back, and only it")
+	}
+	b.busy(1).Store(1)
+	if b.behind(0) || !b.behind(1) {
+		t.Error("both busy: want the connection count to decide again")
+	}
+	b.clear(0)
+	if b.busy(0).Load() != 0 {
+		t.Error("clear left the busy flag")
+	}
 }
 
 // The listener steps back while another accepting worker holds fewer
@@ -130,6 +145,15 @@ func TestBalancedListenerStepsBack(t *testing.T) {
 	if slept != 0 {
 		t.Errorf("stepped back %v under churn; want none", slept)
 	}
+	// A busy worker steps back even under churn: its fast refusals close
+	// connections, and their retries belong elsewhere.
+	b.busy(0).Store(1)
+	slept = 0
+	accept()
+	if slept != maxDefer {
+		t.Errorf("busy under churn: stepped back %v; want %v", slept, maxDefer)
+	}
+	b.busy(0).Store(0)
 	if l.churn.high(now.Add(time.Second)) {
 		t.Error("churn still high a second after the last close")
 	}

@@ -104,6 +104,25 @@ func (w *Worker) Listener(ctx context.Context) (net.Listener, error) {
 	}
 }
 
+// SetBusy tells the other workers of a shared socket whether this one
+// refuses new work (its admission's predicted wait is over its bound): while
+// it does, it lets a worker that is not busy accept new connections first,
+// for at most the same 2 ms as the connection balance. Without the accept
+// board (one worker, reuseport, --accept-balance off) it does nothing.
+// Cheap enough to call every few milliseconds: it writes only on a change.
+func (w *Worker) SetBusy(busy bool) {
+	if w.board == nil {
+		return
+	}
+	v := uint32(0)
+	if busy {
+		v = 1
+	}
+	if b := w.board.busy(w.entry); b.Load() != v {
+		b.Store(v)
+	}
+}
+
 // Ready tells the primary that this worker accepts connections. Call it once,
 // after the server's accept loop runs.
 func (w *Worker) Ready() error { return w.send(message{Type: msgReady}) }

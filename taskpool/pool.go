@@ -373,6 +373,18 @@ func (p *Pool) Tune(size int) error {
 	return nil
 }
 
+// Saturated reports whether a task arriving now would be refused: its
+// predicted wait is over QueueWait, or the queue is full. A worker tells its
+// peers (procpool's accept board), so that new connections go elsewhere.
+func (p *Pool) Saturated() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.running) < p.size && len(p.waiters) == 0 {
+		return false
+	}
+	return len(p.waiters) >= p.queue || p.predictLocked(time.Now()) > p.queueWait
+}
+
 // Stats returns the pool's counters and estimates.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()

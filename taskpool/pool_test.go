@@ -265,8 +265,14 @@ func TestAdmissionByPredictedWait(t *testing.T) {
 	if s := p.Stats(); s.PredictedWaitMS != 120 || s.QueueWaitMS != 100 || s.Rejected != 2 || s.RejectedFull != 0 {
 		t.Errorf("stats = %+v; want predicted 120 ms, bound 100 ms, 2 rejected by time", s)
 	}
+	if !p.Saturated() {
+		t.Error("Saturated() = false with 120 ms predicted against 100 ms; want true")
+	}
 	close(release)
 	wg.Wait()
+	if p.Saturated() {
+		t.Error("Saturated() = true on an idle pool")
+	}
 }
 
 func TestCountCapStillBinds(t *testing.T) {

@@ -24,11 +24,12 @@ func TestAdmissionFollowsTheWorkloadsDuration(t *testing.T) {
 		mu       sync.Mutex
 		byStatus map[int]int
 		retry    map[string]int
+		closed   map[int]int // responses that said Connection: close, by status
 		lastRef  time.Time
 		firstRef time.Time
 		errs     []error
 	}
-	tl := &tally{byStatus: map[int]int{}, retry: map[string]int{}}
+	tl := &tally{byStatus: map[int]int{}, retry: map[string]int{}, closed: map[int]int{}}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	const clients = 8
@@ -57,6 +58,9 @@ func TestAdmissionFollowsTheWorkloadsDuration(t *testing.T) {
 				now := time.Now()
 				tl.mu.Lock()
 				tl.byStatus[resp.StatusCode]++
+				if resp.Close {
+					tl.closed[resp.StatusCode]++
+				}
 				if resp.StatusCode == 503 {
 					tl.retry[resp.Header.Get("Retry-After")]++
 					if tl.firstRef.IsZero() {
@@ -141,6 +145,11 @@ func TestAdmissionFollowsTheWorkloadsDuration(t *testing.T) {
 	defer tl.mu.Unlock()
 	if tl.byStatus[504] != 0 || len(tl.errs) != 0 || tl.byStatus[200]-fast < 5 {
 		t.Errorf("statuses %v, errors %v; want no 504, no error, slow tasks still served", tl.byStatus, tl.errs)
+	}
+	// A refusal ends its connection, so that the client's next request can
+	// reach a worker with room; a success keeps it.
+	if tl.closed[503] != tl.byStatus[503] || tl.closed[200] != 0 {
+		t.Errorf("Connection: close on %v of %v; want on every 503 and no 200", tl.closed, tl.byStatus)
 	}
 	if tl.retry["1"] == 0 || tl.retry[""] != 0 {
 		t.Errorf("Retry-After values of the 503s: %v; want 1 s (predicted wait − bound < 1 s), always set", tl.retry)

@@ -114,6 +114,7 @@ func runWorker(args []string) int {
 
 	beatCtx, stopBeats := context.WithCancel(context.Background())
 	defer stopBeats()
+	go reportBusy(beatCtx, w, pool, isoPool)
 	if hooks.heartbeats() {
 		go w.Heartbeat(beatCtx, cfg.pool.HeartbeatInterval, func() procpool.Heartbeat {
 			st := srv.Stats()
@@ -154,4 +155,27 @@ func runWorker(args []string) int {
 	}
 	log.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
 	return 0
+}
+
+// busyTick is how often a worker tells its peers whether it refuses work.
+const busyTick = 10 * time.Millisecond
+
+// reportBusy keeps this worker's busy flag on the accept board: set while
+// either of its pools would refuse a new task, so that new connections go
+// to a worker with room. It ends with ctx.
+func reportBusy(ctx context.Context, w *procpool.Worker, pools ...*taskpool.Pool) {
+	t := time.NewTicker(busyTick)
+	defer t.Stop()
+	for {
+		busy := false
+		for _, p := range pools {
+			busy = busy || p.Saturated()
+		}
+		w.SetBusy(busy)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
