@@ -7,6 +7,7 @@
 # hybrid… so that a drift of the machine shows as spread, not as a ratio.
 #
 #   bash bench/pathcost.sh        # ROUNDS=2 DURATION=5s WARMUP=1s OUT=bench/results/pathcost
+#   HYBRID_BIN=/tmp/hybrid-old bash bench/pathcost.sh   # measure another build of hybrid
 #
 # Outputs: $OUT/{bare,hybrid}-N.json and $OUT/compare-N.txt (b/a is
 # hybrid/bare: CPU ms/req b/a is the ratio the targets are stated in).
@@ -41,6 +42,7 @@ wait_ready() {
 
 CGO_ENABLED=0 go build -o "$work/hybrid" ./cmd/hybrid
 CGO_ENABLED=0 go build -o "$work/bare" ./bench/bare
+server_bin=${HYBRID_BIN:-$work/hybrid}
 head -c 65536 /dev/urandom > "$work/64k.bin"
 U="http://127.0.0.1:$PORT"
 measure() { # $1 name
@@ -56,7 +58,7 @@ for r in $(seq "$ROUNDS"); do
 	"$work/bare" --addr "127.0.0.1:$PORT" & SERVER_PID=$!
 	wait_ready; measure "bare-$r"; stop_server
 	echo "== round $r: hybrid serve --workers 1"
-	"$work/hybrid" serve --addr "127.0.0.1:$PORT" --admin-addr off --workers 1 --log-level warn 2> "$work/hybrid.log" & SERVER_PID=$!
+	"$server_bin" serve --addr "127.0.0.1:$PORT" --admin-addr off --workers 1 --log-level warn 2> "$work/hybrid.log" & SERVER_PID=$!
 	wait_ready; measure "hybrid-$r"; stop_server
 	"$work/hybrid" bench compare "$OUT/bare-$r.json" "$OUT/hybrid-$r.json" | tee "$OUT/compare-$r.txt"
 done
