@@ -10,14 +10,13 @@
 // once with an [*OverloadError] (errors.Is [ErrOverloaded]) beyond it, so a
 // burst of seconds of work is queued and served while real overload turns
 // into fast 503s with a Retry-After instead of requests that time out.
-// Config.Queue is a count cap on top, a memory bound only.
+// Config.Queue is a count cap on top.
 //
 // Each [Class] (hybrid makes one per workload) keeps its own estimate: an
 // exponentially weighted moving average of its tasks' run times, seeded by
 // the caller, so 4 queued hashes of 50 µs and 4 thumbnails of 80 ms weigh
-// what they cost. A running task already past its class's estimate raises
-// that class's weight in the prediction at once, so admission follows a
-// slowdown before the first slow task has finished.
+// what they cost. The work ahead also counts what is left of each running
+// task's estimate.
 //
 // An admitted task waits in FIFO order for one of Size run slots; if its
 // context ends while it waits it never starts and Do returns [ErrDeadline].

@@ -29,16 +29,17 @@ var (
 
 // Defaults of [Config].
 const (
-	// DefaultQueueWait bounds the predicted wait of an admitted task. 10 s
-	// admits a burst of a few seconds of work (60 thumbnails on two cores
-	// are about 6 s) and stays a third of hybrid's default task timeout
-	// (30 s), so an admitted task has 20 s of margin for a wrong estimate
-	// before it would be a 504. imgproxy's default request timeout is 10 s.
+	// DefaultQueueWait bounds the predicted wait of an admitted task: it
+	// admits a burst of several seconds of work, as a client with a 10 s
+	// timeout (imgproxy's default) still gets. A caller with a task
+	// deadline should keep it well below that deadline (hybrid serve
+	// defaults it to a third of --task-timeout).
 	DefaultQueueWait = 10 * time.Second
-	// DefaultQueue is the count cap on waiting tasks: a memory bound, not
-	// the admission rule. At 1,024 it does not bind before the time bound
-	// for any task of 10 ms or more per run slot (10 s ÷ 10 ms = 1,000),
-	// which a task on the default 32 MiB body limit is.
+	// DefaultQueue is the count cap on waiting tasks, under the time bound:
+	// it keeps a flood of very cheap tasks from queueing without end (the
+	// memory a queue holds is its tasks' inputs, so at most this many
+	// times the largest input). At 1,024 it does not bind before the time
+	// bound for any task of 10 ms or more per run slot (10 s ÷ 10 ms).
 	DefaultQueue = 1024
 	// DefaultEstimate seeds a class created without a seed.
 	DefaultEstimate = time.Millisecond
@@ -255,15 +256,15 @@ func (p *Pool) acquire(ctx context.Context, c *Class) (*ticket, error) {
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if len(p.running) < p.size && len(p.waiters) == 0 {
-		t.start = time.Now()
+	now := time.Now()
+	run, refused, full, wait := p.admitLocked(now)
+	if run {
+		t.start = now
 		p.running = append(p.running, t)
 		p.mu.Unlock()
 		return t, nil
 	}
-	wait := p.predictLocked(time.Now())
-	full := len(p.waiters) >= p.queue
-	if full || wait > p.queueWait {
+	if refused {
 		p.mu.Unlock()
 		p.rejected.Add(1)
 		if full {
@@ -299,27 +300,33 @@ func (p *Pool) acquire(ctx context.Context, c *Class) (*ticket, error) {
 	return nil, ErrDeadline
 }
 
-// predictLocked is the wait of a task queued now: the estimated service time
-// of every queued task, divided by the run slots. A running task that has
-// already run longer than its class's estimate shows the estimate is low:
-// its class counts at least that long until its tasks complete and the
-// average catches up, so admission reacts to a slowdown before the first
-// slow task finishes.
+// predictLocked is the wait of a task queued now: the work ahead of it,
+// divided by the run slots. The work ahead is the estimated run time of
+// every queued task, and what is left of each running task's estimate (none
+// once it has run longer: how much longer it runs is unknown, and letting
+// one slow task stand for every queued task of its class would let a
+// single expensive request shut its workload out).
 func (p *Pool) predictLocked(now time.Time) time.Duration {
 	var work time.Duration
 	for _, c := range p.classes {
-		if c.waiting == 0 {
-			continue
-		}
-		est := c.estimate
-		for _, r := range p.running {
-			if r.class == c {
-				est = max(est, now.Sub(r.start))
-			}
-		}
-		work += time.Duration(c.waiting) * est
+		work += time.Duration(c.waiting) * c.estimate
+	}
+	for _, r := range p.running {
+		work += max(0, r.class.estimate-now.Sub(r.start))
 	}
 	return work / time.Duration(p.size)
+}
+
+// admitLocked is the admission rule, in one place: a task arriving now runs
+// at once (run), or waits (neither), or is refused for its predicted wait or
+// for a full queue (refused, and full for the latter).
+func (p *Pool) admitLocked(now time.Time) (run, refused, full bool, wait time.Duration) {
+	if len(p.running) < p.size && len(p.waiters) == 0 {
+		return true, false, false, 0
+	}
+	wait = p.predictLocked(now)
+	full = len(p.waiters) >= p.queue
+	return false, full || wait > p.queueWait, full, wait
 }
 
 // release frees t's run slot, handing it to the first waiter if any. If
@@ -379,10 +386,8 @@ func (p *Pool) Tune(size int) error {
 func (p *Pool) Saturated() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.running) < p.size && len(p.waiters) == 0 {
-		return false
-	}
-	return len(p.waiters) >= p.queue || p.predictLocked(time.Now()) > p.queueWait
+	_, refused, _, _ := p.admitLocked(time.Now())
+	return refused
 }
 
 // Stats returns the pool's counters and estimates.
