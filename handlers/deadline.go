@@ -17,9 +17,9 @@ type deadlineCtx struct {
 	deadline time.Time
 
 	mu    sync.Mutex
-	done  chan struct{}
-	timer *time.Timer
-	ended bool // cancelled by its owner
+	done  chan struct{} // made by the first Done
+	timer *time.Timer   // armed by the first Done before the deadline
+	err   error         // the first of DeadlineExceeded and Canceled, for good
 }
 
 // withDeadline returns a context whose deadline is d from now, and its
@@ -37,48 +37,56 @@ func (c *deadlineCtx) Value(key any) any { return c.parent.Value(key) }
 func (c *deadlineCtx) Done() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.done == nil {
-		c.done = make(chan struct{})
-		if c.ended {
-			close(c.done)
-		} else if wait := time.Until(c.deadline); wait <= 0 {
-			close(c.done)
-		} else {
-			done := c.done
-			c.timer = time.AfterFunc(wait, func() { close(done) })
-		}
+	if c.done != nil {
+		return c.done
 	}
+	c.done = make(chan struct{})
+	c.expireLocked()
+	if c.err != nil {
+		close(c.done)
+		return c.done
+	}
+	c.timer = time.AfterFunc(time.Until(c.deadline), func() {
+		c.mu.Lock()
+		c.endLocked(context.DeadlineExceeded)
+		c.mu.Unlock()
+	})
 	return c.done
 }
 
-// Err is context.DeadlineExceeded from the deadline on, context.Canceled
-// once cancelled before it, and nil before either.
+// Err is nil until the deadline or a cancel, then the first of
+// context.DeadlineExceeded and context.Canceled for good; once it is not
+// nil, Done is closed (if it was ever asked for).
 func (c *deadlineCtx) Err() error {
-	if !time.Now().Before(c.deadline) {
-		return context.DeadlineExceeded
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.ended {
-		return context.Canceled
-	}
-	return nil
+	c.expireLocked()
+	return c.err
 }
 
 func (c *deadlineCtx) cancel() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.ended {
+	c.endLocked(context.Canceled)
+	c.mu.Unlock()
+}
+
+// expireLocked ends c if its deadline has passed.
+func (c *deadlineCtx) expireLocked() {
+	if c.err == nil && !time.Now().Before(c.deadline) {
+		c.endLocked(context.DeadlineExceeded)
+	}
+}
+
+// endLocked records err unless c has ended already, and closes Done.
+func (c *deadlineCtx) endLocked(err error) {
+	if c.err != nil {
 		return
 	}
-	c.ended = true
-	if c.timer != nil && c.timer.Stop() {
-		close(c.done) // the timer had not fired: close in its place
-	} else if c.done != nil && c.timer == nil {
-		select {
-		case <-c.done:
-		default:
-			close(c.done)
-		}
+	c.err = err
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	if c.done != nil {
+		close(c.done)
 	}
 }

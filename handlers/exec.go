@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hybrid-server/hybrid/server"
@@ -106,24 +108,51 @@ type Executor struct {
 	classes sync.Map // workload name → *classes
 }
 
-// classes are a workload's admission classes in the two pools.
-type classes struct{ pool, isolate *taskpool.Class }
+// classes are a workload's admission classes in the two pools, one per
+// input size bucket, made on first use.
+type classes struct {
+	pool, isolate [sizeBuckets]atomic.Pointer[taskpool.Class]
+}
+
+// Admission estimates a workload's run time per input size: a hash of
+// 64 KiB and one of 32 MiB differ 500× in run time, and one average over
+// both would let many small requests pull the estimate of the large ones
+// down (admitting far more of them than the bound allows) or the reverse.
+// Buckets are powers of 4 from 4 KiB: < 4 KiB, < 16 KiB, … , ≥ 256 MiB.
+const sizeBuckets = 10
+
+var bucketNames = [sizeBuckets]string{"<4KiB", "<16KiB", "<64KiB", "<256KiB", "<1MiB", "<4MiB", "<16MiB",
+	"<64MiB", "<256MiB", ">=256MiB"}
+
+func sizeBucket(n int) int { return min((bits.Len(uint(n>>12))+1)/2, sizeBuckets-1) }
 
 // isolateStart is added to a workload's seed estimate in isolate mode: a
 // child's start and the frame round trip (bench/RESULTS.md: 8–40 ms of CPU
 // per one-task child, host-dependent).
 const isolateStart = 20 * time.Millisecond
 
-func (e *Executor) classesOf(w *Workload) *classes {
+// classOf returns w's admission class in pool for an input of n bytes:
+// named "workload/size bucket" (as /health lists them), seeded with w's
+// Estimate (plus isolateStart in the isolate pool).
+func (e *Executor) classOf(w *Workload, mode Mode, n int) *taskpool.Class {
+	var cs *classes
 	if c, ok := e.classes.Load(w.Name); ok {
-		return c.(*classes)
+		cs = c.(*classes)
+	} else {
+		c, _ := e.classes.LoadOrStore(w.Name, &classes{})
+		cs = c.(*classes)
 	}
-	c := &classes{pool: e.Pool.Class(w.Name, w.Estimate)}
-	if e.IsolatePool != nil {
-		c.isolate = e.IsolatePool.Class(w.Name, w.Estimate+isolateStart)
+	b := sizeBucket(n)
+	slot, pool, seed := &cs.pool[b], e.Pool, w.Estimate
+	if mode == Isolate {
+		slot, pool, seed = &cs.isolate[b], e.IsolatePool, w.Estimate+isolateStart
 	}
-	got, _ := e.classes.LoadOrStore(w.Name, c)
-	return got.(*classes)
+	if c := slot.Load(); c != nil {
+		return c
+	}
+	c := pool.Class(w.Name+"/"+bucketNames[b], seed) // the same class if another goroutine made it first
+	slot.Store(c)
+	return c
 }
 
 // Run runs w in mode. input must stay valid until Run returns, which it
@@ -143,7 +172,7 @@ func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, in
 		return w.Run(ctx, p, input)
 	case Pool:
 		var out []byte
-		err := e.classesOf(w).pool.Do(ctx, func(ctx context.Context) error {
+		err := e.classOf(w, Pool, len(input)).Do(ctx, func(ctx context.Context) error {
 			var err error
 			out, err = w.Run(ctx, p, input)
 			return err
@@ -154,7 +183,7 @@ func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, in
 			break
 		}
 		var out []byte
-		err := e.classesOf(w).isolate.Do(ctx, func(ctx context.Context) error {
+		err := e.classOf(w, Isolate, len(input)).Do(ctx, func(ctx context.Context) error {
 			var err error
 			out, err = e.Isolate.Run(ctx, w.Name, p, input)
 			return err
@@ -236,6 +265,10 @@ func (e *Executor) writeError(ctx *fasthttp.RequestCtx, w *Workload, mode Mode, 
 		server.WriteError(ctx, server.Errorf(fasthttp.StatusServiceUnavailable, CodeOverloaded,
 			"overloaded: the predicted wait of %v exceeds the bound of %v; retry in %d s",
 			oe.Wait.Round(time.Millisecond), oe.Limit, retry))
+	case errors.Is(err, taskpool.ErrClosed):
+		ctx.SetConnectionClose()
+		server.WriteError(ctx, server.Errorf(fasthttp.StatusServiceUnavailable, server.CodeDraining,
+			"the worker is shutting down; retry"))
 	case errors.Is(err, taskpool.ErrDeadline), errors.Is(err, context.DeadlineExceeded):
 		server.WriteError(ctx, server.Errorf(fasthttp.StatusGatewayTimeout, CodeTaskTimeout,
 			"%s did not finish within the task timeout of %v", w.Name, e.TaskTimeout))

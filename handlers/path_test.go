@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,4 +68,15 @@ func fmtSize(n int) string {
 		return "empty"
 	}
 	return "64KiB"
+}
+
+func TestSizeBuckets(t *testing.T) {
+	for _, tc := range []struct{ n, want int }{
+		{0, 0}, {4095, 0}, {4096, 1}, {16383, 1}, {16384, 2}, {65535, 2}, {65536, 3},
+		{1 << 20, 5}, {32 << 20, 7}, {256 << 20, 9}, {1 << 40, 9},
+	} {
+		if got := sizeBucket(tc.n); got != tc.want || !strings.HasPrefix(bucketNames[got], "<") && got != sizeBuckets-1 {
+			t.Errorf("sizeBucket(%d) = %d (%s); want %d (%s)", tc.n, got, bucketNames[got], tc.want, bucketNames[tc.want])
+		}
+	}
 }
