@@ -28,7 +28,9 @@ import (
 // as nginx's lingering_close and Go's net/http do: shut down the write side
 // (the client reads the response, then EOF), read and discard what the client
 // still sends, and close once it closes its side or a bound is reached. The
-// bounds are [lingerMaxBytes], [lingerTimeout] and [lingerIdle].
+// bounds are twice Config.MaxBody or [lingerMinBytes], whichever is more,
+// [lingerTimeout]
+// and [lingerIdle], with at most [lingerMax] lingering at once.
 //
 // Drain. A worker that drains must not close a keep-alive connection under
 // a client that is about to send on it: the request is lost, and the client
@@ -39,12 +41,17 @@ import (
 // request byte waits unread in its socket, by making its pending read return
 // EOF, which fasthttp takes as the client's own close.
 const (
-	// lingerMaxBytes bounds what one lingering close discards: twice the
-	// default --max-body, so that a client whose body is over the limit by
-	// up to that much still reads its 413, while one that streams without
-	// end costs at most this much reading (tens of milliseconds of CPU on
-	// loopback) and a 32 KiB buffer.
-	lingerMaxBytes = 64 << 20
+	// lingerMinBytes is the least one lingering close discards; the bound is
+	// this or twice the body limit (Config.MaxBody), whichever is more, so
+	// that a client whose body is far over the limit still reads its 413,
+	// while one that streams without end costs at most this much reading
+	// (tens of milliseconds of CPU on loopback).
+	lingerMinBytes = 64 << 20
+	// lingerMax bounds the connections lingering at once per worker: each
+	// holds a descriptor and a goroutine for up to lingerTimeout, and
+	// fasthttp no longer counts it against its connection limit. Beyond
+	// this, a connection closes at once, as without lingering.
+	lingerMax = 512
 	// lingerTimeout bounds a lingering close in all: nginx's
 	// lingering_time is 30 s; a client that is still writing after 10 s
 	// on a connection the server has finished with is not going to read.
@@ -54,7 +61,7 @@ const (
 	// and closes within a round trip; nginx's lingering_timeout is 5 s.
 	lingerIdle = 2 * time.Second
 	// lingerBuf is the discard buffer of one lingering read.
-	lingerBuf = 32 << 10
+	lingerBuf = 8 << 10
 
 	// sweepMax bounds the connections a draining listener takes from the
 	// accept queue before it closes; see [listener.stop].
@@ -76,6 +83,8 @@ var aLongTimeAgo = time.Unix(1, 0)
 // conns is a server's set of open connections.
 type conns struct {
 	readTimeout time.Duration // what a connection's read deadline returns to when a drain's expiry is undone
+	lingerBytes int           // what one lingering close discards at most
+	lingering   atomic.Int32  // lingering closes under way, at most lingerMax
 
 	mu  sync.Mutex
 	set map[*conn]struct{}
@@ -279,9 +288,12 @@ func (c *conn) Close() error {
 		c.phase.Store(phaseClosed)
 		c.mu.Unlock()
 		if c.cw != nil && (linger || c.unread() > 0) {
-			c.set.lingered.Add(1)
-			go c.lingerClose()
-			return
+			if c.set.lingering.Add(1) <= lingerMax {
+				c.set.lingered.Add(1)
+				go c.lingerClose()
+				return
+			}
+			c.set.lingering.Add(-1) // over lingerMax: close at once
 		}
 		c.closeErr = c.Conn.Close()
 		c.set.remove(c)
@@ -298,6 +310,7 @@ func (c *conn) lingerClose() {
 	defer func() {
 		c.Conn.Close()
 		c.set.remove(c)
+		c.set.lingering.Add(-1)
 	}()
 	if c.cw.CloseWrite() != nil {
 		return
@@ -305,7 +318,8 @@ func (c *conn) lingerClose() {
 	buf := lingerBufs.Get().(*[lingerBuf]byte)
 	defer lingerBufs.Put(buf)
 	end := time.Now().Add(lingerTimeout)
-	for discarded := 0; discarded < lingerMaxBytes; {
+	limit := max(c.set.lingerBytes, lingerMinBytes)
+	for discarded := 0; discarded < limit; {
 		d := time.Now().Add(lingerIdle)
 		if d.After(end) {
 			d = end
@@ -313,7 +327,7 @@ func (c *conn) lingerClose() {
 		if c.Conn.SetReadDeadline(d) != nil {
 			return
 		}
-		n, err := c.Conn.Read(buf[:min(len(buf), lingerMaxBytes-discarded)])
+		n, err := c.Conn.Read(buf[:min(len(buf), limit-discarded)])
 		discarded += n
 		if err != nil {
 			return

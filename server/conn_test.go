@@ -1,3 +1,5 @@
+//go:build linux
+
 package server
 
 import (
@@ -95,7 +97,9 @@ func TestLingeringCloseAfterEarly413(t *testing.T) {
 // one on its next response (Connection: close), the idle one after the
 // grace, both without a failed request; then Shutdown returns nil.
 func TestDrainEndsKeepAliveAtRequestBoundary(t *testing.T) {
-	const grace = 300 * time.Millisecond
+	// Long enough that a descheduled test (-race, a busy 2-core box) still
+	// writes on the busy connection well within it.
+	const grace = 2 * time.Second
 	srv := New(Config{DrainGrace: grace}, slog.New(slog.DiscardHandler), 1)
 	addr, shutdown := serveTCP(t, srv)
 	dial := func() (net.Conn, *bufio.Reader) {
@@ -124,7 +128,7 @@ func TestDrainEndsKeepAliveAtRequestBoundary(t *testing.T) {
 	drained := make(chan error, 1)
 	go func() { drained <- shutdown(5 * time.Second) }()
 	waitFor(t, "the drain to start", srv.draining.Load)
-	time.Sleep(grace / 3)
+	time.Sleep(grace / 10)
 	io.WriteString(busy, get)
 	if resp := readResponse(t, busyR); resp.StatusCode != 200 || !resp.Close {
 		t.Errorf("during the drain: %s close=%v; want 200 with Connection: close", resp.Status, resp.Close)
@@ -247,5 +251,26 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// At most lingerMax connections linger at once: beyond, a connection that
+// would linger closes at once, as without lingering.
+func TestLingeringIsCapped(t *testing.T) {
+	srv := New(Config{MaxBody: 1 << 10}, slog.New(slog.DiscardHandler), 1)
+	addr, _ := serveTCP(t, srv)
+	srv.conns.lingering.Store(lingerMax) // as if lingerMax others lingered
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n", 1<<20)
+	c.Write(make([]byte, 64<<10)) // unread bytes when the server closes
+	io.Copy(io.Discard, c)        // the 413 and a reset, or (lingering) EOF after the idle bound
+	waitFor(t, "the connection to close", func() bool { return srv.conns.open() == 0 })
+	if n, l := srv.conns.lingered.Load(), srv.conns.lingering.Load(); n != 0 || l != lingerMax {
+		t.Errorf("lingered %d, lingering %d; want 0 and the cap %d untouched", n, l, lingerMax)
 	}
 }
