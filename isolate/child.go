@@ -15,6 +15,7 @@ import (
 
 	"github.com/hybrid-server/hybrid/handlers"
 	"github.com/hybrid-server/hybrid/server"
+	"golang.org/x/sys/unix"
 )
 
 // IsChild reports whether this process is an isolate child.
@@ -94,10 +95,6 @@ func serve(h header, input []byte) (header, []byte) {
 }
 
 // applyLimits lowers this process's own limits before any input is read.
-// rlimitNice is RLIMIT_NICE (13 on Linux): a process may lower its nice
-// value down to 20 − the limit, and no further.
-const rlimitNice = 13
-
 func applyLimits(lim childLimits) error {
 	set := func(res int, soft, hard uint64) error {
 		if err := syscall.Setrlimit(res, &syscall.Rlimit{Cur: soft, Max: hard}); err != nil {
@@ -117,9 +114,10 @@ func applyLimits(lim childLimits) error {
 		}
 	}
 	// The nice value stays where the parent set it (ChildNice): with
-	// RLIMIT_NICE at 0 a child without CAP_SYS_NICE cannot lower it again.
-	// (0 is Linux's default; lowering a limit needs no privilege.)
-	if err := set(rlimitNice, 0, 0); err != nil {
+	// RLIMIT_NICE at 0 (a process may lower its nice value down to 20 − the
+	// limit) a child without CAP_SYS_NICE cannot lower it again. 0 is
+	// Linux's default; lowering a limit needs no privilege.
+	if err := set(unix.RLIMIT_NICE, 0, 0); err != nil {
 		return err
 	}
 	// No file may be written (pipes are not files).

@@ -23,6 +23,7 @@ import (
 	"github.com/hybrid-server/hybrid/internal/tail"
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
+	"golang.org/x/sys/unix"
 )
 
 // Config sets a child's limits. Zero fields take defaults.
@@ -57,12 +58,24 @@ type Capabilities struct {
 	MemoryLimit  string `json:"memory_limit"` // how memory is bounded
 }
 
-// ChildNice is the nice value of every isolate child. An isolated task is
-// batch work behind admission control; the worker's own threads (accepting,
-// reading bodies, answering 503s and health checks) must win the CPU from
-// it. Under an open-loop overload of isolated thumbnails on two cores, a
-// refusal took 55 ms at p99 with children at nice 0 (bench/RESULTS.md).
+// ChildNice is how much nicer than its worker every isolate child runs
+// (nice 10 under a worker at 0, at most 19). An isolated task is batch work
+// behind admission control; the worker's own threads (accepting, reading
+// bodies, answering 503s and health checks) must win the CPU from it.
 const ChildNice = 10
+
+// lowerPriority makes the calling thread ChildNice nicer than it is. Linux's
+// getpriority returns 20 − nice.
+func lowerPriority() error {
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	if err != nil {
+		return fmt.Errorf("getpriority: %w", err)
+	}
+	if err := unix.Setpriority(unix.PRIO_PROCESS, 0, min(20-prio+ChildNice, 19)); err != nil {
+		return fmt.Errorf("setpriority: %w", err)
+	}
+	return nil
+}
 
 // Outcome codes and their statuses.
 const (
@@ -87,6 +100,7 @@ type Isolator struct {
 
 	probed   chan struct{} // closed when caps and cg are known
 	warmOnce sync.Once
+	niceWarn atomic.Bool // lowerPriority's failure was logged
 
 	ok, inputErr, timeout, memory, cpu, crashed, started atomic.Uint64
 	peakChild                                            atomic.Uint64 // bytes, from the child cgroups
@@ -249,7 +263,9 @@ func (iso *Isolator) start() (*child, error) {
 		// The child inherits this thread's nice value, and every thread it
 		// makes inherits the child's. This thread only waits from here on,
 		// and ends with the goroutine (it is never unlocked).
-		syscall.Setpriority(syscall.PRIO_PROCESS, 0, ChildNice)
+		if err := lowerPriority(); err != nil && iso.niceWarn.CompareAndSwap(false, true) {
+			iso.log.Warn("isolate: cannot lower the children's CPU priority", "err", err.Error())
+		}
 		err := cmd.Start()
 		started <- err
 		if err != nil {
