@@ -1,7 +1,8 @@
 // Command bare is the per-request cost baseline of hybrid's request path: a
-// bare fasthttp server, one process, the same routes and response bodies as
-// a hybrid worker (/health, /ready, a JSON 404, sha256 inline), and nothing
-// else. bench/RESULTS.md compares hybrid's server CPU per request with it,
+// bare fasthttp server, one process, with a hybrid worker's routes (/health,
+// /ready, a JSON 404, sha256 inline) and nothing else. Its /ready and sha256
+// bodies are a worker's; its /health is a small fixed document, where a
+// worker's carries its pool and isolate sections. bench/RESULTS.md compares hybrid's server CPU per request with it,
 // measured in the same run:
 //
 //	go run ./bench/bare --addr 127.0.0.1:9090

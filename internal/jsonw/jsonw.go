@@ -50,12 +50,8 @@ func (o *Object) Bool(k string, v bool) { o.key(k); o.B = strconv.AppendBool(o.B
 // String adds "k":"v", escaped.
 func (o *Object) String(k, v string) { o.key(k); o.B = AppendString(o.B, v) }
 
-// Raw adds "k": followed by whatever f appends (a nested value).
-func (o *Object) Raw(k string, f func([]byte) []byte) { o.key(k); o.B = f(o.B) }
-
-// Key adds "k": and leaves the value to the caller, who appends it to o.B:
-// Raw without a closure, for a nested value on a path that must not
-// allocate.
+// Key adds "k": and leaves the value to the caller, who appends it to o.B
+// (a nested object or array).
 func (o *Object) Key(k string) { o.key(k) }
 
 // AppendString appends s as a JSON string, escaped as encoding/json

@@ -29,7 +29,10 @@ func TestObjectMatchesEncodingJSON(t *testing.T) {
 	o.Float("f", d.F)
 	o.Float("z", d.Z)
 	o.Bool("b", d.B)
-	o.Raw("n", func(b []byte) []byte { n := Open(b); n.Int("x", 7); return n.Close() })
+	o.Key("n")
+	n := Open(o.B)
+	n.Int("x", 7)
+	o.B = n.Close()
 	if got := o.Close(); string(got) != string(want) {
 		t.Errorf("appended\n%s\nwant (encoding/json)\n%s", got, want)
 	}
