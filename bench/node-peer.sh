@@ -27,25 +27,8 @@ command -v node >/dev/null || { echo "node-peer: node is not installed" >&2; exi
 [ -f "$PEER/server.js" ] || { echo "node-peer: no peer at $PEER" >&2; exit 1; }
 mkdir -p "$OUT"
 work=$(mktemp -d)
-SERVER_PID=""
-stop_server() {
-	if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-		kill -TERM "$SERVER_PID"
-		for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$SERVER_PID" 2>/dev/null || true
-		wait "$SERVER_PID" 2>/dev/null || true
-	fi
-	SERVER_PID=""
-}
+. bench/servers.sh
 trap 'stop_server; rm -rf "$work"' EXIT
-
-wait_health() { # $1 url: up to 15 s
-	for _ in $(seq 150); do
-		if kill -0 "$SERVER_PID" 2>/dev/null && curl -fsS -o /dev/null "$1/health" 2>/dev/null; then return 0; fi
-		sleep 0.1
-	done
-	echo "node-peer: server at $1 did not come up" >&2; exit 1
-}
 
 # The peer's folder is read-only here: run a copy with its locked deps.
 cp -r "$PEER" "$work/peer"
@@ -70,7 +53,7 @@ echo "== node $(node -v): WORKERS=$WORKERS, defaults otherwise (2 Piscina thread
 N="http://127.0.0.1:$NODE_PORT"
 (cd "$work/peer" && exec env WORKERS="$WORKERS" PORT="$NODE_PORT" HOST=127.0.0.1 node server.js) > "$work/node.log" 2>&1 &
 SERVER_PID=$!
-wait_health "$N"
+wait_up "$N/health"
 bench node "$SERVER_PID" \
 	--target "health=GET $N/health c=64" \
 	--target "sha256-64k-inline=POST $N/v1/hash?algo=sha256&mode=inline @$work/64k.bin c=32" \
@@ -86,7 +69,7 @@ H="http://127.0.0.1:$HYBRID_PORT"
 "$work/hybrid" serve --addr "127.0.0.1:$HYBRID_PORT" --admin-addr off --workers "$WORKERS" \
 	--allow-mode-override --log-level warn 2> "$work/hybrid.log" &
 SERVER_PID=$!
-wait_health "$H"
+wait_up "$H/health"
 bench hybrid "$SERVER_PID" \
 	--target "health=GET $H/health c=64" \
 	--target "sha256-64k-inline=POST $H/v1/hash/sha256?mode=inline @$work/64k.bin c=32" \

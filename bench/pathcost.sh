@@ -21,24 +21,8 @@ WARMUP=${WARMUP:-1s}
 PORT=${PORT:-3011}
 mkdir -p "$OUT"
 work=$(mktemp -d)
-SERVER_PID=""
-stop_server() {
-	if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-		kill -TERM "$SERVER_PID"
-		for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$SERVER_PID" 2>/dev/null || true
-		wait "$SERVER_PID" 2>/dev/null || true
-	fi
-	SERVER_PID=""
-}
+. bench/servers.sh
 trap 'stop_server; rm -rf "$work"' EXIT
-wait_ready() {
-	for _ in $(seq 150); do
-		if kill -0 "$SERVER_PID" 2>/dev/null && curl -fsS -o /dev/null "http://127.0.0.1:$PORT/ready" 2>/dev/null; then return 0; fi
-		sleep 0.1
-	done
-	echo "pathcost: server did not come up" >&2; exit 1
-}
 
 CGO_ENABLED=0 go build -o "$work/hybrid" ./cmd/hybrid
 CGO_ENABLED=0 go build -o "$work/bare" ./bench/bare
@@ -56,9 +40,9 @@ measure() { # $1 name
 for r in $(seq "$ROUNDS"); do
 	echo "== round $r: bare fasthttp (GOMAXPROCS $(nproc))"
 	"$work/bare" --addr "127.0.0.1:$PORT" & SERVER_PID=$!
-	wait_ready; measure "bare-$r"; stop_server
+	wait_up "$U/ready"; measure "bare-$r"; stop_server
 	echo "== round $r: hybrid serve --workers 1"
 	"$server_bin" serve --addr "127.0.0.1:$PORT" --admin-addr off --workers 1 --log-level warn 2> "$work/hybrid.log" & SERVER_PID=$!
-	wait_ready; measure "hybrid-$r"; stop_server
+	wait_up "$U/ready"; measure "hybrid-$r"; stop_server
 	"$work/hybrid" bench compare "$OUT/bare-$r.json" "$OUT/hybrid-$r.json" | tee "$OUT/compare-$r.txt"
 done

@@ -511,17 +511,22 @@ func (iso *Isolator) destroy(c *child) {
 // Stats returns the capabilities and outcome counters. It never waits: until
 // the start-up probe is done, Probing is true and Limits empty.
 func (iso *Isolator) Stats() Stats {
-	var caps Capabilities
-	probing := true
-	select {
-	case <-iso.probed:
-		caps, probing = iso.caps, false
-	default:
-	}
+	caps, probing := iso.capabilities()
 	return Stats{Limits: caps, Probing: probing, PeakChild: iso.peakChild.Load(), Started: iso.started.Load(), Outcomes: map[string]uint64{
 		"ok": iso.ok.Load(), "input_error": iso.inputErr.Load(), CodeTimeout: iso.timeout.Load(),
 		CodeMemory: iso.memory.Load(), CodeCPU: iso.cpu.Load(), CodeCrashed: iso.crashed.Load(),
 	}}
+}
+
+// capabilities returns what the start-up probe found, without waiting for
+// it: until it is done, probing is true and the capabilities empty.
+func (iso *Isolator) capabilities() (caps Capabilities, probing bool) {
+	select {
+	case <-iso.probed:
+		return iso.caps, false
+	default:
+		return Capabilities{}, true
+	}
 }
 
 // Close ends the warm children and removes the working directory.
@@ -543,13 +548,7 @@ func (iso *Isolator) Close() error {
 // encoding/json writes them, without allocating: GET /health serves them on
 // every call, beside fields of the caller's (the admission queue).
 func (iso *Isolator) AppendStatsFields(o *jsonw.Object) {
-	var caps Capabilities
-	probing := true
-	select {
-	case <-iso.probed:
-		caps, probing = iso.caps, false
-	default:
-	}
+	caps, probing := iso.capabilities()
 	o.Key("limits")
 	l := jsonw.Open(o.B)
 	l.Bool("cgroup_memory", caps.CgroupMemory)
