@@ -96,6 +96,10 @@ type Executor struct {
 	// AllowOverride lets a request pick its mode with ?mode=. Off by default:
 	// a client must not move untrusted work out of isolation.
 	AllowOverride bool
+	// MaxBody bounds a request's body (--max-body; default
+	// server.DefaultConfig's). The server streams bodies and leaves the
+	// bound to the handler (server.Body).
+	MaxBody int
 	// TaskTimeout bounds a task, queueing included.
 	TaskTimeout time.Duration
 	// MaxOutput bounds decompressed output.
@@ -155,6 +159,17 @@ func (e *Executor) classOf(w *Workload, mode Mode, n int) *taskpool.Class {
 	return c
 }
 
+// poolOf is the pool that admits mode's tasks; nil for inline.
+func (e *Executor) poolOf(mode Mode) *taskpool.Pool {
+	switch mode {
+	case Pool:
+		return e.Pool
+	case Isolate:
+		return e.IsolatePool
+	}
+	return nil
+}
+
 // Run runs w in mode. input must stay valid until Run returns, which it
 // always does after the task has returned or never started.
 //
@@ -209,18 +224,37 @@ func (e *Executor) mode(ctx *fasthttp.RequestCtx, w *Workload) (Mode, error) {
 	return Mode(asked), nil
 }
 
-// Serve is the request path of every workload: check, pick the mode, run,
-// respond. Params are checked before anything is queued. It blocks until the
-// task has returned (or never started), so the request's body may be the
-// task's input without a copy.
+// Serve is the request path of every workload: pick the mode, refuse from
+// the headers if its pool is overloaded, read the body, check, run,
+// respond. Params are checked before anything is queued. It blocks until
+// the task has returned (or never started), so the request's body may be
+// the task's input without a copy.
 func (e *Executor) Serve(ctx *fasthttp.RequestCtx, w *Workload, p Params) {
-	input := ctx.PostBody()
-	if err := checkOf(w)(p, input); err != nil {
+	mode, err := e.mode(ctx, w)
+	if err != nil {
 		server.WriteError(ctx, err)
 		return
 	}
-	mode, err := e.mode(ctx, w)
+	// An overloaded pool refuses from the headers: the body is never read
+	// into memory, and the lingering close discards it.
+	if pool := e.poolOf(mode); pool != nil {
+		if err := pool.Refuse(); err != nil {
+			server.EndEarly(ctx)
+			e.writeError(ctx, w, mode, err)
+			return
+		}
+	}
+	maxBody := e.MaxBody
+	if maxBody <= 0 {
+		maxBody = server.DefaultConfig().MaxBody
+	}
+	input, release, err := server.Body(ctx, maxBody)
 	if err != nil {
+		server.WriteError(ctx, err)
+		return
+	}
+	defer release()
+	if err := checkOf(w)(p, input); err != nil {
 		server.WriteError(ctx, err)
 		return
 	}

@@ -100,6 +100,7 @@ type Server struct {
 	log      *slog.Logger
 	workerID int
 	pid      int
+	maxBody  int
 	started  time.Time
 	fs       *fasthttp.Server
 	grace    time.Duration
@@ -137,7 +138,9 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 	s.conns.readTimeout = cfg.ReadTimeout
 	s.conns.lingerBytes = 2 * cfg.MaxBody
 	s.readyJSON = readyDoc(os.Getpid(), workerID)
+	s.maxBody = cfg.MaxBody
 	s.fs = newFastServer(cfg, s.serve, log)
+	s.fs.StreamRequestBody = true // handlers read the body with Body, or refuse before it (body.go)
 	s.Router.Handle(fasthttp.MethodGet, "/health", s.health)
 	s.Router.Handle(fasthttp.MethodGet, "/ready", s.ready)
 	return s
@@ -165,8 +168,18 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 		s.inFlight.Add(-1)
 		s.requests.Add(1)
 	}()
+	if n := ctx.Request.Header.ContentLength(); n > s.maxBody {
+		// What fasthttp does before any handler when it reads the body
+		// itself: a body it streams is the server's to bound.
+		WriteError(ctx, endEarly(ctx, Errorf(fasthttp.StatusRequestEntityTooLarge, CodeBodyTooLarge,
+			"request body exceeds the limit of %d bytes", s.maxBody)))
+		return
+	}
 	s.Router.Serve(ctx)
 	compressResponse(ctx)
+	if bodyLeftUnread(ctx) {
+		EndEarly(ctx) // the rest of it would be read as the next request
+	}
 	if s.draining.Load() {
 		// End the connection at this request boundary: the client opens
 		// its next connection elsewhere (or learns the server is gone)

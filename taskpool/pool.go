@@ -380,6 +380,24 @@ func (p *Pool) Tune(size int) error {
 	return nil
 }
 
+// Refuse returns the refusal a task arriving now would get, an
+// [*OverloadError] counted as one, or nil if it would run or queue (no
+// place is kept for it). A caller refuses with it before it has the task's
+// input: a server, before it reads a request's body.
+func (p *Pool) Refuse() error {
+	p.mu.Lock()
+	_, refused, full, wait := p.admitLocked(time.Now())
+	p.mu.Unlock()
+	if !refused {
+		return nil
+	}
+	p.rejected.Add(1)
+	if full {
+		p.rejectedFull.Add(1)
+	}
+	return &OverloadError{Wait: wait, Limit: p.queueWait, Full: full}
+}
+
 // Saturated reports whether a task arriving now would be refused: its
 // predicted wait is over QueueWait, or the queue is full. A worker tells its
 // peers (procpool's accept board), so that new connections go elsewhere.

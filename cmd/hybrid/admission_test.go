@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bufio"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -158,4 +161,46 @@ func TestAdmissionFollowsTheWorkloadsDuration(t *testing.T) {
 	if r := post(t, base+"/_test/task?ms=0", nil); r.status != 200 { // idle now: admitted
 		t.Errorf("after the load: %d %s; want 200", r.status, r.body)
 	}
+}
+
+// An overloaded pool refuses from the headers: a client that has sent the
+// headers of a 16 MiB upload and its first 8 KiB (fasthttp reads that much
+// of a body before any handler runs) reads its 503 without sending the
+// rest, and the body is never buffered.
+func TestOverloadRefusesBeforeTheBody(t *testing.T) {
+	env, _ := faultFile(t)
+	c := startCluster(t, env, 1, "--workers", "1", "--pool-size", "1", "--pool-queue", "1")
+	base := "http://" + c.addr
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range 2 { // one runs, one waits: the queue is full
+		wg.Add(1)
+		go func() { defer wg.Done(); post(t, base+"/_test/task?ms=1500", nil) }()
+	}
+	c.waitFor(5*time.Second, "a full pool", func() bool {
+		var h struct {
+			Pool struct{ Running, Waiting int }
+		}
+		getJSON(freshClient(), base+"/health", &h)
+		return h.Pool.Running == 1 && h.Pool.Waiting == 1
+	})
+	conn, err := net.Dial("tcp", c.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(3 * time.Second))
+	fmt.Fprintf(conn, "POST /v1/hash/sha256 HTTP/1.1\r\nHost: hybrid\r\nContent-Length: %d\r\n\r\n", 16<<20)
+	conn.Write(make([]byte, 8<<10))
+	start := time.Now()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no response to the start of an upload to a full pool: %v (want a 503 before the rest of the body)", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !resp.Close || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("response %s, close=%v, Retry-After %q; want 503, Connection: close, Retry-After",
+			resp.Status, resp.Close, resp.Header.Get("Retry-After"))
+	}
+	t.Logf("503 %v after the first 8 KiB of a 16 MiB body", time.Since(start).Round(time.Microsecond))
 }
