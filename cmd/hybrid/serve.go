@@ -77,6 +77,7 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&s.ReadTimeout, "read-timeout", s.ReadTimeout, "time to read one request")
 	fs.DurationVar(&s.WriteTimeout, "write-timeout", s.WriteTimeout, "time to write one response")
 	fs.DurationVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "keep-alive idle time between requests")
+	fs.DurationVar(&s.DrainGrace, "drain-grace", s.DrainGrace, "during a drain, a keep-alive connection idle this long is closed (one with an unread request byte never is)")
 	fs.IntVar(&c.poolSize, "pool-size", 0, "tasks running at once per worker (0: the worker's GOMAXPROCS)")
 	fs.DurationVar(&c.queueWait, "queue-wait", 0, "admit a task while its predicted wait (the estimated work queued ahead ÷ run slots) is within this; beyond it 503 at once (0: a third of --task-timeout)")
 	fs.IntVar(&c.poolQueue, "pool-queue", taskpool.DefaultQueue, "most tasks waiting per worker and pool, whatever their predicted wait: a memory cap; more get 503")

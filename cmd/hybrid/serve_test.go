@@ -440,6 +440,7 @@ func TestBadConfiguration(t *testing.T) {
 		{[]string{"--queue-wait", "30s"}, "", `queue wait 30s: want > 0 and below the task timeout (30s)`},
 		{[]string{"--task-timeout", "5s"}, "HYBRID_QUEUE_WAIT=6s", `queue wait 6s`},
 		{[]string{"--pool-queue", "0"}, "", `pool queue: want ≥ 1`},
+		{[]string{"--drain-grace", "-1s"}, "", `timeouts must be positive`},
 	} {
 		cmd := exec.Command(binPath, append([]string{"serve", "--addr", "127.0.0.1:0", "--admin-addr", "off"}, tc.args...)...)
 		cmd.Env = append(os.Environ(), tc.env)
