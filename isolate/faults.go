@@ -1,4 +1,4 @@
-//go:build linux
+//go:build linux && testhooks
 
 package isolate
 
@@ -54,7 +54,7 @@ func registerFaults() {
 		started := 0
 		for range 200 { // a fork bomb, bounded by the pids cgroup
 			cmd := exec.Command("/proc/self/exe")
-			cmd.Env = []string{RoleEnv + "=fault-sleeper"}
+			cmd.Env = []string{RoleEnv + "=" + RoleFaultSleeper}
 			if cmd.Start() != nil {
 				break
 			}
@@ -71,6 +71,9 @@ func registerFaults() {
 		return []byte("connected to " + p["addr"]), nil
 	})
 }
+
+// RoleFaultSleeper is the role of the processes the fork fault starts.
+const RoleFaultSleeper = "fault-sleeper"
 
 // RunFaultSleeper is the body of the processes the fork fault starts: they
 // sleep until killed, so a test can see whether any survive.

@@ -168,22 +168,8 @@ func TestAdmissionFollowsTheWorkloadsDuration(t *testing.T) {
 // of a body before any handler runs) reads its 503 without sending the
 // rest, and the body is never buffered.
 func TestOverloadRefusesBeforeTheBody(t *testing.T) {
-	env, _ := faultFile(t)
-	c := startCluster(t, env, 1, "--workers", "1", "--pool-size", "1", "--pool-queue", "1")
-	base := "http://" + c.addr
-	var wg sync.WaitGroup
+	c, wg := startFullPool(t)
 	defer wg.Wait()
-	for range 2 { // one runs, one waits: the queue is full
-		wg.Add(1)
-		go func() { defer wg.Done(); post(t, base+"/_test/task?ms=1500", nil) }()
-	}
-	c.waitFor(5*time.Second, "a full pool", func() bool {
-		var h struct {
-			Pool struct{ Running, Waiting int }
-		}
-		getJSON(freshClient(), base+"/health", &h)
-		return h.Pool.Running == 1 && h.Pool.Waiting == 1
-	})
 	conn, err := net.Dial("tcp", c.addr)
 	if err != nil {
 		t.Fatal(err)

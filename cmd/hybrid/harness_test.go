@@ -40,6 +40,10 @@ func init() {
 // processes, which run TestMain again: they must not rebuild it.
 const testBinEnv = "HYBRID_TEST_BINARY"
 
+// testHooksVar is the fault switch of a test build (testhooks.go, which the
+// test package itself is not built with).
+const testHooksVar = "HYBRID_TEST_HOOKS"
+
 func TestMain(m *testing.M) {
 	if bin := os.Getenv(testBinEnv); bin != "" {
 		binPath = bin
@@ -51,7 +55,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binPath = filepath.Join(dir, "hybrid")
-	args := append([]string{"build", "-o", binPath}, buildFlags...)
+	// -tags testhooks: the fault switch and test routes (testhooks.go),
+	// which the release binary does not have.
+	args := append([]string{"build", "-tags", "testhooks", "-o", binPath}, buildFlags...)
 	build := exec.Command("go", append(args, ".")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	// The binary users get is static (CGO_ENABLED=0); only the race detector

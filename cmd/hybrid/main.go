@@ -37,8 +37,8 @@ func run(args []string) int {
 	if isolate.IsChild() {
 		return isolate.RunChild()
 	}
-	if os.Getenv(isolate.RoleEnv) == "fault-sleeper" { // test hooks only: the fork fault's processes
-		return isolate.RunFaultSleeper()
+	if code, ok := testRole(); ok { // test builds only (-tags testhooks)
+		return code
 	}
 	if procpool.IsWorker() {
 		return runWorker(args)

@@ -102,7 +102,7 @@ func faultFile(t *testing.T) (env []string, set func(string)) {
 		}
 	}
 	set("")
-	return []string{testHooksEnv + "=" + path}, set
+	return []string{testHooksVar + "=" + path}, set
 }
 
 // 3. A crash loop opens the circuit: forks stay bounded, the primary and the

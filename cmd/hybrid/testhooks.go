@@ -1,3 +1,5 @@
+//go:build testhooks
+
 package main
 
 import (
@@ -10,13 +12,16 @@ import (
 	"time"
 
 	"github.com/hybrid-server/hybrid/handlers"
+	"github.com/hybrid-server/hybrid/isolate"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
 )
 
-// testHooksEnv switches on fault injection for the integration tests. It is
-// test-only and documented as such in the README: it names a file that a
+// testHooksEnv switches on fault injection for the integration tests. This
+// file is built only with -tags testhooks, which the test harness sets: the
+// release binary has no test route, no fault workload and ignores the
+// variable (testhooks_off.go). Documented in the README: it names a file that a
 // worker reads when it starts, whose first word picks the fault:
 //
 //	crash   exit 1 before reporting ready
@@ -116,4 +121,13 @@ func (h testHooks) register(r *server.Router, exec *handlers.Executor) {
 	r.Handle(fasthttp.MethodGet, "/_test/panic", func(ctx *fasthttp.RequestCtx) {
 		panic("test hook: panic in a handler")
 	})
+}
+
+// testRole runs the processes the isolate fork fault starts: they sleep
+// until killed, so a test can see whether any survive.
+func testRole() (code int, ok bool) {
+	if os.Getenv(isolate.RoleEnv) != isolate.RoleFaultSleeper {
+		return 0, false
+	}
+	return isolate.RunFaultSleeper(), true
 }

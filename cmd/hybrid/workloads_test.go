@@ -18,9 +18,14 @@ type reply struct {
 	body   []byte
 }
 
+// keepAlive is the client of post: it keeps connections open, as load
+// balancers and browsers do, so that every workload test also runs on
+// reused connections.
+var keepAlive = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
 func post(t *testing.T, url string, body []byte) reply {
 	t.Helper()
-	resp, err := freshClient().Post(url, "application/octet-stream", bytes.NewReader(body))
+	resp, err := keepAlive.Post(url, "application/octet-stream", bytes.NewReader(body))
 	if err != nil {
 		t.Fatalf("POST %s: %v", url, err)
 	}
@@ -92,9 +97,10 @@ func TestModeOverrideIsOffByDefault(t *testing.T) {
 	}
 }
 
-// Overload: a full pool refuses at once with 503 + Retry-After, health still
-// answers promptly, and afterwards everything succeeds again.
-func TestOverloadGetsFast503(t *testing.T) {
+// startFullPool starts one worker with one run slot and a queue of one, and
+// fills both with 1.5 s tasks; wg ends when they have.
+func startFullPool(t *testing.T) (*cluster, *sync.WaitGroup) {
+	t.Helper()
 	env, _ := faultFile(t)
 	c := startCluster(t, env, 1, "--workers", "1", "--pool-size", "1", "--pool-queue", "1")
 	base := "http://" + c.addr
@@ -110,6 +116,14 @@ func TestOverloadGetsFast503(t *testing.T) {
 		getJSON(freshClient(), base+"/health", &h)
 		return h.Pool.Running == 1 && h.Pool.Waiting == 1
 	})
+	return c, &wg
+}
+
+// Overload: a full pool refuses at once with 503 + Retry-After, health still
+// answers promptly, and afterwards everything succeeds again.
+func TestOverloadGetsFast503(t *testing.T) {
+	c, wg := startFullPool(t)
+	base := "http://" + c.addr
 	for range 5 {
 		start := time.Now()
 		r := post(t, base+"/v1/hash/sha256", []byte("x"))
