@@ -16,7 +16,10 @@
 // exponentially weighted moving average of its tasks' run times, seeded by
 // the caller, so 4 queued hashes of 50 µs and 4 thumbnails of 80 ms weigh
 // what they cost. The work ahead also counts what is left of each running
-// task's estimate.
+// task's estimate. The sum is then calibrated by the waits that queued
+// tasks really had against the sums they were admitted on (Stats.WaitBias),
+// because under overload run times grow after admission, and a forecast
+// from the estimates at the moment of admission comes out short.
 //
 // An admitted task waits in FIFO order for one of Size run slots; if its
 // context ends while it waits it never starts and Do returns [ErrDeadline].

@@ -407,3 +407,49 @@ func TestAppendStatsIsStatsJSON(t *testing.T) {
 		t.Errorf("AppendStats: %v allocations; want 0", n)
 	}
 }
+
+// The predicted wait is calibrated by the waits queued tasks really had:
+// tasks that run longer than the estimates they were admitted on raise it,
+// shorter ones lower it, within [biasMin, biasMax].
+func TestPredictedWaitIsCalibratedByActualWaits(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		seed     time.Duration
+		run      time.Duration
+		min, max float64
+	}{
+		{"slower than admitted", 10 * time.Millisecond, 40 * time.Millisecond, 1.15, biasMax},
+		{"faster than admitted", 80 * time.Millisecond, 10 * time.Millisecond, biasMin, 0.9},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := New(Config{Size: 1, QueueWait: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close(context.Background())
+			c := p.Class("k", tc.seed)
+			// One running and 7 queued at once: each queued task's forecast
+			// is made from the seed before any of them has run.
+			release := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				c.Do(context.Background(), func(context.Context) error { <-release; time.Sleep(tc.run); return nil })
+			})
+			waitFor(t, func() bool { return p.Stats().Running == 1 })
+			for i := range 7 {
+				wg.Go(func() {
+					c.Do(context.Background(), func(context.Context) error { time.Sleep(tc.run); return nil })
+				})
+				waitFor(t, func() bool { return p.Stats().Waiting == i+1 })
+			}
+			close(release)
+			wg.Wait()
+			s := p.Stats()
+			if s.WaitBias < tc.min || s.WaitBias > tc.max {
+				t.Errorf("wait bias after tasks of %v admitted on estimates of %v = %.2f; want [%.2f, %.2f]",
+					tc.run, tc.seed, s.WaitBias, tc.min, tc.max)
+			}
+			t.Logf("wait bias %.2f", s.WaitBias)
+		})
+	}
+}
