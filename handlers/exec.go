@@ -230,19 +230,9 @@ func (e *Executor) mode(ctx *fasthttp.RequestCtx, w *Workload) (Mode, error) {
 // the task has returned (or never started), so the request's body may be
 // the task's input without a copy.
 func (e *Executor) Serve(ctx *fasthttp.RequestCtx, w *Workload, p Params) {
-	mode, err := e.mode(ctx, w)
-	if err != nil {
-		server.WriteError(ctx, err)
+	mode, ok := e.admit(ctx, w)
+	if !ok {
 		return
-	}
-	// An overloaded pool refuses from the headers: the body is never read
-	// into memory, and the lingering close discards it.
-	if pool := e.poolOf(mode); pool != nil {
-		if err := pool.Refuse(); err != nil {
-			server.EndEarly(ctx)
-			e.writeError(ctx, w, mode, err)
-			return
-		}
 	}
 	maxBody := e.MaxBody
 	if maxBody <= 0 {
@@ -266,6 +256,28 @@ func (e *Executor) Serve(ctx *fasthttp.RequestCtx, w *Workload, p Params) {
 	ctx.SetContentType(w.contentType(p))
 	ctx.Response.Header.Set("X-Hybrid-Mode", string(mode))
 	ctx.SetBody(out)
+}
+
+// admit is the decision from the headers, shared by Serve and the routes'
+// answer to Expect: 100-continue: the mode, and whether its pool would
+// take the task. An overloaded pool refuses before the body is read: the
+// body is never held in memory, and the lingering close discards it (or,
+// with Expect: 100-continue, the client never sends it). It reports
+// whether the request goes on; if not, it has written the response.
+func (e *Executor) admit(ctx *fasthttp.RequestCtx, w *Workload) (Mode, bool) {
+	mode, err := e.mode(ctx, w)
+	if err != nil {
+		server.WriteError(ctx, err)
+		return "", false
+	}
+	if pool := e.poolOf(mode); pool != nil {
+		if err := pool.Refuse(); err != nil {
+			server.EndEarly(ctx)
+			e.writeError(ctx, w, mode, err)
+			return "", false
+		}
+	}
+	return mode, true
 }
 
 func checkOf(w *Workload) func(Params, []byte) error {
@@ -329,33 +341,43 @@ func (e *Executor) writeError(ctx *fasthttp.RequestCtx, w *Workload, mode Mode, 
 // Every route also takes ?mode=inline|pool|isolate when AllowOverride is set.
 func (e *Executor) Mount(r *server.Router) {
 	post := fasthttp.MethodPost
-	route := func(name string, params func(*fasthttp.RequestCtx) Params) fasthttp.RequestHandler {
+	// Each route answers Expect: 100-continue with admit's decision.
+	type route struct {
+		h     fasthttp.RequestHandler
+		early server.Early
+	}
+	mk := func(name string, params func(*fasthttp.RequestCtx) Params) route {
 		w, ok := Lookup(name)
 		if !ok {
 			panic("handlers: no workload " + name)
 		}
-		return func(ctx *fasthttp.RequestCtx) { e.Serve(ctx, w, params(ctx)) }
+		return route{
+			h:     func(ctx *fasthttp.RequestCtx) { e.Serve(ctx, w, params(ctx)) },
+			early: func(ctx *fasthttp.RequestCtx) bool { _, ok := e.admit(ctx, w); return ok },
+		}
 	}
-	r.HandlePrefix(post, "/v1/hash/", route("hash", func(ctx *fasthttp.RequestCtx) Params {
+	handle := func(path string, rt route) { r.HandleEarly(post, path, rt.h, rt.early) }
+	handlePrefix := func(path string, rt route) { r.HandlePrefixEarly(post, path, rt.h, rt.early) }
+	handlePrefix("/v1/hash/", mk("hash", func(ctx *fasthttp.RequestCtx) Params {
 		return Params{"algo": server.PathParam(ctx, "/v1/hash/"), "encoding": string(ctx.QueryArgs().Peek("encoding"))}
 	}))
-	r.HandlePrefix(post, "/v1/password/hash/", route("password-hash", func(ctx *fasthttp.RequestCtx) Params {
+	handlePrefix("/v1/password/hash/", mk("password-hash", func(ctx *fasthttp.RequestCtx) Params {
 		return Params{"algo": server.PathParam(ctx, "/v1/password/hash/")}
 	}))
-	r.Handle(post, "/v1/password/verify", route("password-verify", func(*fasthttp.RequestCtx) Params {
+	handle("/v1/password/verify", mk("password-verify", func(*fasthttp.RequestCtx) Params {
 		return Params{}
 	}))
-	r.HandlePrefix(post, "/v1/compress/", route("compress", func(ctx *fasthttp.RequestCtx) Params {
+	handlePrefix("/v1/compress/", mk("compress", func(ctx *fasthttp.RequestCtx) Params {
 		return Params{"codec": server.PathParam(ctx, "/v1/compress/"), "level": string(ctx.QueryArgs().Peek("level"))}
 	}))
-	r.HandlePrefix(post, "/v1/decompress/", route("decompress", func(ctx *fasthttp.RequestCtx) Params {
+	handlePrefix("/v1/decompress/", mk("decompress", func(ctx *fasthttp.RequestCtx) Params {
 		p := Params{"codec": server.PathParam(ctx, "/v1/decompress/"), "max_output": fmt.Sprint(e.MaxOutput)}
 		if lvl := ctx.QueryArgs().Peek("level"); len(lvl) > 0 {
 			p["level"] = string(lvl)
 		}
 		return p
 	}))
-	r.Handle(post, "/v1/image/resize", route("image-resize", func(ctx *fasthttp.RequestCtx) Params {
+	handle("/v1/image/resize", mk("image-resize", func(ctx *fasthttp.RequestCtx) Params {
 		q := ctx.QueryArgs()
 		p := Params{
 			"max_pixels":        fmt.Sprint(e.ImageMaxPixels),
@@ -369,5 +391,5 @@ func (e *Executor) Mount(r *server.Router) {
 		}
 		return p
 	}))
-	r.Handle(post, "/v1/image/info", route("image-info", func(*fasthttp.RequestCtx) Params { return Params{} }))
+	handle("/v1/image/info", mk("image-info", func(*fasthttp.RequestCtx) Params { return Params{} }))
 }

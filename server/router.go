@@ -15,27 +15,52 @@ import (
 // never takes the worker down.
 type Router struct {
 	log      *slog.Logger
-	routes   map[string]map[string]fasthttp.RequestHandler
+	routes   map[string]map[string]route
 	prefixes []string // HandlePrefix paths, longest first
 }
 
+type route struct {
+	h     fasthttp.RequestHandler
+	early Early
+}
+
+// Early is a route's answer from the request's headers alone, for a client
+// that asks before it sends its body (Expect: 100-continue). It reports
+// whether the body is wanted; if not, it has written the final response,
+// which the client gets instead of 100 Continue and without uploading.
+// The route's handler runs afterwards only if the body is wanted, and
+// decides again: Early must be the handler's own decision from the
+// headers, not a second one.
+type Early func(ctx *fasthttp.RequestCtx) bool
+
 // NewRouter returns an empty router that logs handler panics to log.
 func NewRouter(log *slog.Logger) *Router {
-	return &Router{log: log, routes: map[string]map[string]fasthttp.RequestHandler{}}
+	return &Router{log: log, routes: map[string]map[string]route{}}
 }
 
 // Handle registers h for method and path. HEAD is served by GET handlers.
 func (r *Router) Handle(method, path string, h fasthttp.RequestHandler) {
+	r.HandleEarly(method, path, h, nil)
+}
+
+// HandleEarly registers h for method and path, with early as its answer
+// from the headers to Expect: 100-continue (nil: always continue).
+func (r *Router) HandleEarly(method, path string, h fasthttp.RequestHandler, early Early) {
 	if r.routes[path] == nil {
-		r.routes[path] = map[string]fasthttp.RequestHandler{}
+		r.routes[path] = map[string]route{}
 	}
-	r.routes[path][method] = h
+	r.routes[path][method] = route{h: h, early: early}
 }
 
 // HandlePrefix registers h for method and every path under prefix (which
 // ends in "/"), such as "/v1/hash/" for /v1/hash/{algo}. [PathParam] returns
 // the rest of the path. An exact route wins over a prefix.
 func (r *Router) HandlePrefix(method, prefix string, h fasthttp.RequestHandler) {
+	r.HandlePrefixEarly(method, prefix, h, nil)
+}
+
+// HandlePrefixEarly is HandlePrefix with an [Early] answer.
+func (r *Router) HandlePrefixEarly(method, prefix string, h fasthttp.RequestHandler, early Early) {
 	if !strings.HasSuffix(prefix, "/") {
 		panic("server: HandlePrefix: prefix must end in /: " + prefix)
 	}
@@ -43,7 +68,7 @@ func (r *Router) HandlePrefix(method, prefix string, h fasthttp.RequestHandler) 
 		r.prefixes = append(r.prefixes, prefix)
 		slices.SortFunc(r.prefixes, func(a, b string) int { return len(b) - len(a) })
 	}
-	r.Handle(method, prefix, h)
+	r.HandleEarly(method, prefix, h, early)
 }
 
 // PathParam returns the part of the request path after prefix.
@@ -51,7 +76,7 @@ func PathParam(ctx *fasthttp.RequestCtx, prefix string) string {
 	return strings.TrimPrefix(string(ctx.Path()), prefix)
 }
 
-func (r *Router) lookup(path []byte) map[string]fasthttp.RequestHandler {
+func (r *Router) lookup(path []byte) map[string]route {
 	if m := r.routes[string(path)]; m != nil {
 		return m
 	}
@@ -63,27 +88,19 @@ func (r *Router) lookup(path []byte) map[string]fasthttp.RequestHandler {
 	return nil
 }
 
-// Serve is the fasthttp.RequestHandler of the router.
-func (r *Router) Serve(ctx *fasthttp.RequestCtx) {
-	defer func() {
-		if v := recover(); v != nil {
-			r.log.Error("handler panic", "method", string(ctx.Method()), "path", string(ctx.Path()),
-				"panic", v, "stack", string(debug.Stack()))
-			ctx.Response.Reset()
-			WriteError(ctx, Errorf(fasthttp.StatusInternalServerError, CodeInternal, "internal error"))
-		}
-	}()
+// resolve finds the request's route, or writes the JSON 404 or 405.
+func (r *Router) resolve(ctx *fasthttp.RequestCtx) (route, bool) {
 	methods := r.lookup(ctx.Path())
 	if methods == nil {
 		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "no route for %s %s", ctx.Method(), ctx.Path()))
-		return
+		return route{}, false
 	}
 	method := string(ctx.Method())
-	h := methods[method]
-	if h == nil && method == fasthttp.MethodHead {
-		h = methods[fasthttp.MethodGet]
+	rt, ok := methods[method]
+	if !ok && method == fasthttp.MethodHead {
+		rt, ok = methods[fasthttp.MethodGet]
 	}
-	if h == nil {
+	if !ok {
 		allow := make([]string, 0, len(methods))
 		for m := range methods {
 			allow = append(allow, m)
@@ -92,7 +109,43 @@ func (r *Router) Serve(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.Set(fasthttp.HeaderAllow, strings.Join(allow, ", "))
 		WriteError(ctx, Errorf(fasthttp.StatusMethodNotAllowed, CodeMethodNotAllow,
 			"%s %s: method not allowed; allowed: %s", ctx.Method(), ctx.Path(), strings.Join(allow, ", ")))
-		return
+		return route{}, false
 	}
-	h(ctx)
+	return rt, true
+}
+
+// Serve is the fasthttp.RequestHandler of the router.
+func (r *Router) Serve(ctx *fasthttp.RequestCtx) {
+	defer func() { r.panicked(ctx, recover()) }()
+	if rt, ok := r.resolve(ctx); ok {
+		rt.h(ctx)
+	}
+}
+
+// Early is the router's answer from the headers: the route's [Early], or a
+// 404 or 405 written at once. It reports whether the body is wanted.
+func (r *Router) Early(ctx *fasthttp.RequestCtx) (want bool) {
+	defer func() {
+		if r.panicked(ctx, recover()) {
+			want = false
+		}
+	}()
+	rt, ok := r.resolve(ctx)
+	if !ok {
+		return false
+	}
+	return rt.early == nil || rt.early(ctx)
+}
+
+// panicked turns a handler's panic, v as recovered, into a JSON 500 with
+// its stack in the log; it reports whether there was one.
+func (r *Router) panicked(ctx *fasthttp.RequestCtx, v any) bool {
+	if v == nil {
+		return false
+	}
+	r.log.Error("handler panic", "method", string(ctx.Method()), "path", string(ctx.Path()),
+		"panic", v, "stack", string(debug.Stack()))
+	ctx.Response.Reset()
+	WriteError(ctx, Errorf(fasthttp.StatusInternalServerError, CodeInternal, "internal error"))
+	return true
 }

@@ -141,6 +141,7 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 	s.maxBody = cfg.MaxBody
 	s.fs = newFastServer(cfg, s.serve, log)
 	s.fs.StreamRequestBody = true // handlers read the body with Body, or refuse before it (body.go)
+	s.fs.ExpectHandler = s.expect
 	s.Router.Handle(fasthttp.MethodGet, "/health", s.health)
 	s.Router.Handle(fasthttp.MethodGet, "/ready", s.ready)
 	return s
@@ -168,11 +169,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 		s.inFlight.Add(-1)
 		s.requests.Add(1)
 	}()
-	if n := ctx.Request.Header.ContentLength(); n > s.maxBody {
-		// What fasthttp does before any handler when it reads the body
-		// itself: a body it streams is the server's to bound.
-		WriteError(ctx, endEarly(ctx, Errorf(fasthttp.StatusRequestEntityTooLarge, CodeBodyTooLarge,
-			"request body exceeds the limit of %d bytes", s.maxBody)))
+	if s.tooLarge(ctx) {
 		return
 	}
 	s.Router.Serve(ctx)
@@ -187,6 +184,35 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		s.closedAfterResponse.Add(1)
 	}
+}
+
+// tooLarge answers 413 to a request whose Content-Length is over the
+// limit: what fasthttp does before any handler when it reads the body
+// itself; a body it streams is the server's to bound.
+func (s *Server) tooLarge(ctx *fasthttp.RequestCtx) bool {
+	if ctx.Request.Header.ContentLength() <= s.maxBody {
+		return false
+	}
+	WriteError(ctx, endEarly(ctx, Errorf(fasthttp.StatusRequestEntityTooLarge, CodeBodyTooLarge,
+		"request body exceeds the limit of %d bytes", s.maxBody)))
+	return true
+}
+
+// expect answers a request with Expect: 100-continue from its headers,
+// before the client sends the body: 100 Continue if the route wants it, or
+// the final answer (413 over the limit, 404, 405, or the route's refusal,
+// such as a 503 from an overloaded pool). A client that waits for it (curl
+// does for bodies over 1 MiB) learns of a refusal in one round trip instead
+// of after its upload. fasthttp writes the response as the route left it
+// and closes the connection, by lingering, as the client may already be
+// sending.
+func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
+	if s.tooLarge(ctx) || !s.Router.Early(ctx) {
+		EndEarly(ctx)
+		s.requests.Add(1)
+		return ctx.Response.StatusCode()
+	}
+	return fasthttp.StatusContinue
 }
 
 // lingerAfter marks the connection of an early error response (the errors

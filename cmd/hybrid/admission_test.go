@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -189,4 +190,78 @@ func TestOverloadRefusesBeforeTheBody(t *testing.T) {
 			resp.Status, resp.Close, resp.Header.Get("Retry-After"))
 	}
 	t.Logf("503 %v after the first 8 KiB of a 16 MiB body", time.Since(start).Round(time.Microsecond))
+}
+
+// A client that sends Expect: 100-continue gets the final answer from the
+// headers and never uploads a body that would be refused: 503 from a full
+// pool, 413 over --max-body, 404 and 405; and 100 Continue, then the
+// answer, when the body is wanted, on a connection that stays open.
+func TestExpectContinueAnswersFromTheHeaders(t *testing.T) {
+	c, wg := startFullPool(t)
+	ask := func(method, path string, length int) (*http.Response, string) {
+		t.Helper()
+		conn, err := net.Dial("tcp", c.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: hybrid\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n", method, path, length)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%s %s with Expect: 100-continue and no body sent: %v; want the final answer from the headers", method, path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(body)
+	}
+	for _, tc := range []struct {
+		method, path string
+		length       int
+		status       int
+		code         string
+	}{
+		{"POST", "/v1/hash/sha256", 16 << 20, 503, "overloaded"},
+		{"POST", "/v1/hash/sha256", 64 << 20, 413, "body_too_large"},
+		{"POST", "/v1/nope", 1 << 20, 404, "not_found"},
+		{"GET", "/v1/hash/sha256", 1 << 20, 405, "method_not_allowed"},
+	} {
+		resp, body := ask(tc.method, tc.path, tc.length)
+		if resp.StatusCode != tc.status || !strings.Contains(body, `"code":"`+tc.code+`"`) || !resp.Close {
+			t.Errorf("%s %s (%d bytes announced) = %s %s close=%v; want %d %s and Connection: close",
+				tc.method, tc.path, tc.length, resp.Status, body, resp.Close, tc.status, tc.code)
+		}
+		if tc.status == 503 && resp.Header.Get("Retry-After") == "" {
+			t.Errorf("503 without Retry-After")
+		}
+	}
+	wg.Wait()
+
+	// With room: 100 Continue, then the body, then the answer, twice on one
+	// kept-alive connection.
+	conn, err := net.Dial("tcp", c.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(conn)
+	for i := range 2 {
+		fmt.Fprintf(conn, "POST /v1/hash/sha256 HTTP/1.1\r\nHost: hybrid\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 100 {
+			t.Fatalf("request %d: %v %v; want 100 Continue before the body", i, resp, err)
+		}
+		io.WriteString(conn, "abc")
+		resp, err = http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: no answer after the body: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		const abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+		if resp.StatusCode != 200 || !strings.Contains(string(body), abc) || resp.Close {
+			t.Errorf("request %d = %s %s close=%v; want 200 with sha256(abc), kept alive", i, resp.Status, body, resp.Close)
+		}
+	}
 }
