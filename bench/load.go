@@ -177,6 +177,9 @@ func Run(ctx context.Context, t Target, o Options, prog *Progress) (*Result, err
 	if o.Timeout == 0 {
 		o.Timeout = 30 * time.Second
 	}
+	if tls && t.expects() {
+		return nil, errors.New("Expect: 100-continue is honoured over http only")
+	}
 	if prog == nil {
 		prog = new(Progress)
 	}
@@ -200,7 +203,7 @@ func Run(ctx context.Context, t Target, o Options, prog *Progress) (*Result, err
 		prog.begin(true)
 		w := o
 		w.Duration, w.Requests = o.Warmup, 0
-		phase(ctx, client, t, w, prog)
+		phase(ctx, client, addr, t, w, prog)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -210,7 +213,7 @@ func Run(ctx context.Context, t Target, o Options, prog *Progress) (*Result, err
 	}
 	prog.begin(false)
 	cpu0, busy0 := selfCPU(), machineBusy()
-	r := phase(ctx, client, t, o, prog)
+	r := phase(ctx, client, addr, t, o, prog)
 	r.ClientCPUS = (selfCPU() - cpu0).Seconds()
 	r.MachineCPUS = (machineBusy() - busy0).Seconds()
 	return r, ctx.Err()
@@ -218,7 +221,7 @@ func Run(ctx context.Context, t Target, o Options, prog *Progress) (*Result, err
 
 // phase runs one bounded stretch of load and merges the per-connection
 // recorders.
-func phase(ctx context.Context, client *fasthttp.HostClient, t Target, o Options, prog *Progress) *Result {
+func phase(ctx context.Context, client *fasthttp.HostClient, addr string, t Target, o Options, prog *Progress) *Result {
 	start := time.Now()
 	var end time.Time // zero: no time bound
 	if o.Duration > 0 {
@@ -240,6 +243,19 @@ func phase(ctx context.Context, client *fasthttp.HostClient, t Target, o Options
 			defer fasthttp.ReleaseRequest(req)
 			defer fasthttp.ReleaseResponse(resp)
 			t.fill(req, o.NewConn)
+			do := func() error { return client.DoTimeout(req, resp, o.Timeout) }
+			if t.expects() {
+				ec, err := newExpectConn(t, addr, o.NewConn, o.Timeout)
+				if err != nil {
+					panic(err) // the URL parsed in ParseTarget
+				}
+				defer func() {
+					if ec.conn != nil {
+						ec.conn.Close()
+					}
+				}()
+				do = func() error { return ec.do(resp) }
+			}
 			timer := time.NewTimer(time.Hour)
 			defer timer.Stop()
 			for ctx.Err() == nil {
@@ -266,7 +282,7 @@ func phase(ctx context.Context, client *fasthttp.HostClient, t Target, o Options
 					}
 					sent = intended
 				}
-				err := client.DoTimeout(req, resp, o.Timeout)
+				err := do()
 				rec.record(resp.StatusCode(), err, time.Since(sent))
 				prog.done.Add(1)
 			}

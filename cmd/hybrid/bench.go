@@ -75,7 +75,7 @@ func benchFlagSet() (*flag.FlagSet, *benchConfig, func() error) {
 	fs.StringVar(&m.URL, "url", "", "measure a running hybrid server at this base URL (it needs --allow-mode-override for --modes)")
 	var targets, headers listFlag
 	fs.Var(&targets, "target", `measure any HTTP server: "[NAME=]METHOD URL [@BODYFILE] [c=N]"; repeatable`)
-	fs.Var(&headers, "H", `a header for every --target request, "Name: value"; repeatable`)
+	fs.Var(&headers, "H", `a header for every --target request, "Name: value"; repeatable. With "Expect: 100-continue" the client waits for the answer to the headers before it sends the body, as curl does`)
 	body := fs.String("body", "", "a file whose bytes are the body of every --target request that sends one (not GET or HEAD) and names no @BODYFILE")
 	fs.IntVar(&m.ServerPID, "server-pid", 0, "with --url or --target: the server's root pid, to measure its process tree's CPU per request and peak RSS")
 	serveArgs := fs.String("serve-args", "", `more flags for every server the bench starts, e.g. "--pool-size 2 --isolate-reuse 10"`)
