@@ -179,6 +179,13 @@ func (e *Executor) poolOf(mode Mode) *taskpool.Pool {
 // fail them. (context.WithTimeout of it also cost a goroutine per request,
 // to watch it; see deadlineCtx for the timer.)
 func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, input []byte) ([]byte, error) {
+	return e.run(ctx, time.Time{}, w, mode, p, input)
+}
+
+// run is Run for a request that arrived at since: the time since counts
+// against the admission bound (taskpool's DoSince), so a slow upload and
+// the queue together stay within --queue-wait.
+func (e *Executor) run(ctx context.Context, since time.Time, w *Workload, mode Mode, p Params, input []byte) ([]byte, error) {
 	tctx, cancel := withDeadline(ctx, e.TaskTimeout)
 	defer cancel()
 	ctx = tctx
@@ -187,7 +194,7 @@ func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, in
 		return w.Run(ctx, p, input)
 	case Pool:
 		var out []byte
-		err := e.classOf(w, Pool, len(input)).Do(ctx, func(ctx context.Context) error {
+		err := e.classOf(w, Pool, len(input)).DoSince(ctx, since, func(ctx context.Context) error {
 			var err error
 			out, err = w.Run(ctx, p, input)
 			return err
@@ -198,7 +205,7 @@ func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, in
 			break
 		}
 		var out []byte
-		err := e.classOf(w, Isolate, len(input)).Do(ctx, func(ctx context.Context) error {
+		err := e.classOf(w, Isolate, len(input)).DoSince(ctx, since, func(ctx context.Context) error {
 			var err error
 			out, err = e.Isolate.Run(ctx, w.Name, p, input)
 			return err
@@ -248,7 +255,7 @@ func (e *Executor) Serve(ctx *fasthttp.RequestCtx, w *Workload, p Params) {
 		server.WriteError(ctx, err)
 		return
 	}
-	out, err := e.Run(ctx, w, mode, p, input)
+	out, err := e.run(ctx, ctx.Time(), w, mode, p, input)
 	if err != nil {
 		e.writeError(ctx, w, mode, err)
 		return
@@ -308,9 +315,13 @@ func (e *Executor) writeError(ctx *fasthttp.RequestCtx, w *Workload, mode Mode, 
 				"the %s queue is full; retry in %d s", mode, retry))
 			break
 		}
+		spent := ""
+		if oe.Spent >= time.Millisecond {
+			spent = fmt.Sprintf(", after %v spent receiving the request,", oe.Spent.Round(time.Millisecond))
+		}
 		server.WriteError(ctx, server.Errorf(fasthttp.StatusServiceUnavailable, CodeOverloaded,
-			"overloaded: the predicted wait of %v exceeds the bound of %v; retry in %d s",
-			oe.Wait.Round(time.Millisecond), oe.Limit, retry))
+			"overloaded: the predicted wait of %v%s exceeds the bound of %v; retry in %d s",
+			oe.Wait.Round(time.Millisecond), spent, oe.Limit, retry))
 	case errors.Is(err, taskpool.ErrClosed):
 		ctx.SetConnectionClose()
 		server.WriteError(ctx, server.Errorf(fasthttp.StatusServiceUnavailable, server.CodeDraining,

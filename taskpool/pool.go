@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -54,18 +55,27 @@ const (
 // tasks and 90 % in 8.
 const ewmaWeight = 0.25
 
-// The predicted wait is calibrated against the waits queued tasks really
-// had. The sum of the estimates ahead of a task is an unbiased forecast only
-// while run times stay what they were when the task was admitted; under
-// overload they grow (more uploads to read, more memory, cores shared with
-// what a full queue costs), and a task admitted at the bound started ~10 %
-// past it, measured with thumbnails at 3× capacity. So each task that
-// waited for a slot compares its wait with the raw forecast it was admitted
-// on; the EWMA of that ratio (biasWeight per task, each ratio clamped to
-// [biasMin, biasMax], so one stalled task moves it by at most 5 %) scales
-// every forecast after. Forecasts shorter than
-// biasFloor are left out: their ratio is scheduling noise.
+// The predicted wait is the 99th percentile of the wait, not its mean: under
+// overload nearly every admitted task is admitted at the bound, so a mean
+// forecast would let half of them start past it. A class's estimate is an
+// EWMA of its run times, and its spread an EWMA of their variance (same
+// weight). The wait is the sum of the run times ahead ÷ the run slots, and
+// the sum's variance has two parts: each queued task's own (n·σ²), and the
+// estimate's error, shared by all n queued tasks of the class
+// (n²·σ²·w/(2−w), the variance of an EWMA of weight w). The forecast adds
+// waitZ standard deviations. The estimate's error dominates: with 85
+// thumbnails queued per slot (10 s) and run times of 117 ± 20 ms, ±0.65 s
+// against ±0.18 s.
+//
+// The mean is then calibrated against the waits queued tasks really had,
+// because run times under overload drift after admission (more uploads to
+// read, more memory). Each task that waited for a slot compares its wait
+// with the mean forecast it was admitted on; an EWMA of that ratio
+// (biasWeight per task, each ratio clamped to [biasMin, biasMax], so one
+// stalled task moves it by at most 5 %) scales the mean. Forecasts shorter
+// than biasFloor are left out: their ratio is scheduling noise.
 const (
+	waitZ      = 2.33 // the 99th percentile of a normal distribution
 	biasWeight = 0.05
 	biasMin    = 0.5
 	biasMax    = 2.0
@@ -87,6 +97,9 @@ type OverloadError struct {
 	Wait time.Duration
 	// Limit is the pool's QueueWait.
 	Limit time.Duration
+	// Spent is how long the task's caller had waited already when it
+	// asked ([Class.DoSince]); it counts against Limit with Wait.
+	Spent time.Duration
 	// Full is set when the count cap (Config.Queue) refused it, not the
 	// time bound.
 	Full bool
@@ -95,6 +108,10 @@ type OverloadError struct {
 func (e *OverloadError) Error() string {
 	if e.Full {
 		return fmt.Sprintf("taskpool: overloaded: the queue is full (predicted wait %v)", e.Wait.Round(time.Millisecond))
+	}
+	if e.Spent > 0 {
+		return fmt.Sprintf("taskpool: overloaded: predicted wait %v after %v spent exceeds %v",
+			e.Wait.Round(time.Millisecond), e.Spent.Round(time.Millisecond), e.Limit)
 	}
 	return fmt.Sprintf("taskpool: overloaded: predicted wait %v exceeds %v", e.Wait.Round(time.Millisecond), e.Limit)
 }
@@ -125,8 +142,11 @@ type Config struct {
 type ClassStats struct {
 	Name       string  `json:"name"`
 	EstimateMS float64 `json:"estimate_ms"`
-	Waiting    int     `json:"waiting"`
-	Completed  uint64  `json:"completed"`
+	// SpreadMS is the standard deviation of the run times, by the same
+	// EWMA.
+	SpreadMS  float64 `json:"spread_ms"`
+	Waiting   int     `json:"waiting"`
+	Completed uint64  `json:"completed"`
 }
 
 // Stats are a pool's counters, for /health and metrics.
@@ -139,8 +159,8 @@ type Stats struct {
 	// arriving now would have.
 	QueueWaitMS     float64 `json:"queue_wait_ms"`
 	PredictedWaitMS float64 `json:"predicted_wait_ms"`
-	// WaitBias is the calibration of the predicted wait: queued tasks'
-	// actual waits ÷ the sums of estimates they were admitted on.
+	// WaitBias is the calibration of the predicted wait's mean: queued
+	// tasks' actual waits ÷ the sums of estimates they were admitted on.
 	WaitBias  float64 `json:"wait_bias"`
 	Completed uint64  `json:"completed"`
 	// Rejected counts every refusal; RejectedFull those of the count cap.
@@ -159,6 +179,7 @@ type Class struct {
 	name string
 	// Guarded by p.mu.
 	estimate time.Duration
+	variance float64 // of the run times, in ns²
 	waiting  int
 
 	completed atomic.Uint64
@@ -172,7 +193,7 @@ type ticket struct {
 	start time.Time     // when it got its run slot
 
 	queued   time.Time     // when it was queued
-	forecast time.Duration // the raw (uncalibrated) predicted wait it was admitted on
+	forecast time.Duration // the mean (uncalibrated) work ahead it was admitted on, ÷ slots
 }
 
 // Pool is a bounded task pool. Its methods are safe for concurrent use.
@@ -186,7 +207,7 @@ type Pool struct {
 	running []*ticket // tasks holding a run slot; len ≤ size except after a shrinking Tune
 	waiters []*ticket // FIFO; closing ready hands a run slot over
 	classes []*Class
-	bias    float64 // actual ÷ forecast wait, see biasWeight
+	bias    float64 // actual ÷ mean forecast wait, see waitZ
 	closed  bool
 	idle    chan struct{} // made by Close; closed when the last running task ends
 
@@ -247,8 +268,16 @@ func (p *Pool) Do(ctx context.Context, task func(context.Context) error) error {
 // The task runs on the caller's goroutine, once it holds a slot: see the
 // package doc for why there is no hand-off to a pool goroutine.
 func (c *Class) Do(ctx context.Context, task func(context.Context) error) error {
+	return c.DoSince(ctx, time.Time{}, task)
+}
+
+// DoSince is Do for a caller that has been waiting since since (a request,
+// since its headers arrived: its upload came first): the time already
+// spent counts against QueueWait, so that the bound holds for the whole
+// wait before the task starts. A zero since is now.
+func (c *Class) DoSince(ctx context.Context, since time.Time, task func(context.Context) error) error {
 	p := c.p
-	t, err := p.acquire(ctx, c)
+	t, err := p.acquire(ctx, c, since)
 	if err != nil {
 		return err
 	}
@@ -270,7 +299,7 @@ func (p *Pool) run(ctx context.Context, task func(context.Context) error) (err e
 }
 
 // acquire takes a run slot, waiting in the queue if admitted.
-func (p *Pool) acquire(ctx context.Context, c *Class) (*ticket, error) {
+func (p *Pool) acquire(ctx context.Context, c *Class, since time.Time) (*ticket, error) {
 	if ctx.Err() != nil {
 		p.timedOut.Add(1)
 		return nil, ErrDeadline
@@ -282,7 +311,11 @@ func (p *Pool) acquire(ctx context.Context, c *Class) (*ticket, error) {
 		return nil, ErrClosed
 	}
 	now := time.Now()
-	run, refused, full, wait := p.admitLocked(now)
+	var spent time.Duration
+	if !since.IsZero() {
+		spent = max(0, now.Sub(since))
+	}
+	run, refused, full, wait := p.admitLocked(now, spent)
 	if run {
 		t.start = now
 		p.running = append(p.running, t)
@@ -295,10 +328,11 @@ func (p *Pool) acquire(ctx context.Context, c *Class) (*ticket, error) {
 		if full {
 			p.rejectedFull.Add(1)
 		}
-		return nil, &OverloadError{Wait: wait, Limit: p.queueWait, Full: full}
+		return nil, &OverloadError{Wait: wait, Spent: spent, Limit: p.queueWait, Full: full}
 	}
 	t.ready = make(chan struct{})
-	t.queued, t.forecast = now, time.Duration(float64(wait)/p.bias)
+	mean, _ := p.forecastLocked(now)
+	t.queued, t.forecast = now, mean/time.Duration(p.size)
 	p.waiters = append(p.waiters, t)
 	c.waiting++
 	p.mu.Unlock()
@@ -326,38 +360,44 @@ func (p *Pool) acquire(ctx context.Context, c *Class) (*ticket, error) {
 	return nil, ErrDeadline
 }
 
-// predictLocked is the wait of a task queued now: the work ahead of it,
-// divided by the run slots, times the calibration (see biasWeight). The work ahead is the estimated run time of
-// every queued task, and what is left of each running task's estimate (none
-// once it has run longer: how much longer it runs is unknown, and letting
-// one slow task stand for every queued task of its class would let a
-// single expensive request shut its workload out).
+// predictLocked is the wait of a task queued now, at its 99th percentile
+// (see waitZ): the work ahead of it, divided by the run slots. The work
+// ahead is the estimated run time of every queued task, and what is left
+// of each running task's estimate (none once it has run longer: how much
+// longer it runs is unknown, and letting one slow task stand for every
+// queued task of its class would let a single expensive request shut its
+// workload out).
 func (p *Pool) predictLocked(now time.Time) time.Duration {
-	return time.Duration(float64(p.forecastLocked(now)) * p.bias)
+	mean, variance := p.forecastLocked(now)
+	return time.Duration((float64(mean)*p.bias + waitZ*math.Sqrt(variance)) / float64(p.size))
 }
 
-// forecastLocked is the predicted wait before calibration.
-func (p *Pool) forecastLocked(now time.Time) time.Duration {
-	var work time.Duration
+// forecastLocked is the mean of the work ahead, uncalibrated, and its
+// variance in ns².
+func (p *Pool) forecastLocked(now time.Time) (mean time.Duration, variance float64) {
+	const estErr = ewmaWeight / (2 - ewmaWeight) // an EWMA's variance ÷ its samples'
 	for _, c := range p.classes {
-		work += time.Duration(c.waiting) * c.estimate
+		n := float64(c.waiting)
+		mean += time.Duration(c.waiting) * c.estimate
+		variance += n * c.variance * (1 + n*estErr)
 	}
 	for _, r := range p.running {
-		work += max(0, r.class.estimate-now.Sub(r.start))
+		mean += max(0, r.class.estimate-now.Sub(r.start))
 	}
-	return work / time.Duration(p.size)
+	return mean, variance
 }
 
-// admitLocked is the admission rule, in one place: a task arriving now runs
-// at once (run), or waits (neither), or is refused for its predicted wait or
-// for a full queue (refused, and full for the latter).
-func (p *Pool) admitLocked(now time.Time) (run, refused, full bool, wait time.Duration) {
+// admitLocked is the admission rule, in one place: a task arriving now,
+// whose caller has waited spent already, runs at once (run), or waits
+// (neither), or is refused for its predicted wait or for a full queue
+// (refused, and full for the latter).
+func (p *Pool) admitLocked(now time.Time, spent time.Duration) (run, refused, full bool, wait time.Duration) {
 	if len(p.running) < p.size && len(p.waiters) == 0 {
 		return true, false, false, 0
 	}
 	wait = p.predictLocked(now)
 	full = len(p.waiters) >= p.queue
-	return false, full || wait > p.queueWait, full, wait
+	return false, full || spent+wait > p.queueWait, full, wait
 }
 
 // release frees t's run slot, handing it to the first waiter if any. If
@@ -367,7 +407,11 @@ func (p *Pool) release(t *ticket, ran bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c := t.class; ran {
-		c.estimate += time.Duration(ewmaWeight * float64(now.Sub(t.start)-c.estimate))
+		// West's incremental EWMA of the mean and variance.
+		diff := float64(now.Sub(t.start) - c.estimate)
+		incr := ewmaWeight * diff
+		c.estimate += time.Duration(incr)
+		c.variance = (1 - ewmaWeight) * (c.variance + diff*incr)
 		c.completed.Add(1)
 	}
 	if i := slices.Index(p.running, t); i >= 0 {
@@ -421,7 +465,7 @@ func (p *Pool) Tune(size int) error {
 // input: a server, before it reads a request's body.
 func (p *Pool) Refuse() error {
 	p.mu.Lock()
-	_, refused, full, wait := p.admitLocked(time.Now())
+	_, refused, full, wait := p.admitLocked(time.Now(), 0)
 	p.mu.Unlock()
 	if !refused {
 		return nil
@@ -439,7 +483,7 @@ func (p *Pool) Refuse() error {
 func (p *Pool) Saturated() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	_, refused, _, _ := p.admitLocked(time.Now())
+	_, refused, _, _ := p.admitLocked(time.Now(), 0)
 	return refused
 }
 
@@ -450,7 +494,7 @@ func (p *Pool) Stats() Stats {
 		QueueWaitMS: ms(p.queueWait), PredictedWaitMS: ms(p.predictLocked(time.Now())), WaitBias: p.bias,
 		Classes: make([]ClassStats, len(p.classes))}
 	for i, c := range p.classes {
-		s.Classes[i] = ClassStats{Name: c.name, EstimateMS: ms(c.estimate), Waiting: c.waiting, Completed: c.completed.Load()}
+		s.Classes[i] = ClassStats{Name: c.name, EstimateMS: ms(c.estimate), SpreadMS: c.spreadMS(), Waiting: c.waiting, Completed: c.completed.Load()}
 	}
 	p.mu.Unlock()
 	s.Completed, s.Rejected, s.RejectedFull = p.completed.Load(), p.rejected.Load(), p.rejectedFull.Load()
@@ -459,6 +503,8 @@ func (p *Pool) Stats() Stats {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (c *Class) spreadMS() float64 { return ms(time.Duration(math.Sqrt(c.variance))) }
 
 // Close refuses new tasks, fails the queued ones with ErrClosed, and waits
 // up to ctx for the running ones to end.
@@ -514,6 +560,7 @@ func (p *Pool) AppendStats(b []byte) []byte {
 		co := jsonw.Open(o.B)
 		co.String("name", c.name)
 		co.Float("estimate_ms", ms(c.estimate))
+		co.Float("spread_ms", c.spreadMS())
 		co.Int("waiting", int64(c.waiting))
 		co.Uint("completed", c.completed.Load())
 		o.B = co.Close()

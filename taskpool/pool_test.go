@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -416,27 +417,31 @@ func TestPredictedWaitIsCalibratedByActualWaits(t *testing.T) {
 		name     string
 		seed     time.Duration
 		run      time.Duration
+		queued   int
 		min, max float64
 	}{
-		{"slower than admitted", 10 * time.Millisecond, 40 * time.Millisecond, 1.15, biasMax},
-		{"faster than admitted", 80 * time.Millisecond, 10 * time.Millisecond, biasMin, 0.9},
+		// 11 ratios of ~4, clamped to 2 (the first forecast is under
+		// biasFloor): 2 − 0.95^11.
+		{"slower than admitted", 10 * time.Millisecond, 40 * time.Millisecond, 12, 1.3, 1.5},
+		// 30 ratios of ~1/16, clamped to 0.5: 0.5 + 0.5 × 0.95^30.
+		{"faster than admitted", 80 * time.Millisecond, 5 * time.Millisecond, 30, 0.55, 0.7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := New(Config{Size: 1, QueueWait: time.Second})
+			p, err := New(Config{Size: 1, QueueWait: time.Minute, Queue: 100})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer p.Close(context.Background())
 			c := p.Class("k", tc.seed)
-			// One running and 7 queued at once: each queued task's forecast
-			// is made from the seed before any of them has run.
+			// One running and the rest queued at once: each queued task's
+			// forecast is made from the seed before any of them has run.
 			release := make(chan struct{})
 			var wg sync.WaitGroup
 			wg.Go(func() {
 				c.Do(context.Background(), func(context.Context) error { <-release; time.Sleep(tc.run); return nil })
 			})
 			waitFor(t, func() bool { return p.Stats().Running == 1 })
-			for i := range 7 {
+			for i := range tc.queued {
 				wg.Go(func() {
 					c.Do(context.Background(), func(context.Context) error { time.Sleep(tc.run); return nil })
 				})
@@ -446,10 +451,84 @@ func TestPredictedWaitIsCalibratedByActualWaits(t *testing.T) {
 			wg.Wait()
 			s := p.Stats()
 			if s.WaitBias < tc.min || s.WaitBias > tc.max {
-				t.Errorf("wait bias after tasks of %v admitted on estimates of %v = %.2f; want [%.2f, %.2f]",
+				t.Errorf("wait bias after tasks of %v admitted on estimates of %v = %.3f; want [%.2f, %.2f]",
 					tc.run, tc.seed, s.WaitBias, tc.min, tc.max)
 			}
-			t.Logf("wait bias %.2f", s.WaitBias)
+			t.Logf("wait bias %.3f", s.WaitBias)
 		})
 	}
+}
+
+// The time a caller has spent already counts against the bound: a task
+// whose predicted wait fits on its own is refused once its caller has
+// waited the rest.
+func TestTimeSpentCountsAgainstTheBound(t *testing.T) {
+	p, err := New(Config{Size: 1, QueueWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	c := p.Class("k", 400*time.Millisecond)
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { c.Do(context.Background(), func(context.Context) error { <-release; return nil }) })
+	free := sync.OnceFunc(func() { close(release) })
+	defer func() { free(); wg.Wait() }()
+	waitFor(t, func() bool { return p.Stats().Running == 1 })
+	// Predicted wait ≈ 400 ms of the running task's estimate: within 1 s
+	// for a fresh caller, not for one that waited 800 ms already.
+	err = c.DoSince(context.Background(), time.Now().Add(-800*time.Millisecond), func(context.Context) error { return nil })
+	var oe *OverloadError
+	if !errors.As(err, &oe) || oe.Spent < 800*time.Millisecond || oe.RetryAfter() != time.Second {
+		t.Fatalf("DoSince 800 ms ago = %v; want an OverloadError with Spent ≥ 800 ms and RetryAfter 1 s", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- c.DoSince(context.Background(), time.Now(), func(context.Context) error { return nil })
+	}()
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+	free()
+	if err := <-done; err != nil {
+		t.Errorf("a fresh caller with the same predicted wait: %v; want it queued and run", err)
+	}
+}
+
+// The predicted wait is an upper percentile: the mean of the work ahead
+// plus waitZ standard deviations of it, from the run times' spread.
+func TestPredictedWaitCoversTheSpread(t *testing.T) {
+	p, err := New(Config{Size: 1, QueueWait: time.Minute, Queue: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	c := p.Class("k", 30*time.Millisecond)
+	for i := range 40 { // one at a time: no queue, so no calibration
+		d := 10 * time.Millisecond
+		if i%2 == 1 {
+			d = 50 * time.Millisecond
+		}
+		c.Do(context.Background(), func(context.Context) error { time.Sleep(d); return nil })
+	}
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(release); wg.Wait() }()
+	wg.Go(func() { c.Do(context.Background(), func(context.Context) error { <-release; return nil }) })
+	waitFor(t, func() bool { return p.Stats().Running == 1 })
+	const n = 10
+	for i := range n {
+		wg.Go(func() { c.Do(context.Background(), func(context.Context) error { return nil }) })
+		waitFor(t, func() bool { return p.Stats().Waiting == i+1 })
+	}
+	s := p.Stats()
+	est, spread := s.Classes[0].EstimateMS, s.Classes[0].SpreadMS
+	if spread < 10 {
+		t.Fatalf("spread of run times of 10 and 50 ms = %.1f ms; want about 20", spread)
+	}
+	sd := spread * math.Sqrt(n*(1+n*ewmaWeight/(2-ewmaWeight)))
+	lo, hi := n*est+waitZ*sd, (n+1)*est+waitZ*sd // the running task's remainder is in [0, est]
+	if s.PredictedWaitMS < lo-1 || s.PredictedWaitMS > hi+1 || s.WaitBias != 1 {
+		t.Errorf("predicted wait %.1f ms (bias %.2f) with %d queued of %.1f ± %.1f ms; want [%.1f, %.1f] and bias 1",
+			s.PredictedWaitMS, s.WaitBias, n, est, spread, lo, hi)
+	}
+	t.Logf("predicted wait %.1f ms: mean %.1f, %d queued of %.1f ± %.1f ms", s.PredictedWaitMS, n*est, n, est, spread)
 }
