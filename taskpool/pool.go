@@ -67,13 +67,16 @@ const ewmaWeight = 0.25
 // thumbnails queued per slot (10 s) and run times of 117 ± 20 ms, ±0.65 s
 // against ±0.18 s.
 //
-// The mean is then calibrated against the waits queued tasks really had,
+// Both are then calibrated against the waits queued tasks really had,
 // because run times under overload drift after admission (more uploads to
-// read, more memory). Each task that waited for a slot compares its wait
-// with the mean forecast it was admitted on; an EWMA of that ratio
+// read, more memory, cores shared with what a full queue costs), which no
+// per-task figure foresees. Each task that waited for a slot compares its
+// wait with the mean forecast it was admitted on. The EWMA of that ratio
 // (biasWeight per task, each ratio clamped to [biasMin, biasMax], so one
-// stalled task moves it by at most 5 %) scales the mean. Forecasts shorter
-// than biasFloor are left out: their ratio is scheduling noise.
+// stalled task moves it by at most 5 %) scales the mean, and the ratio's
+// own spread, times the mean, stands for the forecast's standard deviation
+// where it is larger than the model's. Forecasts shorter than biasFloor are
+// left out: their ratio is scheduling noise.
 const (
 	waitZ      = 2.33 // the 99th percentile of a normal distribution
 	biasWeight = 0.05
@@ -161,8 +164,10 @@ type Stats struct {
 	PredictedWaitMS float64 `json:"predicted_wait_ms"`
 	// WaitBias is the calibration of the predicted wait's mean: queued
 	// tasks' actual waits ÷ the sums of estimates they were admitted on.
-	WaitBias  float64 `json:"wait_bias"`
-	Completed uint64  `json:"completed"`
+	WaitBias float64 `json:"wait_bias"`
+	// WaitBiasSpread is the standard deviation of that ratio.
+	WaitBiasSpread float64 `json:"wait_bias_spread"`
+	Completed      uint64  `json:"completed"`
 	// Rejected counts every refusal; RejectedFull those of the count cap.
 	Rejected     uint64       `json:"rejected"`
 	RejectedFull uint64       `json:"rejected_full"`
@@ -208,6 +213,7 @@ type Pool struct {
 	waiters []*ticket // FIFO; closing ready hands a run slot over
 	classes []*Class
 	bias    float64 // actual ÷ mean forecast wait, see waitZ
+	biasVar float64 // its variance
 	closed  bool
 	idle    chan struct{} // made by Close; closed when the last running task ends
 
@@ -369,7 +375,8 @@ func (p *Pool) acquire(ctx context.Context, c *Class, since time.Time) (*ticket,
 // workload out).
 func (p *Pool) predictLocked(now time.Time) time.Duration {
 	mean, variance := p.forecastLocked(now)
-	return time.Duration((float64(mean)*p.bias + waitZ*math.Sqrt(variance)) / float64(p.size))
+	sd := max(math.Sqrt(variance), float64(mean)*math.Sqrt(p.biasVar))
+	return time.Duration((float64(mean)*p.bias + waitZ*sd) / float64(p.size))
 }
 
 // forecastLocked is the mean of the work ahead, uncalibrated, and its
@@ -437,7 +444,10 @@ func (p *Pool) startLocked(now time.Time) {
 	w.start = now
 	if w.forecast >= biasFloor {
 		r := min(biasMax, max(biasMin, float64(now.Sub(w.queued))/float64(w.forecast)))
-		p.bias += biasWeight * (r - p.bias)
+		diff := r - p.bias
+		incr := biasWeight * diff
+		p.bias += incr
+		p.biasVar = (1 - biasWeight) * (p.biasVar + diff*incr)
 	}
 	p.running = append(p.running, w)
 	close(w.ready)
@@ -491,7 +501,7 @@ func (p *Pool) Saturated() bool {
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
 	s := Stats{Capacity: p.size, Queue: p.queue, Running: len(p.running), Waiting: len(p.waiters),
-		QueueWaitMS: ms(p.queueWait), PredictedWaitMS: ms(p.predictLocked(time.Now())), WaitBias: p.bias,
+		QueueWaitMS: ms(p.queueWait), PredictedWaitMS: ms(p.predictLocked(time.Now())), WaitBias: p.bias, WaitBiasSpread: math.Sqrt(p.biasVar),
 		Classes: make([]ClassStats, len(p.classes))}
 	for i, c := range p.classes {
 		s.Classes[i] = ClassStats{Name: c.name, EstimateMS: ms(c.estimate), SpreadMS: c.spreadMS(), Waiting: c.waiting, Completed: c.completed.Load()}
@@ -546,6 +556,7 @@ func (p *Pool) AppendStats(b []byte) []byte {
 	o.Float("queue_wait_ms", ms(p.queueWait))
 	o.Float("predicted_wait_ms", ms(p.predictLocked(time.Now())))
 	o.Float("wait_bias", p.bias)
+	o.Float("wait_bias_spread", math.Sqrt(p.biasVar))
 	o.Uint("completed", p.completed.Load())
 	o.Uint("rejected", p.rejected.Load())
 	o.Uint("rejected_full", p.rejectedFull.Load())
