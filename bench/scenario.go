@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/hybrid-server/hybrid/internal/testimages"
+	"github.com/hybrid-server/hybrid/internal/sampleimages"
 )
 
 // Workload is a named request to a hybrid server. Bodies are generated
@@ -136,7 +136,7 @@ func text(n int, seed uint64) []byte {
 // (about 3 MB; smooth gradients alone would make 0.4 MB and decode faster
 // than any real photo).
 func photoJPEG() []byte {
-	img := testimages.Photo(4000, 3000)
+	img := sampleimages.Photo(4000, 3000)
 	r := rand.New(rand.NewPCG(4, 4))
 	for i := range img.Pix {
 		if i%4 == 3 {

@@ -7,7 +7,7 @@ import (
 	"image/jpeg"
 	"testing"
 
-	"github.com/hybrid-server/hybrid/internal/testimages"
+	"github.com/hybrid-server/hybrid/internal/sampleimages"
 	"golang.org/x/image/draw"
 )
 
@@ -73,7 +73,7 @@ func BenchmarkPasswordDefaults(b *testing.B) {
 // both resampled with Catmull-Rom.
 func BenchmarkThumbnail12MP(b *testing.B) {
 	var buf bytes.Buffer
-	jpeg.Encode(&buf, testimages.Photo(4000, 3000), &jpeg.Options{Quality: 90})
+	jpeg.Encode(&buf, sampleimages.Photo(4000, 3000), &jpeg.Options{Quality: 90})
 	input := buf.Bytes()
 	b.Run("stdlib-jpeg+catmullrom", func(b *testing.B) {
 		for b.Loop() {

@@ -144,9 +144,9 @@ func zstdEncoder(level int) *zstd.Encoder {
 }
 
 func init() {
-	Register(&Workload{Name: "compress", Estimate: 10 * time.Millisecond, Group: "compress", Check: checkCompress, Run: runCompress,
+	Register(&Workload{Name: "compress", Estimate: 10 * time.Millisecond, Group: "compress", CheckParams: checkCompress, Run: runCompress,
 		ContentTypeOf: func(p Params) string { return codecs[p["codec"]].contentType }})
-	Register(&Workload{Name: "decompress", Estimate: 5 * time.Millisecond, Group: "compress", Check: checkDecompress, Run: runDecompress,
+	Register(&Workload{Name: "decompress", Estimate: 5 * time.Millisecond, Group: "compress", CheckParams: checkDecompress, Run: runDecompress,
 		ContentType: "application/octet-stream"})
 }
 
@@ -169,7 +169,7 @@ func compressLevel(c codec, p Params) (int, error) {
 	return intParam(p, "level", c.defLevel, c.minLevel, c.maxLvl)
 }
 
-func checkCompress(p Params, _ []byte) error {
+func checkCompress(p Params) error {
 	c, err := lookupCodec(p)
 	if err != nil {
 		return err
@@ -190,7 +190,7 @@ func runCompress(_ context.Context, p Params, input []byte) ([]byte, error) {
 	return c.compress(input, level)
 }
 
-func checkDecompress(p Params, _ []byte) error {
+func checkDecompress(p Params) error {
 	if _, err := lookupCodec(p); err != nil {
 		return err
 	}

@@ -22,6 +22,11 @@ func run(t testing.TB, name string, p Params, input []byte) ([]byte, error) {
 	if !ok {
 		t.Fatalf("no workload %q", name)
 	}
+	if w.CheckParams != nil {
+		if err := w.CheckParams(p); err != nil {
+			return nil, err
+		}
+	}
 	if w.Check != nil {
 		if err := w.Check(p, input); err != nil {
 			return nil, err

@@ -53,10 +53,10 @@ func HashAlgos() []string {
 }
 
 func init() {
-	Register(&Workload{Name: "hash", Estimate: time.Millisecond, Group: "hash", Check: checkHash, Run: runHash, ContentType: "application/json"})
+	Register(&Workload{Name: "hash", Estimate: time.Millisecond, Group: "hash", CheckParams: checkHash, Run: runHash, ContentType: "application/json"})
 }
 
-func checkHash(p Params, _ []byte) error {
+func checkHash(p Params) error {
 	if _, ok := hashAlgos[p["algo"]]; !ok {
 		return server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo, "unknown hash algorithm %q; supported: %s",
 			p["algo"], strings.Join(HashAlgos(), ", "))

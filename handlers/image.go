@@ -39,7 +39,7 @@ const (
 	CodeImageTooLarge     = "image_too_large"    // 422
 )
 
-// Pipeline, chosen by measurement (FIELD-NOTES, bench/RESULTS.md): JPEG is
+// Pipeline, chosen by measurement (bench/RESULTS.md): JPEG is
 // decoded by github.com/gen2brain/jpegn, at 1/2, 1/4 or 1/8 scale in the IDCT
 // when the output is that much smaller (about 2× faster than decoding full
 // size, and memory follows the output), with EXIF orientation applied; PNG
@@ -49,7 +49,7 @@ const (
 // aliasing. WebP output is lossless (github.com/HugoSmits86/nativewebp, pure
 // Go; quality is ignored).
 func init() {
-	Register(&Workload{Name: "image-resize", Estimate: 150 * time.Millisecond, Group: "image", Check: checkResize, Run: runResize,
+	Register(&Workload{Name: "image-resize", Estimate: 150 * time.Millisecond, Group: "image", BigHeap: true, CheckParams: checkResizeParams, Check: checkResize, Run: runResize,
 		ContentTypeOf: func(p Params) string { return "image/" + outputFormat(p) }})
 	Register(&Workload{Name: "image-info", Estimate: time.Millisecond, Group: "image-info", Check: checkInfo, Run: runInfo,
 		ContentType: "application/json"})
@@ -364,6 +364,11 @@ func (r resizeReq) plan(h imageHeader) (outW, outH, scaledW, scaledH int, err er
 		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "output of %d×%d pixels exceeds the limit of %d", outW, outH, r.maxOut)
 	}
 	return outW, outH, scaledW, scaledH, nil
+}
+
+func checkResizeParams(p Params) error {
+	_, err := parseResize(p)
+	return err
 }
 
 func checkResize(p Params, input []byte) error {

@@ -15,7 +15,7 @@ import (
 	"testing"
 
 	"github.com/HugoSmits86/nativewebp"
-	"github.com/hybrid-server/hybrid/internal/testimages"
+	"github.com/hybrid-server/hybrid/internal/sampleimages"
 	"golang.org/x/image/bmp"
 	"golang.org/x/image/tiff"
 )
@@ -63,7 +63,7 @@ func resize(t testing.TB, input []byte, p Params) (image.Image, string, error) {
 }
 
 func TestResizeEveryInputFormat(t *testing.T) {
-	src := testimages.Photo(640, 480)
+	src := sampleimages.Photo(640, 480)
 	for _, format := range []string{"jpeg", "png", "gif", "webp", "bmp", "tiff"} {
 		input := encodeAs(t, format, src)
 		info, err := run(t, "image-info", Params{}, input)
@@ -83,7 +83,7 @@ func TestResizeEveryInputFormat(t *testing.T) {
 }
 
 func TestResizeFitsAndFormats(t *testing.T) {
-	input := encodeAs(t, "png", testimages.Photo(640, 480))
+	input := encodeAs(t, "png", sampleimages.Photo(640, 480))
 	for _, tc := range []struct {
 		p    Params
 		w, h int
@@ -121,7 +121,7 @@ func TestResizeFitsAndFormats(t *testing.T) {
 
 // A phone photo stored sideways (orientation 6) comes out upright.
 func TestEXIFOrientationIsApplied(t *testing.T) {
-	input := testimages.WithOrientation(encodeAs(t, "jpeg", testimages.Photo(640, 480)), 6)
+	input := sampleimages.WithOrientation(encodeAs(t, "jpeg", sampleimages.Photo(640, 480)), 6)
 	info, _ := run(t, "image-info", Params{}, input)
 	if !bytes.Contains(info, []byte(`"orientation":6`)) {
 		t.Fatalf("info = %s; want orientation 6", info)
@@ -182,9 +182,9 @@ func TestImageBombsAreRefusedFromTheHeader(t *testing.T) {
 		name  string
 		input []byte
 	}{
-		{"20000×20000 png", testimages.PNGHeader(20000, 20000)},
-		{"60000×60000 jpeg", testimages.JPEGHeader(60000, 60000)},
-		{"gif of 10000 frames", testimages.GIFFrames(10000)},
+		{"20000×20000 png", sampleimages.PNGHeader(20000, 20000)},
+		{"60000×60000 jpeg", sampleimages.JPEGHeader(60000, 60000)},
+		{"gif of 10000 frames", sampleimages.GIFFrames(10000)},
 	} {
 		if len(tc.input) > 200_000 {
 			t.Fatalf("%s: %d bytes", tc.name, len(tc.input))
@@ -200,15 +200,15 @@ func TestImageBombsAreRefusedFromTheHeader(t *testing.T) {
 			t.Errorf("%s: allocated %d KiB refusing it; want no pixel buffer", tc.name, grew>>10)
 		}
 	}
-	info, _ := run(t, "image-info", Params{}, testimages.GIFFrames(10000))
+	info, _ := run(t, "image-info", Params{}, sampleimages.GIFFrames(10000))
 	if !bytes.Contains(info, []byte(`"frames":10000`)) {
 		t.Errorf("info of the 10000-frame gif = %s", info)
 	}
 }
 
 func TestBadImagesGetTheirErrors(t *testing.T) {
-	jpg := encodeAs(t, "jpeg", testimages.Photo(640, 480))
-	png := encodeAs(t, "png", testimages.Photo(64, 48))
+	jpg := encodeAs(t, "jpeg", sampleimages.Photo(640, 480))
+	png := encodeAs(t, "png", sampleimages.Photo(64, 48))
 	for _, tc := range []struct {
 		name   string
 		input  []byte
@@ -220,7 +220,7 @@ func TestBadImagesGetTheirErrors(t *testing.T) {
 		{"header-only jpeg", jpg[:20], 422, CodeBadImage},
 		{"random bytes", bytes.Repeat([]byte{0x13, 0x37, 0x42}, 300), 415, CodeUnsupportedFormat},
 		{"empty body", nil, 415, CodeUnsupportedFormat},
-		{"zero-size png", testimages.PNGHeader(0, 10), 422, CodeBadImage},
+		{"zero-size png", sampleimages.PNGHeader(0, 10), 422, CodeBadImage},
 	} {
 		if _, err := run(t, "image-resize", Params{"width": "10"}, tc.input); !hasStatus(err, tc.status, tc.code) {
 			t.Errorf("%s = %v; want %d %s", tc.name, err, tc.status, tc.code)
@@ -319,7 +319,7 @@ func psnr(a, b image.Image) float64 {
 // a perceptual tolerance (PSNR ≥ 38 dB), so a decoder or resampler change
 // that visibly alters output fails here. -update-golden rewrites it.
 func TestGoldenThumbnail(t *testing.T) {
-	input := encodeAs(t, "jpeg", testimages.Photo(2400, 1800))
+	input := encodeAs(t, "jpeg", sampleimages.Photo(2400, 1800))
 	img, _, err := resize(t, input, Params{"width": "300", "format": "png"})
 	if err != nil {
 		t.Fatal(err)
@@ -349,9 +349,9 @@ func TestGoldenThumbnail(t *testing.T) {
 }
 
 func FuzzImageHeader(f *testing.F) {
-	f.Add(testimages.PNGHeader(10, 10))
-	f.Add(testimages.JPEGHeader(10, 10))
-	f.Add(testimages.GIFFrames(3))
+	f.Add(sampleimages.PNGHeader(10, 10))
+	f.Add(sampleimages.JPEGHeader(10, 10))
+	f.Add(sampleimages.GIFFrames(3))
 	f.Fuzz(func(t *testing.T, input []byte) {
 		h, err := readHeader(input)
 		if err != nil {

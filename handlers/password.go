@@ -50,9 +50,9 @@ const (
 )
 
 func init() {
-	Register(&Workload{Name: "password-hash", Estimate: 100 * time.Millisecond, Group: "password", Check: checkPasswordHash, Run: runPasswordHash,
+	Register(&Workload{Name: "password-hash", Estimate: 100 * time.Millisecond, Group: "password", BigHeap: true, CheckParams: checkPasswordAlgo, Check: checkPasswordHash, Run: runPasswordHash,
 		ContentType: "application/json"})
-	Register(&Workload{Name: "password-verify", Estimate: 100 * time.Millisecond, Group: "password", Check: checkPasswordVerify, Run: runPasswordVerify,
+	Register(&Workload{Name: "password-verify", Estimate: 100 * time.Millisecond, Group: "password", BigHeap: true, Check: checkPasswordVerify, Run: runPasswordVerify,
 		ContentType: "application/json"})
 }
 
@@ -203,6 +203,11 @@ func boundCost(algo string, cp costParams) error {
 		}
 	}
 	return nil
+}
+
+func checkPasswordAlgo(p Params) error {
+	_, err := hashParams(p["algo"], nil)
+	return err
 }
 
 func checkPasswordHash(p Params, input []byte) error {

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
@@ -23,8 +24,14 @@ type Workload struct {
 	Name string
 	// Group is the key of its mode in --mode ("hash", "password", "compress").
 	Group string
-	// Check validates params and input before the work is queued, so that a
-	// bad request never takes a pool slot. May be nil.
+	// CheckParams validates the params alone, in the worker, in every mode,
+	// before the body is read. May be nil.
+	CheckParams func(p Params) error
+	// Check validates the input (and params) before the work is queued, so
+	// that a bad request never takes a pool slot. It parses untrusted
+	// bytes, so the worker runs it only inline and on the pool; an
+	// isolated task's input is first parsed in its child, which runs Check
+	// and then Run. May be nil.
 	Check func(p Params, input []byte) error
 	// Run does the work.
 	Run Func
@@ -32,6 +39,10 @@ type Workload struct {
 	// admission estimate of the workload until its tasks have been timed
 	// (package taskpool). Zero: taskpool.DefaultEstimate.
 	Estimate time.Duration
+	// BigHeap marks a workload that grows a heap of tens of MiB whatever
+	// its input's size (argon2id's 19 MiB, an image decode): isolated, its
+	// child maps its heap ahead as huge pages (isolate.Job.Heap).
+	BigHeap bool
 	// ContentType of the output.
 	ContentType string
 	// ContentTypeOf, when set, gives the output's type from the params
@@ -94,7 +105,38 @@ const (
 	CodeOutputTooLarge  = "output_too_large"   // 413
 	CodeOverloaded      = "overloaded"         // 503
 	CodeTaskTimeout     = "task_timeout"       // 504
+	// The outcomes of isolation (package isolate).
+	CodeIsolateTimeout   = "isolate_timeout"   // 504
+	CodeMemoryLimit      = "memory_limit"      // 422
+	CodeCPULimit         = "cpu_limit"         // 422
+	CodeSandboxViolation = "sandbox_violation" // 422
+	CodeIsolateCrashed   = "isolate_crashed"   // 500
 )
+
+// jobCodes are the errors an isolated workload may answer with, and their
+// status: a child's error is passed on only if it is one of these. They
+// are what the workloads' Check and Run return (and 500 internal, a
+// workload's unexpected error).
+var jobCodes = map[string]int{
+	CodeBadParam: 400, server.CodeBadRequest: 400, CodeUnknownAlgo: 404,
+	CodeParamOutOfRange: 422, CodeBadInput: 422, CodeCorruptInput: 422, CodePasswordTooLong: 422,
+	CodeOutputTooLarge: 413, CodeUnsupportedFormat: 415, CodeBadImage: 422, CodeImageTooLarge: 422,
+	server.CodeInternal: 500,
+}
+
+// maxMessage bounds an error message from a child.
+const maxMessage = 512
+
+// truncate shortens s to at most n bytes, on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
 
 // intParam parses p[key] as an integer in [lo, hi], or returns def when absent.
 // Out of range is 400 too: the ranges of levels are syntax, not resources.

@@ -11,51 +11,117 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/user"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/hybrid-server/hybrid/handlers"
 	"github.com/hybrid-server/hybrid/internal/jsonw"
+	"github.com/hybrid-server/hybrid/internal/seccomp"
 	"github.com/hybrid-server/hybrid/internal/tail"
-	"github.com/hybrid-server/hybrid/server"
-	"github.com/valyala/fasthttp"
 	"golang.org/x/sys/unix"
 )
 
-// Config sets a child's limits. Zero fields take defaults.
+// Config sets a child's limits. Zero fields take the defaults of
+// [DefaultConfig]; [Config.Validate] reports a bad one.
 type Config struct {
-	// Timeout is the wall clock of one task (default 10s).
+	// Timeout is the wall clock of one task, the whole exchange with the
+	// child included.
 	Timeout time.Duration
-	// Memory bounds a child's memory (default 512 MiB).
+	// Memory bounds a child's memory.
 	Memory uint64
 	// CPU bounds a child's CPU time (default: Timeout).
 	CPU time.Duration
 	// Warm is how many started children wait for a task (default
-	// GOMAXPROCS; 0 after defaults means none, set -1 to disable).
+	// GOMAXPROCS; set -1 for none).
 	Warm int
 	// Reuse is how many tasks a child serves before it exits (default 1).
 	Reuse int
-	// TestHooks registers the fault-injection workloads in children.
-	TestHooks bool
+	// Cgroup picks what bounds a child's memory and processes: "auto" (v2
+	// where usable, else v1, else none), "v1", "v2", or "off" (RLIMIT_DATA
+	// and the seccomp filter only).
+	Cgroup string
+	// User is who children run as when this process is root; nil picks the
+	// user "hybrid-isolate" if it exists, else nobody (65534:65534). A
+	// process that is not root cannot change user: its children run as it
+	// does, and the seccomp filter keeps them from touching anything else.
+	User *User
+	// Strict makes New fail when the host cannot enforce every limit (a
+	// memory bound, the seccomp filter, a user that is not root).
+	Strict bool
 	// Exe is the binary a child runs (default /proc/self/exe, this one);
 	// tests outside the binary point it at a built hybrid.
 	Exe string
 }
 
-// Capabilities are the limits this host lets the isolator enforce, probed
-// once at start.
+// User is a uid and gid.
+type User struct{ UID, GID uint32 }
+
+// DefaultConfig returns the defaults hybrid serve uses.
+func DefaultConfig() Config {
+	return Config{Timeout: 10 * time.Second, Memory: 512 << 20, Warm: runtime.GOMAXPROCS(0), Reuse: 1,
+		Cgroup: "auto", Exe: "/proc/self/exe"}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	switch {
+	case c.Timeout < 0 || c.CPU < 0:
+		return errors.New("isolate: timeout and CPU limit must be positive")
+	case c.Memory > 0 && c.Memory < 16<<20:
+		return fmt.Errorf("isolate: memory limit %d: want at least 16 MiB (a Go child needs ~8)", c.Memory)
+	case c.Reuse < 0:
+		return fmt.Errorf("isolate: reuse %d: want ≥ 1", c.Reuse)
+	}
+	switch c.Cgroup {
+	case "", "auto", "v1", "v2", "off":
+	default:
+		return fmt.Errorf("isolate: cgroup %q: want auto, v1, v2 or off", c.Cgroup)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Timeout == 0 {
+		c.Timeout = d.Timeout
+	}
+	if c.Memory == 0 {
+		c.Memory = d.Memory
+	}
+	if c.CPU == 0 {
+		c.CPU = c.Timeout
+	}
+	if c.Warm == 0 {
+		c.Warm = d.Warm
+	}
+	c.Warm = max(c.Warm, 0)
+	if c.Reuse == 0 {
+		c.Reuse = d.Reuse
+	}
+	if c.Cgroup == "" {
+		c.Cgroup = d.Cgroup
+	}
+	if c.Exe == "" {
+		c.Exe = d.Exe
+	}
+	return c
+}
+
+// Capabilities name the mechanism that enforces each limit on this host,
+// probed once at start; "none" where nothing does.
 type Capabilities struct {
-	CgroupMemory bool   `json:"cgroup_memory"`
-	CgroupPids   bool   `json:"cgroup_pids"`
-	NoNetwork    bool   `json:"no_network"` // new user + network namespace
-	RlimitCPU    bool   `json:"rlimit_cpu"`
-	RlimitFiles  bool   `json:"rlimit_files"`
-	WallClock    bool   `json:"wall_clock"`
-	MemoryLimit  string `json:"memory_limit"` // how memory is bounded
+	Memory    string `json:"memory"`
+	Processes string `json:"processes"`
+	Network   string `json:"network"`
+	Files     string `json:"files"`
+	CPU       string `json:"cpu"`
+	WallClock string `json:"wall_clock"`
+	User      string `json:"user"`
 }
 
 // ChildNice is how much nicer than its worker every isolate child runs
@@ -63,6 +129,11 @@ type Capabilities struct {
 // behind admission control; the worker's own threads (accepting, reading
 // bodies, answering 503s and health checks) must win the CPU from it.
 const ChildNice = 10
+
+// maxTasks bounds a child's processes and threads where a pids cgroup
+// exists (a Go child runs ~5-10 threads; the seccomp filter refuses new
+// processes anyway).
+const maxTasks = 64
 
 // lowerPriority makes the calling thread ChildNice nicer than it is. Linux's
 // getpriority returns 20 − nice.
@@ -77,33 +148,41 @@ func lowerPriority() error {
 	return nil
 }
 
-// Outcome codes and their statuses.
-const (
-	CodeTimeout = "isolate_timeout" // 504
-	CodeMemory  = "memory_limit"    // 422
-	CodeCPU     = "cpu_limit"       // 422
-	CodeCrashed = "isolate_crashed" // 500
-)
+// Job is one task for a child: the name the child's lookup knows, its
+// parameters, and the largest output the caller accepts (a longer reply is
+// a lie: the child is killed and the run is a crash).
+type Job struct {
+	Name      string
+	Params    map[string]string
+	MaxOutput int
+	// Heap, when set, is about how much heap the job will grow: the child
+	// maps it ahead as transparent huge pages (see hugeHeap), which cuts
+	// the page faults of a cold heap ~10× for a job of tens of MiB and
+	// costs ~1 ms of its own. Capped at half the memory limit.
+	Heap int
+}
 
 // Isolator starts and runs isolate children. Create it with New; Close it.
 type Isolator struct {
 	cfg    Config
 	log    *slog.Logger
 	caps   Capabilities
-	cg     *cgroupV1
-	dir    string        // empty working directory of every child
-	limits string        // childLimits as JSON, for the child's environment
-	spares chan *child   // started children waiting for a task
-	slots  chan struct{} // free warm slots: a child in spares, or a reusable one in use, holds one
+	lim    limiter             // nil: no cgroup
+	cred   *syscall.Credential // nil: children run as this process
+	dir    string              // empty working directory of every child
+	limits string              // childLimits as JSON, for the child's environment
+	spares chan *child         // started children waiting for a task
+	slots  chan struct{}       // free warm slots: a child in spares, or a reusable one in use, holds one
 	quit   chan struct{}
 	wg     sync.WaitGroup
 
-	probed   chan struct{} // closed when caps and cg are known
+	probed   chan struct{} // closed when caps, lim, cred and limits are known
+	probeErr error         // with Strict: the limit the host cannot enforce
 	warmOnce sync.Once
 	niceWarn atomic.Bool // lowerPriority's failure was logged
 
-	ok, inputErr, timeout, memory, cpu, crashed, started atomic.Uint64
-	peakChild                                            atomic.Uint64 // bytes, from the child cgroups
+	ok, inputErr, timeout, memory, cpu, violation, crashed, started atomic.Uint64
+	peakChild                                                       atomic.Uint64 // bytes, from the child cgroups
 }
 
 // Stats are the isolator's capabilities and outcome counters, for /health.
@@ -113,33 +192,20 @@ type Stats struct {
 	Started uint64       `json:"children_started"`
 	// PeakChild is the highest memory use of any one child so far (its
 	// cgroup's high-water mark; 0 without cgroups). A child's own rusage
-	// cannot tell: its Maxrss includes its parent's (FIELD-NOTES).
+	// cannot tell: its Maxrss includes its parent's.
 	PeakChild uint64            `json:"peak_child_bytes"`
 	Outcomes  map[string]uint64 `json:"outcomes"`
 }
 
-// New probes what the host enforces, logs a WARN for each limit it cannot,
-// and starts the warm children.
+// New validates cfg and starts probing what the host enforces, off the
+// caller's path; it logs a WARN for each limit the host cannot enforce.
+// With cfg.Strict it waits for the probe and fails instead, naming the
+// missing limit. Warm children start with the first task.
 func New(cfg Config, log *slog.Logger) (*Isolator, error) {
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 10 * time.Second
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if cfg.Memory == 0 {
-		cfg.Memory = 512 << 20
-	}
-	if cfg.CPU <= 0 {
-		cfg.CPU = cfg.Timeout
-	}
-	if cfg.Warm == 0 {
-		cfg.Warm = runtime.GOMAXPROCS(0)
-	}
-	cfg.Warm = max(cfg.Warm, 0)
-	if cfg.Reuse <= 0 {
-		cfg.Reuse = 1
-	}
-	if cfg.Exe == "" {
-		cfg.Exe = "/proc/self/exe"
-	}
+	cfg = cfg.withDefaults()
 	dir, err := os.MkdirTemp("", "hybrid-isolate-")
 	if err != nil {
 		return nil, fmt.Errorf("isolate: working directory: %w", err)
@@ -159,49 +225,139 @@ func New(cfg Config, log *slog.Logger) (*Isolator, error) {
 	// The probe execs a child: run it off the worker's start-up path.
 	go func() {
 		defer close(iso.probed)
-		iso.probe()
-		lim := childLimits{CPUSeconds: uint64((cfg.CPU + time.Second - 1) / time.Second), NoFile: 16,
-			MemoryBytes: cfg.Memory, Reuse: cfg.Reuse, TestHooks: cfg.TestHooks}
-		if iso.cg == nil {
-			// Without a cgroup, RLIMIT_DATA (private writable mappings, Linux
-			// ≥ 4.7) bounds the Go heap; the runtime's reservations are
-			// PROT_NONE and do not count.
-			lim.DataBytes = cfg.Memory + 64<<20
-		}
-		b, _ := json.Marshal(lim)
-		iso.limits = string(b)
+		iso.probeErr = iso.probe()
 	}()
+	if cfg.Strict {
+		<-iso.probed
+		if iso.probeErr != nil {
+			iso.Close()
+			return nil, iso.probeErr
+		}
+	}
 	return iso, nil
 }
 
-func (iso *Isolator) probe() {
+// probe learns what this host enforces and sets up the children's limits.
+// It returns the first missing limit (an error only Strict acts on).
+func (iso *Isolator) probe() error {
+	var missing []string
 	c := &iso.caps
-	c.RlimitCPU, c.RlimitFiles, c.WallClock = true, true, true
-	cg, why := probeCgroupV1()
-	if cg != nil {
-		iso.cg = cg
-		c.CgroupMemory, c.CgroupPids = true, true
-		c.MemoryLimit = "cgroup v1 memory.limit_in_bytes"
+	c.CPU, c.WallClock = "RLIMIT_CPU", "timer + SIGKILL of the process group"
+	c.Files = "RLIMIT_NOFILE 16, RLIMIT_FSIZE 0"
+	lim, why := newLimiter(iso.cfg.Cgroup, iso.cfg.Memory, maxTasks, iso.log)
+	if lim != nil {
+		iso.lim = lim
+		c.Memory = lim.Name() + " memory limit"
+		c.Processes = lim.Name() + " pids limit"
 	} else {
-		c.MemoryLimit = "RLIMIT_DATA + Go soft memory limit"
-		iso.log.Warn("isolate: no per-child cgroup: memory bounded by RLIMIT_DATA only; processes not bounded", "reason", why)
+		c.Memory, c.Processes = "RLIMIT_DATA + Go soft memory limit", "none"
+		iso.log.Warn("isolate: no cgroup for children: memory bounded by RLIMIT_DATA, processes by the seccomp filter only",
+			"mode", iso.cfg.Cgroup, "reason", why)
 	}
-	cmd := exec.Command(iso.cfg.Exe, "-h")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET}
-	cmd.Env = []string{RoleEnv + "=probe"}
-	if err := cmd.Run(); err == nil || isExitError(err) {
-		c.NoNetwork = true
+	if os.Geteuid() == 0 {
+		u := iso.cfg.User
+		if u == nil {
+			u = defaultUser()
+		}
+		iso.cred = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
+		c.User = fmt.Sprintf("uid %d gid %d", u.UID, u.GID)
 	} else {
-		iso.log.Warn("isolate: cannot create user and network namespaces: children have network access", "err", err.Error())
+		c.User = fmt.Sprintf("uid %d (this process's: not root, cannot change user)", os.Geteuid())
 	}
-	iso.log.Info("isolate limits", "cgroup_memory", c.CgroupMemory, "cgroup_pids", c.CgroupPids,
-		"no_network", c.NoNetwork, "memory", iso.cfg.Memory, "timeout", iso.cfg.Timeout.String(),
+	lims := childLimits{CPUSeconds: uint64((iso.cfg.CPU + time.Second - 1) / time.Second), NoFile: 16,
+		MemoryBytes: iso.cfg.Memory, Reuse: iso.cfg.Reuse, Seccomp: seccomp.Supported()}
+	if iso.lim == nil {
+		// Without a cgroup, RLIMIT_DATA (private writable mappings, Linux
+		// ≥ 4.7) bounds the Go heap; the runtime's reservations are
+		// PROT_NONE and do not count.
+		lims.DataBytes = iso.cfg.Memory + 64<<20
+	}
+	iso.setLimits(lims)
+	if err := iso.runProbe(); err != nil && iso.cred != nil {
+		iso.log.Error("isolate: children cannot start as their own user; they run as this process's (root)",
+			"user", c.User, "err", err.Error())
+		missing = append(missing, "a user other than root for children ("+err.Error()+")")
+		iso.cred = nil
+		c.User = "root (could not start as " + c.User + ")"
+	}
+	if err := iso.runProbe(); err != nil && lims.Seccomp {
+		iso.log.Warn("isolate: the seccomp filter cannot be installed: children can open files, sockets and processes",
+			"err", err.Error())
+		lims.Seccomp = false
+		iso.setLimits(lims)
+	}
+	if lims.Seccomp {
+		c.Network = "seccomp: no socket"
+		c.Files += "; seccomp: no open"
+		c.Processes += "; seccomp: no new process"
+	} else {
+		c.Network = "none"
+		missing = append(missing, "the seccomp filter (no network, files or processes)")
+	}
+	if iso.lim == nil && !lims.Seccomp {
+		missing = append(missing, "a process limit")
+	}
+	iso.log.Info("isolate limits", "memory", c.Memory, "processes", c.Processes, "network", c.Network,
+		"files", c.Files, "user", c.User, "memory_bytes", iso.cfg.Memory, "timeout", iso.cfg.Timeout.String(),
 		"cpu", iso.cfg.CPU.String(), "warm", iso.cfg.Warm, "reuse", iso.cfg.Reuse)
+	if len(missing) > 0 {
+		return fmt.Errorf("isolate: this host cannot enforce %s", strings.Join(missing, ", nor "))
+	}
+	return nil
 }
 
-func isExitError(err error) bool {
-	var ee *exec.ExitError
-	return errors.As(err, &ee)
+func (iso *Isolator) setLimits(l childLimits) {
+	b, _ := json.Marshal(l)
+	iso.limits = string(b)
+}
+
+// runProbe starts a child that confines itself as a real one does and
+// exits: nil if all of it applied.
+func (iso *Isolator) runProbe() error {
+	cmd := iso.command(RoleProbe)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		if s := strings.TrimSpace(stderr.String()); s != "" {
+			return fmt.Errorf("%v: %s", err, s)
+		}
+		return err
+	}
+	return nil
+}
+
+// defaultUser is the user "hybrid-isolate" if the host has one, else
+// nobody:nogroup (65534:65534).
+func defaultUser() *User {
+	if u, err := user.Lookup("hybrid-isolate"); err == nil {
+		uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+		gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+		if err1 == nil && err2 == nil {
+			return &User{UID: uint32(uid), GID: uint32(gid)}
+		}
+	}
+	return &User{UID: 65534, GID: 65534}
+}
+
+// command is a child process of role, as every child starts: an empty
+// environment but its role and limits, an empty working directory, its own
+// process group, the parent-death signal, and the children's user.
+func (iso *Isolator) command(role string) *exec.Cmd {
+	cmd := exec.Command(iso.cfg.Exe)
+	// GOMAXPROCS given, and the runtime's watch of the cgroup's CPU quota
+	// off: a child lives for one task, and keeps no file open.
+	cmd.Env = []string{RoleEnv + "=" + role, limitsEnv + "=" + iso.limits,
+		"GOMAXPROCS=" + strconv.Itoa(runtime.GOMAXPROCS(0)), "GODEBUG=containermaxprocs=0,updatemaxprocs=0",
+		// No collection until the soft memory limit (set by the child at 90 %
+		// of Config.Memory): a child lives for one job, and a fresh heap
+		// that grows is cheaper than collecting it (argon2id: 36 → 24 ms).
+		"GOGC=off"}
+	if v, ok := os.LookupEnv("GORACE"); ok { // only race-built binaries read it
+		cmd.Env = append(cmd.Env, "GORACE="+v)
+	}
+	cmd.Dir = iso.dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: iso.cred}
+	return cmd
 }
 
 // child is one started isolate process.
@@ -212,24 +368,14 @@ type child struct {
 	stdout *os.File // our end of its stdout
 	out    *bufio.Reader
 	stderr *tail.Buffer
-	cg     *childCgroup
+	cg     cgroupSlot    // nil without cgroups
 	done   chan struct{} // closed once the process is reaped
 	served int
 	slot   bool // holds a warm slot
 }
 
 func (iso *Isolator) start() (*child, error) {
-	cmd := exec.Command(iso.cfg.Exe)
-	cmd.Env = []string{RoleEnv + "=" + RoleIsolate, limitsEnv + "=" + iso.limits}
-	if v, ok := os.LookupEnv("GORACE"); ok { // only race-built binaries read it
-		cmd.Env = append(cmd.Env, "GORACE="+v)
-	}
-	cmd.Dir = iso.dir
-	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if iso.caps.NoNetwork {
-		attr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET
-	}
-	cmd.SysProcAttr = attr
+	cmd := iso.command(RoleChild)
 	c := &child{cmd: cmd, stderr: &tail.Buffer{Head: 512, Max: 4096}, done: make(chan struct{})}
 	cmd.Stderr = c.stderr
 	// A grandchild holding the stderr pipe must not keep Wait from returning.
@@ -249,12 +395,16 @@ func (iso *Isolator) start() (*child, error) {
 	}
 	cmd.Stdin, cmd.Stdout = inR, outW
 	c.stdin, c.stdout = inW, outR
-	c.in, c.out = bufio.NewWriterSize(inW, 64<<10), bufio.NewReaderSize(outR, 64<<10)
+	c.in, c.out = bufio.NewWriterSize(inW, 64<<10), bufio.NewReaderSize(outR, maxHeaderLine)
 	closeAll := func() { inR.Close(); inW.Close(); outR.Close(); outW.Close() }
-	if iso.cg != nil {
-		if c.cg, err = iso.cg.create(iso.cfg.Memory); err != nil {
+	if iso.lim != nil {
+		if c.cg, err = iso.lim.Take(); err != nil {
 			closeAll()
 			return nil, fmt.Errorf("isolate: cgroup: %w", err)
+		}
+		if fd := c.cg.CloneFD(); fd >= 0 {
+			// In its cgroup from its first instruction (cgroup v2).
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
 		}
 	}
 	started := make(chan error, 1)
@@ -281,15 +431,15 @@ func (iso *Isolator) start() (*child, error) {
 		inW.Close()
 		outR.Close()
 		if c.cg != nil {
-			c.cg.remove()
+			c.cg.Release()
 		}
 		return nil, fmt.Errorf("isolate: start child: %w", err)
 	}
 	iso.started.Add(1)
 	// Into the cgroup before any input is sent: the child reads nothing
 	// until the first frame arrives.
-	if c.cg != nil {
-		if err := c.cg.add(cmd.Process.Pid); err != nil {
+	if c.cg != nil && c.cg.CloneFD() < 0 {
+		if err := c.cg.Add(cmd.Process.Pid); err != nil {
 			iso.destroy(c)
 			return nil, fmt.Errorf("isolate: cgroup: %w", err)
 		}
@@ -367,12 +517,25 @@ func (iso *Isolator) retire(c *child) {
 	iso.freeSlot(c)
 }
 
-// Run runs workload name on input in a child and returns its output, or a
-// *server.Error with the typed outcome. input is not used after Run returns.
-func (iso *Isolator) Run(ctx context.Context, name string, p handlers.Params, input []byte) ([]byte, error) {
+// dyingGrace is how long a child whose reply broke off may take to exit by
+// itself (killed by its memory limit, its CPU limit or the seccomp filter),
+// so that its own end is what classifies the run, before it is killed.
+const dyingGrace = 50 * time.Millisecond
+
+// Run runs job on input in a child and returns its output, or one of the
+// typed outcomes: ErrTimeout, ErrMemory, ErrCPU, ErrViolation, a *JobError
+// or a *CrashError. The child's reply is not trusted: the wall clock covers
+// the whole exchange, a reply longer than job.MaxOutput, a malformed one or
+// a status outside 400–599 kills the child, and Run never waits on a child
+// without a timer. input is not used after Run returns.
+func (iso *Isolator) Run(ctx context.Context, job Job, input []byte) ([]byte, error) {
 	c, err := iso.take()
 	if err != nil {
 		return nil, err
+	}
+	limit := job.MaxOutput
+	if limit <= 0 {
+		limit = maxRequest
 	}
 	type result struct {
 		h       header
@@ -381,44 +544,90 @@ func (iso *Isolator) Run(ctx context.Context, name string, p handlers.Params, in
 	}
 	wrote := make(chan error, 1)
 	got := make(chan result, 1)
-	go func() { wrote <- writeFrame(c.in, header{Workload: name, Params: p}, input) }()
+	go func() { wrote <- writeFrame(c.in, header{Job: job.Name, Params: job.Params, Heap: job.Heap}, input) }()
 	go func() {
-		h, payload, err := readFrame(c.out)
+		h, payload, err := readFrame(c.out, limit)
 		got <- result{h, payload, err}
 	}()
 	timer := time.NewTimer(iso.cfg.Timeout)
 	defer timer.Stop()
 	var r result
-	timedOut := false
-	select {
-	case r = <-got:
-	case <-timer.C:
-		timedOut = true
-	case <-ctx.Done():
-		timedOut = true
+	var werr error
+	gotR, gotW := false, false
+	// The writer is done, or unblocked by the child's death, before Run
+	// returns: the input is not touched after that.
+	waitWrite := func() {
+		if !gotW {
+			werr, gotW = <-wrote, true
+		}
 	}
-	if timedOut {
-		iso.retire(c)
-		<-wrote // the input is not touched after Run returns
-		iso.timeout.Add(1)
-		return nil, server.Errorf(fasthttp.StatusGatewayTimeout, CodeTimeout,
-			"%s did not finish within the isolate timeout of %v", name, iso.cfg.Timeout)
+	for !gotR || (!gotW && r.err == nil) {
+		select {
+		case r = <-got:
+			gotR = true
+		case werr = <-wrote:
+			gotW = true
+		case <-timer.C:
+			iso.retire(c)
+			waitWrite()
+			iso.timeout.Add(1)
+			return nil, ErrTimeout
+		case <-ctx.Done():
+			iso.retire(c)
+			waitWrite()
+			iso.timeout.Add(1)
+			return nil, ErrTimeout
+		}
 	}
-	werr := <-wrote
-	if r.err != nil || werr != nil {
-		<-c.done // it died: why?
-		out := iso.classify(c, name, r.err, werr)
+	if r.err != nil {
+		// No reply, or a broken one: let a dying child finish dying, so its
+		// end names the outcome; a child still alive is lying, and is killed.
+		select {
+		case <-c.done:
+		case <-time.After(dyingGrace):
+		}
+		killed := iso.kill(c)
+		waitWrite()
+		out := iso.classify(c, job.Name, killed, r.err)
 		iso.retire(c)
 		return nil, out
 	}
+	if werr != nil { // it answered, yet did not take its input: a lie
+		iso.retire(c)
+		iso.crashed.Add(1)
+		iso.log.Error("isolate child answered without reading its input", "job", job.Name, "err", werr.Error())
+		return nil, &CrashError{Reason: "answered without reading its input"}
+	}
+	if r.h.Status != 0 {
+		if r.h.Status < 400 || r.h.Status > 599 {
+			iso.retire(c)
+			iso.crashed.Add(1)
+			iso.log.Error("isolate child answered a status out of range", "job", job.Name, "status", r.h.Status)
+			return nil, &CrashError{Reason: fmt.Sprintf("status %d out of range", r.h.Status)}
+		}
+		c.served++
+		iso.recycle(c)
+		iso.inputErr.Add(1)
+		return nil, &JobError{Status: r.h.Status, Code: r.h.Code, Message: r.h.Message}
+	}
 	c.served++
 	iso.recycle(c)
-	if r.h.Status != 0 {
-		iso.inputErr.Add(1)
-		return nil, &server.Error{Status: r.h.Status, Code: r.h.Code, Message: r.h.Message}
-	}
 	iso.ok.Add(1)
 	return r.payload, nil
+}
+
+// kill kills the child's process group unless it has been reaped, and
+// reports whether it was still alive (then its end is ours, not its own).
+func (iso *Isolator) kill(c *child) bool {
+	select {
+	case <-c.done:
+		return false
+	default:
+		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		c.stdin.Close()
+		<-c.done
+		return true
+	}
 }
 
 // recycle keeps a child with tasks left as a spare (in its warm slot, or in
@@ -451,8 +660,9 @@ func (iso *Isolator) recycle(c *child) {
 	}()
 }
 
-// classify names why a child died without answering.
-func (iso *Isolator) classify(c *child, name string, readErr, writeErr error) error {
+// classify names why a child ended without a valid reply. killed says the
+// isolator killed it, alive, after its reply broke off (a lie).
+func (iso *Isolator) classify(c *child, name string, killed bool, readErr error) error {
 	st := c.cmd.ProcessState
 	ws, _ := st.Sys().(syscall.WaitStatus)
 	ru, _ := st.SysUsage().(*syscall.Rusage)
@@ -462,30 +672,41 @@ func (iso *Isolator) classify(c *child, name string, readErr, writeErr error) er
 	}
 	tail := c.stderr.String()
 	switch {
-	case c.cg != nil && c.cg.oomKilled(),
-		c.cg == nil && (strings.Contains(tail, "out of memory") || strings.Contains(tail, "cannot allocate memory")):
+	case c.cg != nil && c.cg.OOMKilled(), c.cg == nil && outOfMemory(tail):
 		iso.memory.Add(1)
-		return server.Errorf(fasthttp.StatusUnprocessableEntity, CodeMemory,
-			"%s exceeded the isolate memory limit of %d MiB", name, iso.cfg.Memory>>20)
-	case ws.Signaled() && (ws.Signal() == syscall.SIGKILL || ws.Signal() == syscall.SIGXCPU) &&
+		return ErrMemory
+	case !killed && ws.Signaled() && ws.Signal() == syscall.SIGSYS:
+		iso.violation.Add(1)
+		iso.log.Warn("isolate child killed by its seccomp filter", "job", name, "child_pid", c.cmd.Process.Pid,
+			"stderr_tail", tail)
+		return ErrViolation
+	case !killed && ws.Signaled() && (ws.Signal() == syscall.SIGKILL || ws.Signal() == syscall.SIGXCPU) &&
 		cpu >= iso.cfg.CPU-100*time.Millisecond:
 		iso.cpu.Add(1)
-		return server.Errorf(fasthttp.StatusUnprocessableEntity, CodeCPU,
-			"%s exceeded the isolate CPU limit of %v", name, iso.cfg.CPU)
+		return ErrCPU
 	}
 	iso.crashed.Add(1)
-	status := st.String()
+	reason := st.String()
 	if ws.Signaled() {
-		status = "signal " + ws.Signal().String()
+		reason = "signal " + ws.Signal().String()
 	}
-	iso.log.Error("isolate child crashed", "workload", name, "child_pid", c.cmd.Process.Pid,
-		"status", status, "cpu_ms", cpu.Milliseconds(), "stderr_tail", tail,
-		"read_err", fmt.Sprint(readErr), "write_err", fmt.Sprint(writeErr))
-	return server.Errorf(fasthttp.StatusInternalServerError, CodeCrashed, "%s crashed in its isolated process", name)
+	if killed {
+		reason = "killed after a broken reply: " + readErr.Error()
+	}
+	iso.log.Error("isolate child crashed", "job", name, "child_pid", c.cmd.Process.Pid,
+		"reason", reason, "cpu_ms", cpu.Milliseconds(), "stderr_tail", tail, "read_err", fmt.Sprint(readErr))
+	return &CrashError{Reason: reason}
+}
+
+// outOfMemory reports whether a child's stderr says RLIMIT_DATA stopped it:
+// Go's runtime, or the race detector's in a race-built binary.
+func outOfMemory(stderr string) bool {
+	return strings.Contains(stderr, "out of memory") || strings.Contains(stderr, "cannot allocate memory") ||
+		strings.Contains(stderr, "ThreadSanitizer failed to allocate")
 }
 
 // destroy kills the child's whole process group and every task in its
-// cgroup, reaps it and removes the cgroup: nothing it started survives.
+// cgroup, reaps it and gives the cgroup back: nothing it started survives.
 func (iso *Isolator) destroy(c *child) {
 	select {
 	case <-c.done:
@@ -495,16 +716,17 @@ func (iso *Isolator) destroy(c *child) {
 		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
 	}
 	c.stdin.Close()
+	<-c.done
 	if c.cg != nil {
-		for p := c.cg.peak(); ; {
+		for p := c.cg.Peak(); ; {
 			old := iso.peakChild.Load()
 			if p <= old || iso.peakChild.CompareAndSwap(old, p) {
 				break
 			}
 		}
-		c.cg.killAll()
+		c.cg.Release()
+		c.cg = nil
 	}
-	<-c.done
 	c.stdout.Close()
 }
 
@@ -513,8 +735,9 @@ func (iso *Isolator) destroy(c *child) {
 func (iso *Isolator) Stats() Stats {
 	caps, probing := iso.capabilities()
 	return Stats{Limits: caps, Probing: probing, PeakChild: iso.peakChild.Load(), Started: iso.started.Load(), Outcomes: map[string]uint64{
-		"ok": iso.ok.Load(), "input_error": iso.inputErr.Load(), CodeTimeout: iso.timeout.Load(),
-		CodeMemory: iso.memory.Load(), CodeCPU: iso.cpu.Load(), CodeCrashed: iso.crashed.Load(),
+		"ok": iso.ok.Load(), "input_error": iso.inputErr.Load(), "isolate_timeout": iso.timeout.Load(),
+		"memory_limit": iso.memory.Load(), "cpu_limit": iso.cpu.Load(), "sandbox_violation": iso.violation.Load(),
+		"isolate_crashed": iso.crashed.Load(),
 	}}
 }
 
@@ -529,9 +752,15 @@ func (iso *Isolator) capabilities() (caps Capabilities, probing bool) {
 	}
 }
 
-// Close ends the warm children and removes the working directory.
+// Close ends the warm children, gives back the cgroups and removes the
+// working directory.
 func (iso *Isolator) Close() error {
 	<-iso.probed
+	select {
+	case <-iso.quit:
+		return nil // closed already
+	default:
+	}
 	close(iso.quit)
 	iso.wg.Wait()
 	for {
@@ -539,6 +768,9 @@ func (iso *Isolator) Close() error {
 		case c := <-iso.spares:
 			iso.destroy(c)
 		default:
+			if iso.lim != nil {
+				iso.lim.Close()
+			}
 			return os.Remove(iso.dir)
 		}
 	}
@@ -551,13 +783,13 @@ func (iso *Isolator) AppendStatsFields(o *jsonw.Object) {
 	caps, probing := iso.capabilities()
 	o.Key("limits")
 	l := jsonw.Open(o.B)
-	l.Bool("cgroup_memory", caps.CgroupMemory)
-	l.Bool("cgroup_pids", caps.CgroupPids)
-	l.Bool("no_network", caps.NoNetwork)
-	l.Bool("rlimit_cpu", caps.RlimitCPU)
-	l.Bool("rlimit_files", caps.RlimitFiles)
-	l.Bool("wall_clock", caps.WallClock)
-	l.String("memory_limit", caps.MemoryLimit)
+	l.String("memory", caps.Memory)
+	l.String("processes", caps.Processes)
+	l.String("network", caps.Network)
+	l.String("files", caps.Files)
+	l.String("cpu", caps.CPU)
+	l.String("wall_clock", caps.WallClock)
+	l.String("user", caps.User)
 	o.B = l.Close()
 	if probing {
 		o.Bool("probing", true)
@@ -566,11 +798,12 @@ func (iso *Isolator) AppendStatsFields(o *jsonw.Object) {
 	o.Uint("peak_child_bytes", iso.peakChild.Load())
 	o.Key("outcomes") // encoding/json writes a map's keys sorted
 	oc := jsonw.Open(o.B)
-	oc.Uint(CodeCPU, iso.cpu.Load())
+	oc.Uint("cpu_limit", iso.cpu.Load())
 	oc.Uint("input_error", iso.inputErr.Load())
-	oc.Uint(CodeCrashed, iso.crashed.Load())
-	oc.Uint(CodeTimeout, iso.timeout.Load())
-	oc.Uint(CodeMemory, iso.memory.Load())
+	oc.Uint("isolate_crashed", iso.crashed.Load())
+	oc.Uint("isolate_timeout", iso.timeout.Load())
+	oc.Uint("memory_limit", iso.memory.Load())
 	oc.Uint("ok", iso.ok.Load())
+	oc.Uint("sandbox_violation", iso.violation.Load())
 	o.B = oc.Close()
 }

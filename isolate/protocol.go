@@ -3,33 +3,49 @@ package isolate
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 )
 
-// RoleEnv is the environment variable that makes this binary an isolate
-// child; the same one procpool uses for workers.
+// RoleEnv is the environment variable that gives a re-executed hybrid its
+// role; the same one procpool uses for workers. Only a parent sets it.
 const (
-	RoleEnv     = "HYBRID_ROLE"
-	RoleIsolate = "isolate"
-	limitsEnv   = "HYBRID_ISOLATE_LIMITS" // JSON childLimits
+	RoleEnv = "HYBRID_ROLE"
+	// RoleChild is an isolate child: it serves frames ([Serve]).
+	RoleChild = "isolate"
+	// RoleProbe is the isolator's start-up probe: it applies a child's
+	// confinement and exits 0 ([Probe]).
+	RoleProbe = "isolate-probe"
+	limitsEnv = "HYBRID_ISOLATE_LIMITS" // JSON childLimits
 )
 
-// maxFrame bounds one frame's payload, in both directions.
-const maxFrame = 1 << 30
+// maxRequest bounds a request frame's payload: the parent is trusted, this
+// only stops a runaway.
+const maxRequest = 1 << 30
+
+// maxHeaderLine bounds a frame's JSON header line (the bufio buffer): a
+// longer one is a framing error, never buffered.
+const maxHeaderLine = 64 << 10
 
 // header precedes the payload of every frame.
 type header struct {
 	// Request.
-	Workload string            `json:"workload,omitempty"`
-	Params   map[string]string `json:"params,omitempty"`
-	// Response.
-	Status  int    `json:"status,omitempty"` // 0: ok, else an HTTP status
+	Job    string            `json:"job,omitempty"`
+	Params map[string]string `json:"params,omitempty"`
+	Heap   int               `json:"heap,omitempty"` // Job.Heap
+	// Response: 0 is success; otherwise a *JobError with this status,
+	// which must be 400–599.
+	Status  int    `json:"status,omitempty"`
 	Code    string `json:"code,omitempty"`
 	Message string `json:"message,omitempty"`
-	// Both.
+	// Both: the payload's length in bytes.
 	Size int `json:"size"`
 }
+
+// errFraming is a frame that does not follow the protocol: from a child, a
+// lie (it is killed and the run is a crash).
+var errFraming = errors.New("isolate: bad frame")
 
 func writeFrame(w *bufio.Writer, h header, payload []byte) error {
 	h.Size = len(payload)
@@ -43,21 +59,26 @@ func writeFrame(w *bufio.Writer, h header, payload []byte) error {
 	return w.Flush()
 }
 
-func readFrame(r *bufio.Reader) (header, []byte, error) {
+// readFrame reads one frame whose payload may be at most limit bytes. The
+// header line is bounded by r's buffer (maxHeaderLine).
+func readFrame(r *bufio.Reader, limit int) (header, []byte, error) {
 	var h header
 	line, err := r.ReadSlice('\n')
+	if err == io.EOF && len(line) == 0 {
+		return h, nil, io.EOF // no more frames
+	}
 	if err != nil {
-		return h, nil, err // io.EOF: no more frames
+		return h, nil, fmt.Errorf("%w: header: %v", errFraming, err)
 	}
 	if err := json.Unmarshal(line, &h); err != nil {
-		return h, nil, fmt.Errorf("isolate: bad frame header: %w", err)
+		return h, nil, fmt.Errorf("%w: header: %v", errFraming, err)
 	}
-	if h.Size < 0 || h.Size > maxFrame {
-		return h, nil, fmt.Errorf("isolate: frame size %d out of bounds", h.Size)
+	if h.Size < 0 || h.Size > limit {
+		return h, nil, fmt.Errorf("%w: payload of %d bytes, limit %d", errFraming, h.Size, limit)
 	}
 	payload := make([]byte, h.Size)
 	if _, err := io.ReadFull(r, payload); err != nil {
-		return h, nil, fmt.Errorf("isolate: short frame: %w", err)
+		return h, nil, fmt.Errorf("%w: payload: %v", errFraming, err)
 	}
 	return h, payload, nil
 }

@@ -30,7 +30,9 @@ func TestAppendStatsFieldsIsStatsJSON(t *testing.T) {
 		}
 	}
 	check("probing")
-	iso.caps = Capabilities{CgroupMemory: true, NoNetwork: true, RlimitCPU: true, WallClock: true, MemoryLimit: "cgroup v1"}
+	iso.violation.Add(9)
+	iso.caps = Capabilities{Memory: "cgroup v1 memory limit", Network: "seccomp: no socket", CPU: "RLIMIT_CPU",
+		WallClock: "timer", User: "uid 65534 gid 65534", Files: "seccomp: no open", Processes: "seccomp"}
 	close(iso.probed)
 	check("probed")
 	buf := make([]byte, 0, 1024)

@@ -34,7 +34,6 @@ const (
 	CodeBodyTooLarge    = "body_too_large"     // 413
 	CodeHeadersTooLarge = "headers_too_large"  // 431
 	CodeInternal        = "internal"           // 500
-	CodeUnavailable     = "unavailable"        // 503
 	CodeDraining        = "draining"           // 503
 )
 

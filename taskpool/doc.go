@@ -36,7 +36,7 @@
 // as one on the request's own goroutine, and what protects them is the
 // bound on tasks running at once, which the run slots give. It cost a
 // park and a wake per task (5–10 µs measured for sha256 of 64 KiB, 10–13 µs
-// in FIELD-NOTES), more than the whole per-request budget. So a task runs
+// in the team's field notes), more than the whole per-request budget. So a task runs
 // where its caller is, once it holds a run slot; a panic is still recovered
 // and returned as that caller's error.
 //

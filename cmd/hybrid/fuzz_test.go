@@ -7,10 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hybrid-server/hybrid/handlers"
-	"github.com/hybrid-server/hybrid/internal/testimages"
+	"github.com/hybrid-server/hybrid/internal/sampleimages"
 	"github.com/hybrid-server/hybrid/isolate"
-	"github.com/hybrid-server/hybrid/server"
 )
 
 // FuzzImageInIsolate feeds every input to the image workloads inside a real
@@ -18,9 +16,9 @@ import (
 // image or a client error (4xx), never a crash, a timeout or a memory kill.
 // Each input costs one child (~35 ms), so a short run covers hundreds.
 func FuzzImageInIsolate(f *testing.F) {
-	f.Add(testimages.PNGHeader(16, 16), "16")
-	f.Add(testimages.JPEGHeader(40000, 40000), "100")
-	f.Add(testimages.GIFFrames(5), "8")
+	f.Add(sampleimages.PNGHeader(16, 16), "16")
+	f.Add(sampleimages.JPEGHeader(40000, 40000), "100")
+	f.Add(sampleimages.GIFFrames(5), "8")
 	f.Add([]byte("\xff\xd8\xff\xe1\x00\x10Exif\x00\x00MM\x00*"), "10")
 	iso, err := isolate.New(isolate.Config{Exe: binPath, Timeout: 5 * time.Second, Memory: 256 << 20, Warm: -1},
 		slog.New(slog.DiscardHandler))
@@ -30,9 +28,10 @@ func FuzzImageInIsolate(f *testing.F) {
 	f.Cleanup(func() { iso.Close() })
 	f.Fuzz(func(t *testing.T, input []byte, width string) {
 		for _, name := range []string{"image-info", "image-resize"} {
-			_, err := iso.Run(context.Background(), name, handlers.Params{"width": width, "max_pixels": "4000000"}, input)
-			var se *server.Error
-			if err != nil && (!errors.As(err, &se) || se.Status >= 500 || se.Code == isolate.CodeMemory) {
+			job := isolate.Job{Name: name, Params: map[string]string{"width": width, "max_pixels": "4000000"}, MaxOutput: 64 << 20}
+			_, err := iso.Run(context.Background(), job, input)
+			var je *isolate.JobError
+			if err != nil && (!errors.As(err, &je) || je.Status >= 500) {
 				t.Fatalf("%s of %d bytes (width %q): %v", name, len(input), width, err)
 			}
 		}

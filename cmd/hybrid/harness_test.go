@@ -54,6 +54,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// Installed binaries are world-executable (/usr/local/bin): isolated
+	// children exec it as their own unprivileged user.
+	os.Chmod(dir, 0o755)
 	binPath = filepath.Join(dir, "hybrid")
 	// -tags testhooks: the fault switch and test routes (testhooks.go),
 	// which the release binary does not have.

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hybrid-server/hybrid/internal/testimages"
+	"github.com/hybrid-server/hybrid/internal/sampleimages"
 )
 
 func jpegOf(t *testing.T, img image.Image) []byte {
@@ -26,8 +26,8 @@ func jpegOf(t *testing.T, img image.Image) []byte {
 func TestThumbnailsInEveryMode(t *testing.T) {
 	c := startCluster(t, nil, 1, "--workers", "1", "--allow-mode-override")
 	base := "http://" + c.addr
-	photo := jpegOf(t, testimages.Photo(1600, 1200))
-	sideways := testimages.WithOrientation(photo, 6)
+	photo := jpegOf(t, sampleimages.Photo(1600, 1200))
+	sideways := sampleimages.WithOrientation(photo, 6)
 	for _, tc := range []struct {
 		name, query string
 		input       []byte
@@ -80,7 +80,7 @@ func TestHostileImagesOverHTTP(t *testing.T) {
 		getJSON(freshClient(), base+"/health", &h)
 		return h.RSS
 	}
-	photo := jpegOf(t, testimages.Photo(800, 600))
+	photo := jpegOf(t, sampleimages.Photo(800, 600))
 	before := rss()
 	for _, tc := range []struct {
 		name   string
@@ -88,9 +88,9 @@ func TestHostileImagesOverHTTP(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"20000×20000 png", testimages.PNGHeader(20000, 20000), 422, "image_too_large"},
-		{"60000×60000 jpeg", testimages.JPEGHeader(60000, 60000), 422, "image_too_large"},
-		{"gif of 10000 frames", testimages.GIFFrames(10000), 422, "image_too_large"},
+		{"20000×20000 png", sampleimages.PNGHeader(20000, 20000), 422, "image_too_large"},
+		{"60000×60000 jpeg", sampleimages.JPEGHeader(60000, 60000), 422, "image_too_large"},
+		{"gif of 10000 frames", sampleimages.GIFFrames(10000), 422, "image_too_large"},
 		{"truncated jpeg", photo[:len(photo)/2], 422, "bad_image"},
 		{"random bytes", bytes.Repeat([]byte("not an image "), 100), 415, "unsupported_format"},
 		{"empty body", nil, 415, "unsupported_format"},

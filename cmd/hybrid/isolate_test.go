@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -54,66 +56,264 @@ func sleepers() int {
 	return n
 }
 
-// Each hostile child gets its typed outcome, the worker keeps serving other
-// requests meanwhile, and nothing is left running afterwards.
+// Each hostile child gets its typed outcome, on the cgroup path and without
+// cgroups: the worker keeps serving other requests meanwhile, an attempt to
+// leave the sandbox (a process, a socket, a signal to its worker, its own
+// memory limit, a root-only file) is a sandbox_violation, a lie in the
+// reply costs a crash in well under the isolate timeout, and nothing is
+// left running afterwards.
 func TestIsolateContainsFaults(t *testing.T) {
-	env, _ := faultFile(t)
-	c := startCluster(t, env, 1, "--workers", "1", "--isolate-timeout", "1500ms", "--isolate-memory", "96MiB",
-		"--isolate-warm", "1", "--pool-size", "2")
-	base := "http://" + c.addr
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("root's secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, cgroup := range []string{"auto", "off"} {
+		t.Run("cgroup="+cgroup, func(t *testing.T) {
+			env, _ := faultFile(t)
+			// RLIMIT_DATA also bounds the race detector's own mappings: give
+			// a race-built child room to start.
+			mem := "96MiB"
+			if cgroup == "off" && raceEnabled {
+				mem = "384MiB"
+			}
+			c := startCluster(t, env, 1, "--workers", "1", "--isolate-timeout", "1500ms", "--isolate-memory", mem,
+				"--isolate-warm", "1", "--pool-size", "2", "--isolate-cgroup", cgroup)
+			base := "http://" + c.addr
+			worker := c.snapshot().Workers[0].PID
+			for _, tc := range []struct {
+				fault  string
+				status int
+				code   string
+			}{
+				{"panic", 500, "isolate_crashed"},
+				{"segv", 500, "isolate_crashed"},
+				{"header-panic", 500, "isolate_crashed"}, // "internal" if the worker had parsed the input
+				{"alloc", 422, "memory_limit"},
+				{"spin", 504, "isolate_timeout"},
+				{"sleep", 504, "isolate_timeout"},
+				{"dial?addr=" + c.addr, 422, "sandbox_violation"},
+				{"fork", 422, "sandbox_violation"},
+				{"kill-parent", 422, "sandbox_violation"},
+				{"raise-limit", 422, "sandbox_violation"},
+				{"read-file?path=" + secret, 422, "sandbox_violation"},
+				{"lie-garbage", 500, "isolate_crashed"},
+				{"lie-long-header", 500, "isolate_crashed"},
+				{"lie-size", 500, "isolate_crashed"},
+				{"lie-status", 500, "isolate_crashed"},
+				{"lie-code", 500, "isolate_crashed"},
+			} {
+				// Another request is served while the fault runs.
+				var wg sync.WaitGroup
+				wg.Add(1)
+				var side reply
+				go func() {
+					defer wg.Done()
+					time.Sleep(100 * time.Millisecond)
+					side = post(t, base+"/v1/hash/sha256", []byte("abc"))
+				}()
+				start := time.Now()
+				r := post(t, base+"/_test/isolate/"+tc.fault, nil)
+				took := time.Since(start)
+				wg.Wait()
+				if r.status != tc.status || !strings.Contains(string(r.body), `"code":"`+tc.code+`"`) {
+					t.Errorf("fault %s = %d %s; want %d %s", tc.fault, r.status, r.body, tc.status, tc.code)
+				}
+				if strings.Contains(string(r.body), "goroutine") || strings.Contains(string(r.body), "panic:") ||
+					strings.Contains(string(r.body), "secret") || len(r.body) > 1024 {
+					t.Errorf("fault %s leaked into the response (%d bytes): %.200s", tc.fault, len(r.body), r.body)
+				}
+				if strings.HasPrefix(tc.fault, "lie-") && took > time.Second {
+					t.Errorf("fault %s answered after %v; a lie must be caught at once, not at the 1.5s timeout", tc.fault, took)
+				}
+				if side.status != 200 {
+					t.Errorf("while %s ran, another request got %d %s", tc.fault, side.status, side.body)
+				}
+			}
+			c.waitFor(3*time.Second, "the fork fault's processes to be gone", func() bool { return sleepers() == 0 })
+			if log := c.logs.find("isolate child crashed"); len(log) < 2 || !strings.Contains(fmt.Sprint(log[0]["stderr_tail"]), "panic") {
+				t.Errorf("crash log lines = %v; want the signal and stderr tail logged", log)
+			}
+			var h struct {
+				Isolate struct {
+					Limits   map[string]string `json:"limits"`
+					Outcomes map[string]uint64 `json:"outcomes"`
+				}
+			}
+			getJSON(freshClient(), base+"/health", &h)
+			if h.Isolate.Outcomes["sandbox_violation"] != 5 || h.Isolate.Outcomes["isolate_crashed"] != 8 {
+				t.Errorf("outcomes %v; want 5 sandbox_violation and 8 isolate_crashed", h.Isolate.Outcomes)
+			}
+			t.Logf("limits: %v", h.Isolate.Limits)
+			if s := c.snapshot(); s.Workers[0].PID != worker || s.Forks != 1 {
+				t.Errorf("the worker changed: %+v", s)
+			}
+			// Only the one warm child remains.
+			c.waitFor(3*time.Second, "only the warm child left", func() bool {
+				kids, zombies := children(worker)
+				return len(kids) == 1 && zombies == 0
+			})
+		})
+	}
+}
+
+// status reads the fields of /proc/PID/status.
+func procStatus(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			m[k] = strings.Join(strings.Fields(v), " ")
+		}
+	}
+	return m
+}
+
+// A warm child, as the kernel sees it: another user than its root worker,
+// no_new_privs, a seccomp filter, and nothing open but its three pipes.
+func TestIsolateChildIsConfined(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("!!! not root: children cannot change user here; the seccomp filter is checked by the fault tests")
+	}
+	c := startCluster(t, nil, 1, "--workers", "1", "--isolate-warm", "1", "--allow-mode-override")
+	if r := post(t, "http://"+c.addr+"/v1/hash/sha256?mode=isolate", []byte("x")); r.status != 200 {
+		t.Fatalf("isolated task = %d %s", r.status, r.body)
+	}
 	worker := c.snapshot().Workers[0].PID
-	for _, tc := range []struct {
-		fault  string
-		status int
-		code   string
-	}{
-		{"panic", 500, "isolate_crashed"},
-		{"segv", 500, "isolate_crashed"},
-		{"alloc", 422, "memory_limit"},
-		{"spin", 504, "isolate_timeout"},
-		{"sleep", 504, "isolate_timeout"},
-		{"dial?addr=" + c.addr, 422, "dial_failed"},
-	} {
-		// Another request is served while the fault runs.
-		var wg sync.WaitGroup
-		wg.Add(1)
-		var side reply
-		go func() {
-			defer wg.Done()
-			time.Sleep(100 * time.Millisecond)
-			side = post(t, base+"/v1/hash/sha256", []byte("abc"))
-		}()
-		r := post(t, base+"/_test/isolate/"+tc.fault, nil)
-		wg.Wait()
-		if r.status != tc.status || !strings.Contains(string(r.body), `"code":"`+tc.code+`"`) {
-			t.Errorf("fault %s = %d %s; want %d %s", tc.fault, r.status, r.body, tc.status, tc.code)
+	var kid int
+	c.waitFor(3*time.Second, "a warm child", func() bool {
+		kids, _ := children(worker)
+		if len(kids) == 1 {
+			kid = kids[0]
 		}
-		if strings.Contains(string(r.body), "goroutine") || strings.Contains(string(r.body), "panic:") {
-			t.Errorf("fault %s leaked its stderr into the response: %s", tc.fault, r.body)
-		}
-		if side.status != 200 {
-			t.Errorf("while %s ran, another request got %d %s", tc.fault, side.status, side.body)
-		}
-	}
-	if r := post(t, base+"/_test/isolate/dial?addr="+c.addr, nil); !strings.Contains(string(r.body), "unreachable") {
-		t.Errorf("a child reached the network: %s", r.body)
-	}
-	r := post(t, base+"/_test/isolate/fork", nil)
-	if r.status != 200 {
-		t.Errorf("fork fault = %d %s", r.status, r.body)
-	}
-	c.waitFor(3*time.Second, "the fork fault's processes to be gone", func() bool { return sleepers() == 0 })
-	if log := c.logs.find("isolate child crashed"); len(log) < 2 || !strings.Contains(fmt.Sprint(log[0]["stderr_tail"]), "panic") {
-		t.Errorf("crash log lines = %v; want the signal and stderr tail logged", log)
-	}
-	if s := c.snapshot(); s.Workers[0].PID != worker || s.Forks != 1 {
-		t.Errorf("the worker changed: %+v", s)
-	}
-	// Only the one warm child remains.
-	c.waitFor(3*time.Second, "only the warm child left", func() bool {
-		kids, zombies := children(worker)
-		return len(kids) == 1 && zombies == 0
+		return kid != 0
 	})
+	// The child confines itself before it reads its first frame: wait for
+	// it to block on stdin.
+	c.waitFor(3*time.Second, "the child to install its filter", func() bool { return procStatus(t, kid)["Seccomp"] == "2" })
+	st := procStatus(t, kid)
+	if st["Uid"] != "65534 65534 65534 65534" || st["Gid"] != "65534 65534 65534 65534" || st["Groups"] != "" {
+		t.Errorf("child Uid %q Gid %q Groups %q; want nobody's (65534) everywhere and no groups", st["Uid"], st["Gid"], st["Groups"])
+	}
+	if st["NoNewPrivs"] != "1" || st["CapEff"] != "0000000000000000" {
+		t.Errorf("child NoNewPrivs %q CapEff %q; want 1 and no capabilities", st["NoNewPrivs"], st["CapEff"])
+	}
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", kid))
+	if len(ents) != 3 {
+		var names []string
+		for _, e := range ents {
+			l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", kid, e.Name()))
+			names = append(names, e.Name()+"→"+l)
+		}
+		t.Errorf("child descriptors %v; want only stdin, stdout and stderr", names)
+	}
+}
+
+// A launcher that leaves descriptors open (a listening socket, a 0600 file)
+// passes them to the primary; neither its workers nor their isolated
+// children get them.
+func TestInheritedDescriptorsDoNotLeak(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	lnFile, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lnFile.Close()
+	secret, err := os.OpenFile(filepath.Join(t.TempDir(), "secret"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer secret.Close()
+	cmd := exec.Command(binPath, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json",
+		"--workers", "1", "--isolate-warm", "1", "--allow-mode-override")
+	cmd.ExtraFiles = []*os.File{lnFile, secret} // fd 3 and 4 in the primary
+	c := launch(t, cmd, nil)
+	t.Cleanup(c.cleanup)
+	c.waitLog("primary starting", 10*time.Second)
+	c.addr = c.logs.find("primary starting")[0]["addr"].(string)
+	c.waitLog("admin endpoint listening", 10*time.Second)
+	c.admin = c.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
+	c.waitFor(15*time.Second, "a ready worker", func() bool { return len(c.readyPIDs()) == 1 })
+	if r := post(t, "http://"+c.addr+"/v1/hash/sha256?mode=isolate", []byte("x")); r.status != 200 {
+		t.Fatalf("isolated task = %d %s", r.status, r.body)
+	}
+	worker := c.snapshot().Workers[0].PID
+	c.waitFor(3*time.Second, "a warm child", func() bool { kids, _ := children(worker); return len(kids) == 1 })
+	kids, _ := children(worker)
+	var stat syscall.Stat_t
+	syscall.Fstat(int(lnFile.Fd()), &stat)
+	sock := fmt.Sprintf("socket:[%d]", stat.Ino)
+	leaked := func(pid int) []string {
+		var bad []string
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, e := range ents {
+			l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+			if l == sock || l == secret.Name() {
+				bad = append(bad, e.Name()+"→"+l)
+			}
+		}
+		return bad
+	}
+	if bad := leaked(c.cmd.Process.Pid); len(bad) != 2 {
+		t.Fatalf("the primary holds %v; want both inherited descriptors (the test cannot see a leak otherwise)", bad)
+	}
+	for _, pid := range append([]int{worker}, kids...) {
+		if bad := leaked(pid); len(bad) > 0 {
+			t.Errorf("process %d holds inherited descriptors %v", pid, bad)
+		}
+	}
+}
+
+// --isolate-strict refuses to start a worker whose host cannot enforce
+// every limit: here, a binary the children's user cannot execute.
+func TestIsolateStrictRefusesAWeakHost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("!!! not root: the children's user cannot differ from the worker's here")
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700)
+	bin := filepath.Join(dir, "hybrid")
+	b, err := os.ReadFile(binPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json",
+		"--workers", "1", "--isolate-strict")
+	c := launch(t, cmd, nil)
+	t.Cleanup(c.cleanup)
+	c.waitLog("admin endpoint listening", 10*time.Second)
+	c.admin = c.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
+	// The worker exits with EX_CONFIG and its one line; the primary opens
+	// the circuit at once (a configuration error is not retried).
+	c.waitFor(20*time.Second, "the circuit to open", func() bool { return c.snapshot().Circuit == "open" })
+	if s := c.snapshot(); !strings.Contains(s.CircuitReason, "cannot enforce") || !strings.Contains(s.CircuitReason, "user other than root") ||
+		s.WorkersReady != 0 || s.Forks != 1 {
+		t.Errorf("circuit reason %q, %d ready, %d forks; want the missing limit named, no worker, no retry",
+			s.CircuitReason, s.WorkersReady, s.Forks)
+	}
+	// Without --isolate-strict the same host serves, and says what is missing.
+	c2 := launch(t, exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json",
+		"--workers", "1", "--allow-mode-override"), nil)
+	t.Cleanup(c2.cleanup)
+	c2.waitLog("primary starting", 10*time.Second)
+	c2.addr = c2.logs.find("primary starting")[0]["addr"].(string)
+	c2.waitLog("admin endpoint listening", 10*time.Second)
+	c2.admin = c2.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
+	c2.waitFor(15*time.Second, "a ready worker", func() bool { return len(c2.readyPIDs()) == 1 })
+	if r := post(t, "http://"+c2.addr+"/v1/hash/sha256?mode=isolate", []byte("x")); r.status != 200 {
+		t.Errorf("isolated task without --isolate-strict = %d %s", r.status, r.body)
+	}
+	c2.waitLog("children cannot start as their own user", 5*time.Second)
 }
 
 func TestIsolateCPULimit(t *testing.T) {

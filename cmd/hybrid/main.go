@@ -6,7 +6,8 @@
 //	hybrid version         print the version
 //
 // The same binary plays every role: a process re-executed by its primary with
-// HYBRID_ROLE=worker in its environment is a worker.
+// HYBRID_ROLE=worker in its environment is a worker, and one re-executed by a
+// worker with HYBRID_ROLE=isolate an isolate child.
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"runtime"
 	"runtime/debug"
 
+	"github.com/hybrid-server/hybrid/internal/fds"
 	"github.com/hybrid-server/hybrid/isolate"
 	"github.com/hybrid-server/hybrid/procpool"
 )
@@ -34,14 +36,28 @@ HYBRID_MAX_BODY. Run "hybrid serve -h" for the flags.
 func main() { os.Exit(run(os.Args[1:])) }
 
 func run(args []string) int {
-	if isolate.IsChild() {
-		return isolate.RunChild()
+	// Descriptors a launcher left open must not reach workers or isolated
+	// children: each process passes on only what it hands over on purpose.
+	if err := fds.CloseOnExec(3); err != nil {
+		fmt.Fprintf(os.Stderr, "hybrid: marking inherited descriptors close-on-exec: %v\n", err)
+		return 1
 	}
-	if code, ok := testRole(); ok { // test builds only (-tags testhooks)
-		return code
-	}
-	if procpool.IsWorker() {
+	// One dispatch on the role a parent gave this process (procpool and
+	// isolate share the variable); a user never sets it.
+	switch role := os.Getenv(procpool.RoleEnv); role {
+	case procpool.RoleWorker:
 		return runWorker(args)
+	case isolate.RoleChild:
+		return isolate.Serve(childJob)
+	case isolate.RoleProbe:
+		return isolate.Probe()
+	case "":
+	default:
+		if code, ok := testRole(role); ok { // test builds only (-tags testhooks)
+			return code
+		}
+		fmt.Fprintf(os.Stderr, "hybrid: unknown %s=%q\n", procpool.RoleEnv, role)
+		return 2
 	}
 	if len(args) == 0 {
 		fmt.Fprint(os.Stderr, usage)

@@ -9,10 +9,13 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hybrid-server/hybrid/handlers"
+	"github.com/hybrid-server/hybrid/isolate"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/hybrid-server/hybrid/taskpool"
@@ -38,12 +41,9 @@ type serveConfig struct {
 	allowOverride bool
 	maxOutput     uint64
 
-	isoTimeout time.Duration
-	isoMemory  uint64
-	isoCPU     time.Duration
-	isoWarm    int
-	isoReuse   int
-	isoProcs   int
+	iso      isolate.Config
+	isoUser  string
+	isoProcs int
 
 	imageMaxPixels int
 	imageMaxOutput int
@@ -89,12 +89,17 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.IntVar(&c.imageMaxPixels, "image-max-pixels", handlers.DefaultMaxPixels, "largest declared width × height × frames of an input image; more gets 422 before any pixel is decoded")
 	fs.IntVar(&c.imageMaxOutput, "image-max-output", handlers.DefaultMaxOutputPixels, "largest output image, in pixels")
 	fs.IntVar(&c.imageMaxFrames, "image-max-frames", handlers.DefaultMaxFrames, "most frames an input image (GIF) may declare")
-	fs.DurationVar(&c.isoTimeout, "isolate-timeout", 10*time.Second, "wall clock of one isolated task; its whole process group is killed past it")
-	c.isoMemory = 512 << 20
-	fs.Var(sizeFlag{&c.isoMemory}, "isolate-memory", "memory limit of one isolated child")
-	fs.DurationVar(&c.isoCPU, "isolate-cpu", 0, "CPU time limit of one isolated child (0: the isolate timeout)")
-	fs.IntVar(&c.isoWarm, "isolate-warm", 0, "isolated children kept started and waiting per worker (0: the worker's GOMAXPROCS; -1: none)")
-	fs.IntVar(&c.isoReuse, "isolate-reuse", 1, "tasks one isolated child serves before it exits")
+	iso := &c.iso
+	*iso = isolate.DefaultConfig()
+	iso.Warm = 0 // the worker's GOMAXPROCS, not the primary's
+	fs.DurationVar(&iso.Timeout, "isolate-timeout", iso.Timeout, "wall clock of one isolated task; its whole process group is killed past it")
+	fs.Var(sizeFlag{&iso.Memory}, "isolate-memory", "memory limit of one isolated child")
+	fs.DurationVar(&iso.CPU, "isolate-cpu", 0, "CPU time limit of one isolated child (0: the isolate timeout)")
+	fs.IntVar(&iso.Warm, "isolate-warm", 0, "isolated children kept started and waiting per worker (0: the worker's GOMAXPROCS; -1: none)")
+	fs.IntVar(&iso.Reuse, "isolate-reuse", iso.Reuse, "tasks one isolated child serves before it exits")
+	fs.StringVar(&iso.Cgroup, "isolate-cgroup", iso.Cgroup, "what bounds an isolated child's memory and processes: auto (cgroup v2, else v1, else none), v1, v2, or off (RLIMIT_DATA and the seccomp filter)")
+	fs.BoolVar(&iso.Strict, "isolate-strict", false, "refuse to start a worker whose host cannot enforce every isolate limit")
+	fs.StringVar(&c.isoUser, "isolate-user", "", `uid:gid isolated children run as when hybrid runs as root ("": the user hybrid-isolate if it exists, else 65534:65534)`)
 	fs.IntVar(&c.isoProcs, "isolate-procs", 0, "isolated children running at once per worker (0: the pool size)")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -117,8 +122,15 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	if c.imageMaxPixels < 1 || c.imageMaxOutput < 1 || c.imageMaxFrames < 1 {
 		return nil, fmt.Errorf("image-max-pixels, image-max-output, image-max-frames: want ≥ 1")
 	}
-	if c.isoTimeout <= 0 || c.isoMemory < 32<<20 || c.isoCPU < 0 || c.isoWarm < -1 || c.isoReuse < 1 || c.isoProcs < 0 {
+	if c.iso.Timeout <= 0 || c.iso.Memory < 32<<20 || c.iso.Warm < -1 || c.iso.Reuse < 1 || c.isoProcs < 0 {
 		return nil, fmt.Errorf("isolate: timeout > 0, memory ≥ 32MiB, cpu ≥ 0, warm ≥ -1, reuse ≥ 1, procs ≥ 0")
+	}
+	if c.isoUser != "" {
+		u, err := parseUser(c.isoUser)
+		if err != nil {
+			return nil, err
+		}
+		c.iso.User = u
 	}
 	if c.poolSize < 0 || c.poolQueue < 1 || c.taskTimeout <= 0 || c.maxOutput == 0 || c.maxOutput > 1<<34 {
 		return nil, fmt.Errorf("pool size: want ≥ 0; pool queue: want ≥ 1; task timeout: want > 0; max output: want 1B to 16GiB")
@@ -130,10 +142,21 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 		return nil, fmt.Errorf("queue wait %v: want > 0 and below the task timeout (%v), or admitted tasks time out in the queue",
 			c.queueWait, c.taskTimeout)
 	}
-	if err := errors.Join(c.pool.Validate(), c.server.Validate()); err != nil {
+	if err := errors.Join(c.pool.Validate(), c.server.Validate(), c.iso.Validate()); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// parseUser reads --isolate-user: "uid:gid", both numbers, neither 0.
+func parseUser(s string) (*isolate.User, error) {
+	u, g, ok := strings.Cut(s, ":")
+	uid, err1 := strconv.ParseUint(u, 10, 32)
+	gid, err2 := strconv.ParseUint(g, 10, 32)
+	if !ok || err1 != nil || err2 != nil || uid == 0 || gid == 0 {
+		return nil, fmt.Errorf("isolate-user %q: want uid:gid, two numbers other than 0 (root)", s)
+	}
+	return &isolate.User{UID: uint32(uid), GID: uint32(gid)}, nil
 }
 
 // runServe is the primary: it binds the address, supervises the workers and
@@ -158,6 +181,14 @@ func runServe(args []string) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
+	// cgroup v2: the primary moves into <own>/hybrid-procs before any worker
+	// is forked, so that the workers can give isolated children cgroups of
+	// their own under <own> (a cgroup with processes cannot).
+	if did, err := isolate.PrepareCgroupV2(cfg.iso.Cgroup); err != nil {
+		log.Warn("isolate: cgroup v2 not prepared for isolated children", "err", err.Error())
+	} else if did != "" {
+		log.Info("isolate: cgroup v2", "did", did)
+	}
 	sup, err := procpool.New(cfg.pool, log)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())

@@ -6,9 +6,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hybrid-server/hybrid/handlers"
@@ -101,8 +104,12 @@ func (h testHooks) register(r *server.Router, exec *handlers.Executor) {
 	exec.Modes["test-isolate"] = handlers.Isolate
 	r.HandlePrefix(fasthttp.MethodPost, "/_test/isolate/", func(ctx *fasthttp.RequestCtx) {
 		fault := server.PathParam(ctx, "/_test/isolate/")
-		w := &handlers.Workload{Name: "fault-" + fault, Group: "test-isolate", ContentType: "text/plain"}
-		exec.Serve(ctx, w, handlers.Params{"addr": string(ctx.QueryArgs().Peek("addr"))})
+		w, ok := handlers.Lookup("fault-" + fault) // a workload with checks of its own
+		if !ok {
+			w = &handlers.Workload{Name: "fault-" + fault, Group: "test-isolate", ContentType: "text/plain"}
+		}
+		q := ctx.QueryArgs()
+		exec.Serve(ctx, w, handlers.Params{"addr": string(q.Peek("addr")), "path": string(q.Peek("path"))})
 	})
 	r.Handle(fasthttp.MethodPost, "/_test/task", func(ctx *fasthttp.RequestCtx) {
 		q := ctx.QueryArgs()
@@ -125,9 +132,123 @@ func (h testHooks) register(r *server.Router, exec *handlers.Executor) {
 
 // testRole runs the processes the isolate fork fault starts: they sleep
 // until killed, so a test can see whether any survive.
-func testRole() (code int, ok bool) {
-	if os.Getenv(isolate.RoleEnv) != isolate.RoleFaultSleeper {
+func testRole(role string) (code int, ok bool) {
+	if role != roleFaultSleeper {
 		return 0, false
 	}
-	return isolate.RunFaultSleeper(), true
+	time.Sleep(time.Hour)
+	return 0, true
+}
+
+// roleFaultSleeper is the role of the processes the fork fault starts.
+const roleFaultSleeper = "fault-sleeper"
+
+// The header-panic fault is a workload whose input check panics, as a
+// broken header parser would: isolated, its input must reach that parser
+// only in the child (a typed outcome, isolate_crashed), never in the worker.
+func init() {
+	handlers.Register(&handlers.Workload{Name: "fault-header-panic", Group: "test-isolate", ContentType: "text/plain",
+		Check: func(handlers.Params, []byte) error { panic("fault: the header parser panicked") },
+		Run:   func(context.Context, handlers.Params, []byte) ([]byte, error) { return []byte("ran"), nil }})
+}
+
+// testJob is the fault jobs of an isolate child, each misbehaving in one
+// way the isolator must contain: crashing, hoarding, spinning, hanging,
+// escaping its sandbox (a process, a socket, a signal to its parent, its
+// own cgroup's limit, a file), or lying in its reply.
+func testJob(name string) (isolate.Func, bool) {
+	f, ok := faults[strings.TrimPrefix(name, "fault-")]
+	return f, ok && strings.HasPrefix(name, "fault-")
+}
+
+var faults = map[string]isolate.Func{
+	"panic": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		panic("fault: panic in an isolated task")
+	},
+	"segv": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		var p *int
+		return []byte(strconv.Itoa(*p)), nil // a nil dereference: SIGSEGV
+	},
+	"alloc": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		var hoard [][]byte
+		for {
+			b := make([]byte, 16<<20)
+			for i := range b {
+				b[i] = byte(i)
+			}
+			hoard = append(hoard, b)
+		}
+	},
+	"spin": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		for x := 0; ; x++ {
+			_ = x
+		}
+	},
+	"sleep": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		select {}
+	},
+	"fork": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		started := 0
+		for range 200 { // a fork bomb
+			cmd := exec.Command("/proc/self/exe")
+			cmd.Env = []string{isolate.RoleEnv + "=" + roleFaultSleeper}
+			if cmd.Start() != nil {
+				break
+			}
+			started++
+		}
+		return []byte(fmt.Sprintf("started %d processes", started)), nil
+	},
+	"dial": func(_ context.Context, p map[string]string, _ []byte) ([]byte, error) {
+		conn, err := net.DialTimeout("tcp", p["addr"], 2*time.Second)
+		if err != nil {
+			return nil, &isolate.JobError{Status: 422, Code: "dial_failed", Message: err.Error()}
+		}
+		conn.Close()
+		return []byte("connected to " + p["addr"]), nil
+	},
+	"kill-parent": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		err := syscall.Kill(os.Getppid(), syscall.SIGKILL)
+		return []byte(fmt.Sprintf("kill(parent): %v", err)), nil
+	},
+	"raise-limit": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		// Its own memory cgroup's limit, as /proc/self/cgroup names it.
+		b, _ := os.ReadFile("/proc/self/cgroup")
+		for _, line := range strings.Split(string(b), "\n") {
+			if parts := strings.SplitN(line, ":", 3); len(parts) == 3 && (parts[1] == "memory" || parts[1] == "") {
+				for _, f := range []string{"/sys/fs/cgroup/memory" + parts[2] + "/memory.limit_in_bytes",
+					"/sys/fs/cgroup" + parts[2] + "/memory.max"} {
+					if err := os.WriteFile(f, []byte("-1"), 0); err == nil {
+						return []byte("raised " + f), nil
+					}
+				}
+			}
+		}
+		return []byte("could not raise the limit"), nil
+	},
+	"read-file": func(_ context.Context, p map[string]string, _ []byte) ([]byte, error) {
+		b, err := os.ReadFile(p["path"])
+		if err != nil {
+			return []byte("read: " + err.Error()), nil
+		}
+		return b, nil
+	},
+	// Lies: each writes a reply outside the protocol and stays alive.
+	"lie-garbage":     lie("not a header\n"),
+	"lie-long-header": lie(`{"message":"` + strings.Repeat("x", 256<<10)),
+	"lie-size":        lie(`{"size":1073741824}` + "\nxx"),
+	"lie-status": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		return nil, &isolate.JobError{Status: 101, Code: "switching", Message: "not an error"}
+	},
+	"lie-code": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		return nil, &isolate.JobError{Status: 422, Code: "made_up", Message: strings.Repeat("y", 1<<20)}
+	},
+}
+
+// lie writes reply straight to stdout, where the frame goes, then hangs.
+func lie(reply string) isolate.Func {
+	return func(context.Context, map[string]string, []byte) ([]byte, error) {
+		os.Stdout.WriteString(reply)
+		select {}
+	}
 }

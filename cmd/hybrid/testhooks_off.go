@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/hybrid-server/hybrid/handlers"
+	"github.com/hybrid-server/hybrid/isolate"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
 )
@@ -20,4 +21,5 @@ func loadTestHooks(*procpool.Worker) (testHooks, error)       { return testHooks
 func (testHooks) atStart(*slog.Logger) (code int, stop bool)  { return 0, false }
 func (testHooks) heartbeats() bool                            { return true }
 func (testHooks) register(*server.Router, *handlers.Executor) {}
-func testRole() (code int, ok bool)                           { return 0, false }
+func testRole(string) (code int, ok bool)                     { return 0, false }
+func testJob(string) (isolate.Func, bool)                     { return nil, false }

@@ -70,10 +70,9 @@ func runWorker(args []string) int {
 	defer pool.Close(context.Background())
 	modes, _ := handlers.ParseModes(cfg.modes, handlers.Pool) // validated by parseServe
 	exec := &handlers.Executor{Pool: pool, Modes: modes, AllowOverride: cfg.allowOverride, MaxBody: cfg.server.MaxBody,
-		TaskTimeout: cfg.taskTimeout, MaxOutput: int(cfg.maxOutput), Log: log,
+		TaskTimeout: cfg.taskTimeout, MaxOutput: int(cfg.maxOutput), Log: log, IsolateTimeout: cfg.iso.Timeout,
 		ImageMaxPixels: cfg.imageMaxPixels, ImageMaxOutput: cfg.imageMaxOutput, ImageMaxFrames: cfg.imageMaxFrames}
-	iso, err := isolate.New(isolate.Config{Timeout: cfg.isoTimeout, Memory: cfg.isoMemory, CPU: cfg.isoCPU,
-		Warm: cfg.isoWarm, Reuse: cfg.isoReuse, TestHooks: hooks.on}, log)
+	iso, err := isolate.New(cfg.iso, log)
 	if err != nil {
 		return fatal("%v", err)
 	}

@@ -1,7 +1,8 @@
-// Package testimages makes the images the tests need, deterministically and
-// in memory: a photo-like picture, and hostile files that declare huge sizes
-// in a few hundred bytes. Test support only.
-package testimages
+// Package sampleimages makes the images the tests and the bench need,
+// deterministically and in memory: a photo-like picture, and hostile files
+// that declare huge sizes in a few hundred bytes. The bench sends them (bench/scenario.go), so it is
+// part of the binary; nothing else uses it.
+package sampleimages
 
 import (
 	"bytes"
