@@ -208,7 +208,10 @@ func (e *Executor) run(ctx context.Context, since time.Time, w *Workload, mode M
 			break
 		}
 		var out []byte
-		job := isolate.Job{Name: w.Name, Params: p, MaxOutput: e.replyLimit()}
+		job := isolate.Job{Name: w.Name, Params: p, MaxOutput: e.replyLimit(), Codes: jobCodes}
+		if w.MaxReply > 0 {
+			job.MaxOutput = w.MaxReply
+		}
 		if w.BigHeap {
 			job.Heap = 64 << 20 // measured: a win for argon2id and thumbnails, a loss for zstd of 1 MiB
 		}

@@ -53,7 +53,7 @@ func HashAlgos() []string {
 }
 
 func init() {
-	Register(&Workload{Name: "hash", Estimate: time.Millisecond, Group: "hash", CheckParams: checkHash, Run: runHash, ContentType: "application/json"})
+	Register(&Workload{Name: "hash", Estimate: time.Millisecond, Group: "hash", MaxReply: 4 << 10, CheckParams: checkHash, Run: runHash, ContentType: "application/json"})
 }
 
 func checkHash(p Params) error {

@@ -51,7 +51,7 @@ const (
 func init() {
 	Register(&Workload{Name: "image-resize", Estimate: 150 * time.Millisecond, Group: "image", BigHeap: true, CheckParams: checkResizeParams, Check: checkResize, Run: runResize,
 		ContentTypeOf: func(p Params) string { return "image/" + outputFormat(p) }})
-	Register(&Workload{Name: "image-info", Estimate: time.Millisecond, Group: "image-info", Check: checkInfo, Run: runInfo,
+	Register(&Workload{Name: "image-info", Estimate: time.Millisecond, Group: "image-info", MaxReply: 4 << 10, Check: checkInfo, Run: runInfo,
 		ContentType: "application/json"})
 }
 

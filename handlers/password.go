@@ -50,9 +50,9 @@ const (
 )
 
 func init() {
-	Register(&Workload{Name: "password-hash", Estimate: 100 * time.Millisecond, Group: "password", BigHeap: true, CheckParams: checkPasswordAlgo, Check: checkPasswordHash, Run: runPasswordHash,
+	Register(&Workload{Name: "password-hash", Estimate: 100 * time.Millisecond, Group: "password", BigHeap: true, MaxReply: 4 << 10, CheckParams: checkPasswordAlgo, Check: checkPasswordHash, Run: runPasswordHash,
 		ContentType: "application/json"})
-	Register(&Workload{Name: "password-verify", Estimate: 100 * time.Millisecond, Group: "password", BigHeap: true, Check: checkPasswordVerify, Run: runPasswordVerify,
+	Register(&Workload{Name: "password-verify", Estimate: 100 * time.Millisecond, Group: "password", BigHeap: true, MaxReply: 4 << 10, Check: checkPasswordVerify, Run: runPasswordVerify,
 		ContentType: "application/json"})
 }
 

@@ -39,6 +39,11 @@ type Workload struct {
 	// admission estimate of the workload until its tasks have been timed
 	// (package taskpool). Zero: taskpool.DefaultEstimate.
 	Estimate time.Duration
+	// MaxReply bounds the output of a workload whose output is small
+	// whatever its input (a digest, a password hash, an image's header):
+	// an isolated child that replies more is lying. 0: the Executor's
+	// general bound (replyLimit).
+	MaxReply int
 	// BigHeap marks a workload that grows a heap of tens of MiB whatever
 	// its input's size (argon2id's 19 MiB, an image decode): isolated, its
 	// child maps its heap ahead as huge pages (isolate.Job.Heap).

@@ -32,6 +32,8 @@ type childLimits struct {
 	DataBytes   uint64 `json:"data"`   // RLIMIT_DATA, only without a memory cgroup
 	Reuse       int    `json:"reuse"`  // frames to serve before exiting
 	Seccomp     bool   `json:"seccomp"`
+	Threads     int    `json:"threads"` // the Go runtime's thread cap (debug.SetMaxThreads)
+	NProc       uint64 `json:"nproc"`   // RLIMIT_NPROC, only without a pids cgroup
 }
 
 // Serve is the whole life of an isolate child: apply the limits and the
@@ -175,8 +177,53 @@ func applyLimits(lim childLimits) error {
 			return err
 		}
 	}
+	if lim.NProc > 0 {
+		if err := set(unix.RLIMIT_NPROC, lim.NProc, lim.NProc); err != nil {
+			return err
+		}
+	}
+	if lim.Threads > 0 {
+		debug.SetMaxThreads(lim.Threads)
+	}
 	if lim.MemoryBytes > 0 {
 		debug.SetMemoryLimit(int64(lim.MemoryBytes) * 9 / 10)
 	}
+	// A child that runs as root (its own user could not exec the binary)
+	// keeps nothing of root's power: every capability goes, on every
+	// thread, and the bounding set with them.
+	if os.Geteuid() == 0 {
+		if err := dropCapabilities(); err != nil {
+			return fmt.Errorf("dropping capabilities: %w", err)
+		}
+	}
 	return nil
+}
+
+// dropCapabilities empties this process's capability sets and bounding set
+// on all its threads (capabilities are per thread). A cgo build cannot do
+// that (AllThreadsSyscall refuses), and drops them on this thread only.
+func dropCapabilities() error {
+	all := func(trap, a1, a2, a3 uintptr) error {
+		_, _, errno := syscall.AllThreadsSyscall(trap, a1, a2, a3)
+		if errno == syscall.ENOTSUP {
+			_, _, errno = syscall.RawSyscall(trap, a1, a2, a3)
+		}
+		if errno != 0 {
+			return errno
+		}
+		return nil
+	}
+	for c := uintptr(0); c <= 63; c++ {
+		if err := all(syscall.SYS_PRCTL, unix.PR_CAPBSET_DROP, c, 0); err == syscall.EINVAL {
+			break // past the last capability this kernel knows
+		} else if err != nil {
+			return err
+		}
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData // zero: no capability in any set
+	err := all(syscall.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
+	runtime.KeepAlive(&hdr)
+	runtime.KeepAlive(&data)
+	return err
 }

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hybrid-server/hybrid/internal/fds"
 	"github.com/hybrid-server/hybrid/internal/jsonw"
 	"github.com/hybrid-server/hybrid/internal/seccomp"
 	"github.com/hybrid-server/hybrid/internal/tail"
@@ -155,6 +156,10 @@ type Job struct {
 	Name      string
 	Params    map[string]string
 	MaxOutput int
+	// Codes, when set, are the error codes the caller accepts from the
+	// job, each with its status: a *JobError with another is a lie (the
+	// child is killed, and the run is a *CrashError).
+	Codes map[string]int
 	// Heap, when set, is about how much heap the job will grow: the child
 	// maps it ahead as transparent huge pages (see hugeHeap), which cuts
 	// the page faults of a cold heap ~10× for a job of tens of MiB and
@@ -176,10 +181,11 @@ type Isolator struct {
 	quit   chan struct{}
 	wg     sync.WaitGroup
 
-	probed   chan struct{} // closed when caps, lim, cred and limits are known
-	probeErr error         // with Strict: the limit the host cannot enforce
-	warmOnce sync.Once
-	niceWarn atomic.Bool // lowerPriority's failure was logged
+	probed    chan struct{} // closed when caps, lim, cred and limits are known
+	probeErr  error         // with Strict: the limit the host cannot enforce
+	seccompOn bool          // children install the filter
+	warmOnce  sync.Once
+	niceWarn  atomic.Bool // lowerPriority's failure was logged
 
 	ok, inputErr, timeout, memory, cpu, violation, crashed, started atomic.Uint64
 	peakChild                                                       atomic.Uint64 // bytes, from the child cgroups
@@ -206,6 +212,12 @@ func New(cfg Config, log *slog.Logger) (*Isolator, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	// Children get stdin, stdout and stderr, and nothing this process
+	// inherited (hybrid's main does this first; a program embedding the
+	// isolator may not).
+	if err := fds.CloseOnExec(3); err != nil {
+		return nil, fmt.Errorf("isolate: marking inherited descriptors close-on-exec: %w", err)
+	}
 	dir, err := os.MkdirTemp("", "hybrid-isolate-")
 	if err != nil {
 		return nil, fmt.Errorf("isolate: working directory: %w", err)
@@ -254,37 +266,54 @@ func (iso *Isolator) probe() error {
 		iso.log.Warn("isolate: no cgroup for children: memory bounded by RLIMIT_DATA, processes by the seccomp filter only",
 			"mode", iso.cfg.Cgroup, "reason", why)
 	}
+	lims := childLimits{CPUSeconds: uint64((iso.cfg.CPU + time.Second - 1) / time.Second), NoFile: 16,
+		MemoryBytes: iso.cfg.Memory, Reuse: iso.cfg.Reuse, Seccomp: seccomp.Supported(), Threads: maxTasks}
+	if iso.lim == nil {
+		// Without a cgroup, RLIMIT_DATA (private writable mappings, Linux
+		// ≥ 4.7; the filter refuses shared ones) bounds the Go heap; the
+		// runtime's reservations are PROT_NONE and do not count. And
+		// RLIMIT_NPROC bounds the threads of the children's user.
+		lims.DataBytes = iso.cfg.Memory + 64<<20
+		lims.NProc = childNProc
+		c.Processes = fmt.Sprintf("RLIMIT_NPROC %d for the children's user", childNProc)
+	}
+	iso.setLimits(lims)
+	// First the filter, as this process's user: does it install here? A
+	// failure is retried (a fork can fail for want of memory or pids).
+	if err := iso.probeRetry(nil); err != nil && lims.Seccomp {
+		iso.log.Error("isolate: the seccomp filter cannot be installed: children can open files, sockets and processes",
+			"err", err.Error())
+		lims.Seccomp = false
+		iso.setLimits(lims)
+	}
+	iso.seccompOn = lims.Seccomp
+	// Then the children's own user.
 	if os.Geteuid() == 0 {
 		u := iso.cfg.User
 		if u == nil {
 			u = defaultUser()
 		}
-		iso.cred = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
+		cred := &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
 		c.User = fmt.Sprintf("uid %d gid %d", u.UID, u.GID)
+		err := iso.probeRetry(cred)
+		var se *startError
+		switch {
+		case err == nil:
+			iso.cred = cred
+		case errors.As(err, &se) && (errors.Is(se.err, syscall.EACCES) || errors.Is(se.err, syscall.EPERM)):
+			// The binary is not executable by that user. Children run as
+			// root with every capability dropped, under the filter.
+			iso.log.Error("isolate: children cannot start as their own user; they run as root without capabilities, under the seccomp filter",
+				"user", c.User, "err", err.Error())
+			missing = append(missing, "a user other than root for children ("+err.Error()+")")
+			c.User = "root without capabilities (could not start as " + c.User + ")"
+		default:
+			// Not the user's fault: keep it, and let each start report.
+			iso.log.Error("isolate: the probe of the children's user failed; keeping it", "user", c.User, "err", err.Error())
+			iso.cred = cred
+		}
 	} else {
 		c.User = fmt.Sprintf("uid %d (this process's: not root, cannot change user)", os.Geteuid())
-	}
-	lims := childLimits{CPUSeconds: uint64((iso.cfg.CPU + time.Second - 1) / time.Second), NoFile: 16,
-		MemoryBytes: iso.cfg.Memory, Reuse: iso.cfg.Reuse, Seccomp: seccomp.Supported()}
-	if iso.lim == nil {
-		// Without a cgroup, RLIMIT_DATA (private writable mappings, Linux
-		// ≥ 4.7) bounds the Go heap; the runtime's reservations are
-		// PROT_NONE and do not count.
-		lims.DataBytes = iso.cfg.Memory + 64<<20
-	}
-	iso.setLimits(lims)
-	if err := iso.runProbe(); err != nil && iso.cred != nil {
-		iso.log.Error("isolate: children cannot start as their own user; they run as this process's (root)",
-			"user", c.User, "err", err.Error())
-		missing = append(missing, "a user other than root for children ("+err.Error()+")")
-		iso.cred = nil
-		c.User = "root (could not start as " + c.User + ")"
-	}
-	if err := iso.runProbe(); err != nil && lims.Seccomp {
-		iso.log.Warn("isolate: the seccomp filter cannot be installed: children can open files, sockets and processes",
-			"err", err.Error())
-		lims.Seccomp = false
-		iso.setLimits(lims)
 	}
 	if lims.Seccomp {
 		c.Network = "seccomp: no socket"
@@ -293,9 +322,6 @@ func (iso *Isolator) probe() error {
 	} else {
 		c.Network = "none"
 		missing = append(missing, "the seccomp filter (no network, files or processes)")
-	}
-	if iso.lim == nil && !lims.Seccomp {
-		missing = append(missing, "a process limit")
 	}
 	iso.log.Info("isolate limits", "memory", c.Memory, "processes", c.Processes, "network", c.Network,
 		"files", c.Files, "user", c.User, "memory_bytes", iso.cfg.Memory, "timeout", iso.cfg.Timeout.String(),
@@ -311,13 +337,51 @@ func (iso *Isolator) setLimits(l childLimits) {
 	iso.limits = string(b)
 }
 
-// runProbe starts a child that confines itself as a real one does and
-// exits: nil if all of it applied.
-func (iso *Isolator) runProbe() error {
+// childNProc is the RLIMIT_NPROC of children without a pids cgroup: it
+// bounds the processes and threads of the children's user (all children of
+// every worker together, ~10 threads each), well under the host's pid_max.
+const childNProc = 1024
+
+// probeTimeout bounds one probe child.
+const probeTimeout = 10 * time.Second
+
+// startError is a probe child that could not be started at all (exec).
+type startError struct{ err error }
+
+func (e *startError) Error() string { return "start: " + e.err.Error() }
+
+// probeRetry is runProbe, tried three times over about a second: a fork
+// can fail for a moment (memory, pids) without anything being wrong.
+func (iso *Isolator) probeRetry(cred *syscall.Credential) error {
+	var err error
+	for i := range 3 {
+		if err = iso.runProbe(cred); err == nil {
+			return nil
+		}
+		var se *startError
+		if errors.As(err, &se) && (errors.Is(se.err, syscall.EACCES) || errors.Is(se.err, syscall.EPERM)) {
+			return err // permanent
+		}
+		time.Sleep(time.Duration(100*(i+1)) * time.Millisecond)
+	}
+	return err
+}
+
+// runProbe starts a child, as cred (nil: as this process), that confines
+// itself as a real one does and exits: nil if all of it applied; a
+// *startError if it could not be started.
+func (iso *Isolator) runProbe(cred *syscall.Credential) error {
 	cmd := iso.command(RoleProbe)
+	cmd.SysProcAttr.Credential = cred
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
+	if err := cmd.Start(); err != nil {
+		return &startError{err}
+	}
+	timer := time.AfterFunc(probeTimeout, func() { cmd.Process.Kill() })
+	err := cmd.Wait()
+	timer.Stop()
+	if err != nil {
 		if s := strings.TrimSpace(stderr.String()); s != "" {
 			return fmt.Errorf("%v: %s", err, s)
 		}
@@ -376,7 +440,9 @@ type child struct {
 
 func (iso *Isolator) start() (*child, error) {
 	cmd := iso.command(RoleChild)
-	c := &child{cmd: cmd, stderr: &tail.Buffer{Head: 512, Max: 4096}, done: make(chan struct{})}
+	// Its stderr is kept for the log, up to 1 MiB: a child that floods it
+	// then blocks, instead of costing the worker's CPU to read.
+	c := &child{cmd: cmd, stderr: &tail.Buffer{Head: 512, Max: 4096, Limit: 1 << 20}, done: make(chan struct{})}
 	cmd.Stderr = c.stderr
 	// A grandchild holding the stderr pipe must not keep Wait from returning.
 	cmd.WaitDelay = 200 * time.Millisecond
@@ -605,6 +671,13 @@ func (iso *Isolator) Run(ctx context.Context, job Job, input []byte) ([]byte, er
 			iso.log.Error("isolate child answered a status out of range", "job", job.Name, "status", r.h.Status)
 			return nil, &CrashError{Reason: fmt.Sprintf("status %d out of range", r.h.Status)}
 		}
+		if st, ok := job.Codes[r.h.Code]; job.Codes != nil && (!ok || st != r.h.Status) {
+			iso.retire(c)
+			iso.crashed.Add(1)
+			code := r.h.Code[:min(len(r.h.Code), 64)]
+			iso.log.Error("isolate child answered an unknown error", "job", job.Name, "status", r.h.Status, "code", code)
+			return nil, &CrashError{Reason: fmt.Sprintf("unknown error %d %q", r.h.Status, code)}
+		}
 		c.served++
 		iso.recycle(c)
 		iso.inputErr.Add(1)
@@ -623,10 +696,22 @@ func (iso *Isolator) kill(c *child) bool {
 	case <-c.done:
 		return false
 	default:
-		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		iso.signalKill(c)
 		c.stdin.Close()
 		<-c.done
 		return true
+	}
+}
+
+// signalKill kills a child not yet reaped. Process.Kill goes through a
+// pidfd, so it cannot hit a process that took a reaped child's number;
+// under the filter the child cannot have made others. Without the filter
+// its process group is killed too (the cgroup, where there is one, gets
+// the rest when it is released).
+func (iso *Isolator) signalKill(c *child) {
+	c.cmd.Process.Kill()
+	if !iso.seccompOn {
+		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
 	}
 }
 
@@ -713,7 +798,7 @@ func (iso *Isolator) destroy(c *child) {
 		// Reaped: if its group is empty its number may belong to a new child
 		// now, so only the cgroup (below) may be used to find stragglers.
 	default:
-		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		iso.signalKill(c)
 	}
 	c.stdin.Close()
 	<-c.done

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // RoleEnv is the environment variable that gives a re-executed hybrid its
@@ -76,9 +77,18 @@ func readFrame(r *bufio.Reader, limit int) (header, []byte, error) {
 	if h.Size < 0 || h.Size > limit {
 		return h, nil, fmt.Errorf("%w: payload of %d bytes, limit %d", errFraming, h.Size, limit)
 	}
-	payload := make([]byte, h.Size)
-	if _, err := io.ReadFull(r, payload); err != nil {
-		return h, nil, fmt.Errorf("%w: payload: %v", errFraming, err)
+	// Memory follows the bytes that arrive, not the size the header claims
+	// (a lying child's 190 MiB claim held that much for the whole timeout).
+	payload := make([]byte, 0, min(h.Size, 1<<20))
+	for len(payload) < h.Size {
+		if len(payload) == cap(payload) {
+			payload = slices.Grow(payload, min(h.Size, 2*cap(payload))-len(payload))
+		}
+		n, err := r.Read(payload[len(payload):min(cap(payload), h.Size)])
+		payload = payload[:len(payload)+n]
+		if err != nil && len(payload) < h.Size {
+			return h, nil, fmt.Errorf("%w: payload: %v", errFraming, err)
+		}
 	}
 	return h, payload, nil
 }

@@ -73,105 +73,126 @@ func benchFlagSet() (*flag.FlagSet, *benchConfig, func() error) {
 	fs.BoolVar(&m.Load.NewConn, "new-conn", false, "open a new connection for every request (default: keep-alive)")
 	fs.DurationVar(&m.Load.Timeout, "timeout", 30*time.Second, "one request's limit; past it the request counts as a timeout error")
 	fs.StringVar(&m.URL, "url", "", "measure a running hybrid server at this base URL (it needs --allow-mode-override for --modes)")
-	var targets, headers listFlag
-	fs.Var(&targets, "target", `measure any HTTP server: "[NAME=]METHOD URL [@BODYFILE] [c=N]"; repeatable`)
-	fs.Var(&headers, "H", `a header for every --target request, "Name: value"; repeatable. With "Expect: 100-continue" the client waits for the answer to the headers before it sends the body, as curl does`)
-	body := fs.String("body", "", "a file whose bytes are the body of every --target request that sends one (not GET or HEAD) and names no @BODYFILE")
+	raw := &benchRaw{workloads: workloads, modes: modes, workers: workers, conc: conc}
+	fs.Var(&raw.targets, "target", `measure any HTTP server: "[NAME=]METHOD URL [@BODYFILE] [c=N]"; repeatable`)
+	fs.Var(&raw.headers, "H", `a header for every --target request, "Name: value"; repeatable. With "Expect: 100-continue" the client waits for the answer to the headers before it sends the body, as curl does`)
+	raw.body = fs.String("body", "", "a file whose bytes are the body of every --target request that sends one (not GET or HEAD) and names no @BODYFILE")
 	fs.IntVar(&m.ServerPID, "server-pid", 0, "with --url or --target: the server's root pid, to measure its process tree's CPU per request and peak RSS")
-	serveArgs := fs.String("serve-args", "", `more flags for every server the bench starts, e.g. "--pool-size 2 --isolate-reuse 10"`)
+	raw.serveArgs = fs.String("serve-args", "", `more flags for every server the bench starts, e.g. "--pool-size 2 --isolate-reuse 10"`)
 	fs.StringVar(&c.report, "report", "", "a directory to write results.json and report.html into")
+	return fs, c, func() error { return c.finish(fs, raw) }
+}
 
-	// finish checks the values and builds the matrix once fs has parsed.
-	finish := func() error {
-		given := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-		c.flags = map[string]string{}
-		fs.VisitAll(func(f *flag.Flag) { c.flags[f.Name] = f.Value.String() })
-		if given["c"] && *conc < 1 {
-			return fmt.Errorf("-c %d: want at least 1 connection", *conc)
-		}
-		m.Load.Concurrency = *conc
-		if m.Load.Concurrency < 0 || m.Load.Rate < 0 || m.Load.Duration < 0 || m.Load.Requests < 0 || m.Load.Warmup < 0 || m.Load.Timeout <= 0 {
-			return errors.New("-c, --rate, --duration, --requests, --warmup: want ≥ 0; --timeout: want > 0")
-		}
-		if m.Load.Duration == 0 && m.Load.Requests == 0 {
-			return errors.New("--duration 0 needs --requests: a run must stop by itself")
-		}
-		if m.URL != "" && len(targets) > 0 {
-			return errors.New("--url and --target: choose one")
-		}
-		if len(targets) > 0 {
-			for _, f := range []string{"workloads", "modes", "workers", "serve-args"} {
-				if given[f] {
-					return fmt.Errorf("--%s: not with --target (a target is one fixed request)", f)
-				}
-			}
-			var bodyBytes []byte
-			if *body != "" {
-				b, err := os.ReadFile(*body)
-				if err != nil {
-					return fmt.Errorf("--body: %w", err)
-				}
-				bodyBytes = b
-			}
-			var hdr [][2]string
-			for _, h := range headers {
-				k, v, ok := strings.Cut(h, ":")
-				if !ok || strings.TrimSpace(k) == "" {
-					return fmt.Errorf("-H %q: want \"Name: value\"", h)
-				}
-				hdr = append(hdr, [2]string{strings.TrimSpace(k), strings.TrimSpace(v)})
-			}
-			for i, spec := range targets {
-				nt, err := parseTargetSpec(spec, i, hdr, bodyBytes)
-				if err != nil {
-					return fmt.Errorf("--target: %w", err)
-				}
-				m.Targets = append(m.Targets, nt)
-			}
-			return nil
-		}
-		if *body != "" || len(headers) > 0 {
-			return errors.New("--body and -H: only with --target (workloads bring their own)")
-		}
-		if m.ServerPID != 0 && m.URL == "" {
-			return errors.New("--server-pid: only with --url or --target (the bench measures the servers it starts itself)")
-		}
-		if m.URL != "" {
-			if given["workers"] || given["serve-args"] {
-				return errors.New("--workers and --serve-args: not with --url (the bench does not start that server)")
-			}
-			if _, err := bench.ParseTarget("GET " + m.URL); err != nil {
-				return fmt.Errorf("--url: %w", err)
-			}
-		}
-		for _, n := range splitList(*workloads) {
-			w, err := bench.LookupWorkload(n)
-			if err != nil {
-				return fmt.Errorf("--workloads: %w", err)
-			}
-			m.Workloads = append(m.Workloads, w)
-		}
-		for _, md := range splitList(*modes) {
-			if !slices.Contains(bench.Modes, md) {
-				return fmt.Errorf("--modes: unknown mode %q (known: %s)", md, strings.Join(bench.Modes, ", "))
-			}
-			m.Modes = append(m.Modes, md)
-		}
-		for _, s := range splitList(*workers) {
-			n, err := strconv.Atoi(s)
-			if err != nil || n < 1 || n > 1024 {
-				return fmt.Errorf("--workers: %q: want whole numbers from 1 to 1024", s)
-			}
-			m.Workers = append(m.Workers, n)
-		}
-		if len(m.Workloads) == 0 || len(m.Modes) == 0 || len(m.Workers) == 0 {
-			return errors.New("--workloads, --modes, --workers: want at least one each")
-		}
-		m.ServeArgs = strings.Fields(*serveArgs)
-		return nil
+// benchRaw holds the flag values that finish checks and turns into the
+// matrix once the flag set has parsed.
+type benchRaw struct {
+	workloads, modes, workers, body, serveArgs *string
+	conc                                       *int
+	targets, headers                           listFlag
+}
+
+// finish checks the parsed values and builds c.matrix: from --target, or
+// from the workloads × modes × workers of the bench's own servers.
+func (c *benchConfig) finish(fs *flag.FlagSet, raw *benchRaw) error {
+	m := &c.matrix
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	c.flags = map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { c.flags[f.Name] = f.Value.String() })
+	if given["c"] && *raw.conc < 1 {
+		return fmt.Errorf("-c %d: want at least 1 connection", *raw.conc)
 	}
-	return fs, c, finish
+	m.Load.Concurrency = *raw.conc
+	if m.Load.Concurrency < 0 || m.Load.Rate < 0 || m.Load.Duration < 0 || m.Load.Requests < 0 || m.Load.Warmup < 0 || m.Load.Timeout <= 0 {
+		return errors.New("-c, --rate, --duration, --requests, --warmup: want ≥ 0; --timeout: want > 0")
+	}
+	if m.Load.Duration == 0 && m.Load.Requests == 0 {
+		return errors.New("--duration 0 needs --requests: a run must stop by itself")
+	}
+	if m.URL != "" && len(raw.targets) > 0 {
+		return errors.New("--url and --target: choose one")
+	}
+	if len(raw.targets) > 0 {
+		return c.finishTargets(given, raw)
+	}
+	if *raw.body != "" || len(raw.headers) > 0 {
+		return errors.New("--body and -H: only with --target (workloads bring their own)")
+	}
+	return c.finishMatrix(given, raw)
+}
+
+// finishTargets builds the matrix of --target requests.
+func (c *benchConfig) finishTargets(given map[string]bool, raw *benchRaw) error {
+	for _, f := range []string{"workloads", "modes", "workers", "serve-args"} {
+		if given[f] {
+			return fmt.Errorf("--%s: not with --target (a target is one fixed request)", f)
+		}
+	}
+	var bodyBytes []byte
+	if *raw.body != "" {
+		b, err := os.ReadFile(*raw.body)
+		if err != nil {
+			return fmt.Errorf("--body: %w", err)
+		}
+		bodyBytes = b
+	}
+	var hdr [][2]string
+	for _, h := range raw.headers {
+		k, v, ok := strings.Cut(h, ":")
+		if !ok || strings.TrimSpace(k) == "" {
+			return fmt.Errorf("-H %q: want \"Name: value\"", h)
+		}
+		hdr = append(hdr, [2]string{strings.TrimSpace(k), strings.TrimSpace(v)})
+	}
+	for i, spec := range raw.targets {
+		nt, err := parseTargetSpec(spec, i, hdr, bodyBytes)
+		if err != nil {
+			return fmt.Errorf("--target: %w", err)
+		}
+		c.matrix.Targets = append(c.matrix.Targets, nt)
+	}
+	return nil
+}
+
+// finishMatrix builds the workloads × modes × workers matrix.
+func (c *benchConfig) finishMatrix(given map[string]bool, raw *benchRaw) error {
+	m := &c.matrix
+	if m.ServerPID != 0 && m.URL == "" {
+		return errors.New("--server-pid: only with --url or --target (the bench measures the servers it starts itself)")
+	}
+	if m.URL != "" {
+		if given["workers"] || given["serve-args"] {
+			return errors.New("--workers and --serve-args: not with --url (the bench does not start that server)")
+		}
+		if _, err := bench.ParseTarget("GET " + m.URL); err != nil {
+			return fmt.Errorf("--url: %w", err)
+		}
+	}
+	for _, n := range splitList(*raw.workloads) {
+		w, err := bench.LookupWorkload(n)
+		if err != nil {
+			return fmt.Errorf("--workloads: %w", err)
+		}
+		m.Workloads = append(m.Workloads, w)
+	}
+	for _, md := range splitList(*raw.modes) {
+		if !slices.Contains(bench.Modes, md) {
+			return fmt.Errorf("--modes: unknown mode %q (known: %s)", md, strings.Join(bench.Modes, ", "))
+		}
+		m.Modes = append(m.Modes, md)
+	}
+	for _, s := range splitList(*raw.workers) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1024 {
+			return fmt.Errorf("--workers: %q: want whole numbers from 1 to 1024", s)
+		}
+		m.Workers = append(m.Workers, n)
+	}
+	if len(m.Workloads) == 0 || len(m.Modes) == 0 || len(m.Workers) == 0 {
+		return errors.New("--workloads, --modes, --workers: want at least one each")
+	}
+	m.ServeArgs = strings.Fields(*raw.serveArgs)
+	return nil
 }
 
 // parseTargetSpec reads "[NAME=]METHOD URL [@BODYFILE] [c=N]". The body is

@@ -101,6 +101,7 @@ func TestIsolateContainsFaults(t *testing.T) {
 				{"lie-size", 500, "isolate_crashed"},
 				{"lie-status", 500, "isolate_crashed"},
 				{"lie-code", 500, "isolate_crashed"},
+				{"lie-long-reply", 500, "isolate_crashed"},
 			} {
 				// Another request is served while the fault runs.
 				var wg sync.WaitGroup
@@ -140,8 +141,8 @@ func TestIsolateContainsFaults(t *testing.T) {
 				}
 			}
 			getJSON(freshClient(), base+"/health", &h)
-			if h.Isolate.Outcomes["sandbox_violation"] != 5 || h.Isolate.Outcomes["isolate_crashed"] != 8 {
-				t.Errorf("outcomes %v; want 5 sandbox_violation and 8 isolate_crashed", h.Isolate.Outcomes)
+			if h.Isolate.Outcomes["sandbox_violation"] != 5 || h.Isolate.Outcomes["isolate_crashed"] != 9 {
+				t.Errorf("outcomes %v; want 5 sandbox_violation and 9 isolate_crashed", h.Isolate.Outcomes)
 			}
 			t.Logf("limits: %v", h.Isolate.Limits)
 			if s := c.snapshot(); s.Workers[0].PID != worker || s.Forks != 1 {

@@ -106,10 +106,11 @@ func (h testHooks) register(r *server.Router, exec *handlers.Executor) {
 		fault := server.PathParam(ctx, "/_test/isolate/")
 		w, ok := handlers.Lookup("fault-" + fault) // a workload with checks of its own
 		if !ok {
-			w = &handlers.Workload{Name: "fault-" + fault, Group: "test-isolate", ContentType: "text/plain"}
+			w = &handlers.Workload{Name: "fault-" + fault, Group: "test-isolate", ContentType: "text/plain", MaxReply: 4 << 20}
 		}
 		q := ctx.QueryArgs()
-		exec.Serve(ctx, w, handlers.Params{"addr": string(q.Peek("addr")), "path": string(q.Peek("path"))})
+		exec.Serve(ctx, w, handlers.Params{"addr": string(q.Peek("addr")), "path": string(q.Peek("path")),
+			"pid": strconv.Itoa(os.Getpid())})
 	})
 	r.Handle(fasthttp.MethodPost, "/_test/task", func(ctx *fasthttp.RequestCtx) {
 		q := ctx.QueryArgs()
@@ -207,9 +208,10 @@ var faults = map[string]isolate.Func{
 		conn.Close()
 		return []byte("connected to " + p["addr"]), nil
 	},
-	"kill-parent": func(context.Context, map[string]string, []byte) ([]byte, error) {
-		err := syscall.Kill(os.Getppid(), syscall.SIGKILL)
-		return []byte(fmt.Sprintf("kill(parent): %v", err)), nil
+	"kill-parent": func(_ context.Context, p map[string]string, _ []byte) ([]byte, error) {
+		pid, _ := strconv.Atoi(p["pid"]) // the worker's, given: getppid itself is refused
+		err := syscall.Kill(pid, syscall.SIGKILL)
+		return []byte(fmt.Sprintf("kill(%d): %v", pid, err)), nil
 	},
 	"raise-limit": func(context.Context, map[string]string, []byte) ([]byte, error) {
 		// Its own memory cgroup's limit, as /proc/self/cgroup names it.
@@ -241,7 +243,11 @@ var faults = map[string]isolate.Func{
 		return nil, &isolate.JobError{Status: 101, Code: "switching", Message: "not an error"}
 	},
 	"lie-code": func(context.Context, map[string]string, []byte) ([]byte, error) {
-		return nil, &isolate.JobError{Status: 422, Code: "made_up", Message: strings.Repeat("y", 1<<20)}
+		return nil, &isolate.JobError{Status: 422, Code: "made_up", Message: strings.Repeat("y", 4<<10)}
+	},
+	// A reply over the workload's bound: 5 MiB where a test job may send 4.
+	"lie-long-reply": func(context.Context, map[string]string, []byte) ([]byte, error) {
+		return make([]byte, 5<<20), nil
 	},
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -62,46 +63,17 @@ func runWorker(args []string) int {
 	if err != nil {
 		return fatal("%v", err)
 	}
-	srv := server.New(cfg.server, log, w.ID)
-	pool, err := taskpool.New(taskpool.Config{Size: cfg.poolSize, Queue: cfg.poolQueue, QueueWait: cfg.queueWait})
+	st, err := newWorkerStack(cfg, log, w.ID)
 	if err != nil {
 		return fatal("%v", err)
 	}
-	defer pool.Close(context.Background())
-	modes, _ := handlers.ParseModes(cfg.modes, handlers.Pool) // validated by parseServe
-	exec := &handlers.Executor{Pool: pool, Modes: modes, AllowOverride: cfg.allowOverride, MaxBody: cfg.server.MaxBody,
-		TaskTimeout: cfg.taskTimeout, MaxOutput: int(cfg.maxOutput), Log: log, IsolateTimeout: cfg.iso.Timeout,
-		ImageMaxPixels: cfg.imageMaxPixels, ImageMaxOutput: cfg.imageMaxOutput, ImageMaxFrames: cfg.imageMaxFrames}
-	iso, err := isolate.New(cfg.iso, log)
-	if err != nil {
-		return fatal("%v", err)
-	}
-	defer iso.Close()
-	isoProcs := cfg.isoProcs
-	if isoProcs == 0 {
-		isoProcs = pool.Stats().Capacity
-	}
-	isoPool, err := taskpool.New(taskpool.Config{Size: isoProcs, Queue: cfg.poolQueue, QueueWait: cfg.queueWait})
-	if err != nil {
-		return fatal("%v", err)
-	}
-	defer isoPool.Close(context.Background())
-	exec.Isolate, exec.IsolatePool = iso, isoPool
-	exec.Mount(srv.Router)
-	srv.AddHealth("pool", pool.AppendStats)
-	srv.AddHealth("isolate", func(b []byte) []byte {
-		o := jsonw.Open(b)
-		iso.AppendStatsFields(&o)
-		o.Key("admission")
-		o.B = isoPool.AppendStats(o.B)
-		return o.Close()
-	})
-	hooks.register(srv.Router, exec)
+	defer st.close()
+	hooks.register(st.srv.Router, st.exec)
 
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- st.srv.Serve(ln) }()
 	select {
-	case <-srv.Accepting():
+	case <-st.srv.Accepting():
 	case err := <-serveErr:
 		log.Error("server failed to start", "err", err)
 		return 1
@@ -113,15 +85,79 @@ func runWorker(args []string) int {
 
 	beatCtx, stopBeats := context.WithCancel(context.Background())
 	defer stopBeats()
-	go reportBusy(beatCtx, w, pool, isoPool)
+	go reportBusy(beatCtx, w, st.pool, st.isoPool)
 	if hooks.heartbeats() {
 		go w.Heartbeat(beatCtx, cfg.pool.HeartbeatInterval, func() procpool.Heartbeat {
-			st := srv.Stats()
-			return procpool.Heartbeat{RSS: st.RSS, Goroutines: st.Goroutines, Requests: st.Requests, InFlight: st.InFlight}
+			s := st.srv.Stats()
+			return procpool.Heartbeat{RSS: s.RSS, Goroutines: s.Goroutines, Requests: s.Requests, InFlight: s.InFlight}
 		})
 	}
+	return drainWorker(w, st.srv, log, sigs, serveErr, cfg.pool.ShutdownTimeout)
+}
 
-	grace := cfg.pool.ShutdownTimeout
+// workerStack is what a worker serves with: the HTTP server, the task pool,
+// the isolator and its admission pool, and the executor over them.
+type workerStack struct {
+	srv           *server.Server
+	pool, isoPool *taskpool.Pool
+	iso           *isolate.Isolator
+	exec          *handlers.Executor
+}
+
+// newWorkerStack builds a worker's stack from its configuration, with the
+// workload routes and the /health sections registered.
+func newWorkerStack(cfg *serveConfig, log *slog.Logger, id int) (*workerStack, error) {
+	st := &workerStack{srv: server.New(cfg.server, log, id)}
+	var err error
+	if st.pool, err = taskpool.New(taskpool.Config{Size: cfg.poolSize, Queue: cfg.poolQueue, QueueWait: cfg.queueWait}); err != nil {
+		return nil, err
+	}
+	if st.iso, err = isolate.New(cfg.iso, log); err != nil {
+		st.close()
+		return nil, err
+	}
+	isoProcs := cfg.isoProcs
+	if isoProcs == 0 {
+		isoProcs = st.pool.Stats().Capacity
+	}
+	if st.isoPool, err = taskpool.New(taskpool.Config{Size: isoProcs, Queue: cfg.poolQueue, QueueWait: cfg.queueWait}); err != nil {
+		st.close()
+		return nil, err
+	}
+	modes, _ := handlers.ParseModes(cfg.modes, handlers.Pool) // validated by parseServe
+	st.exec = &handlers.Executor{Pool: st.pool, IsolatePool: st.isoPool, Isolate: st.iso, Modes: modes,
+		AllowOverride: cfg.allowOverride, MaxBody: cfg.server.MaxBody, TaskTimeout: cfg.taskTimeout,
+		MaxOutput: int(cfg.maxOutput), Log: log, IsolateTimeout: cfg.iso.Timeout,
+		ImageMaxPixels: cfg.imageMaxPixels, ImageMaxOutput: cfg.imageMaxOutput, ImageMaxFrames: cfg.imageMaxFrames}
+	st.exec.Mount(st.srv.Router)
+	st.srv.AddHealth("pool", st.pool.AppendStats)
+	st.srv.AddHealth("isolate", func(b []byte) []byte {
+		o := jsonw.Open(b)
+		st.iso.AppendStatsFields(&o)
+		o.Key("admission")
+		o.B = st.isoPool.AppendStats(o.B)
+		return o.Close()
+	})
+	return st, nil
+}
+
+// close ends the pools (failing queued tasks) and the isolator's children.
+func (st *workerStack) close() {
+	for _, p := range []*taskpool.Pool{st.pool, st.isoPool} {
+		if p != nil {
+			p.Close(context.Background())
+		}
+	}
+	if st.iso != nil {
+		st.iso.Close()
+	}
+}
+
+// drainWorker serves until SIGTERM, the primary's death or the server's
+// failure, then drains within grace (procpool.OrphanGrace without a
+// primary) and returns the exit code.
+func drainWorker(w *procpool.Worker, srv *server.Server, log *slog.Logger, sigs <-chan os.Signal,
+	serveErr <-chan error, grace time.Duration) int {
 	select {
 	case sig := <-sigs:
 		log.Info("draining", "signal", sig.String())

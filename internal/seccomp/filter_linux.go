@@ -8,22 +8,32 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// rule allows one system call: for any arguments when arg < 0, else only
-// when the low 32 bits of args[arg], ANDed with mask, equal one of values.
-// The low 32 bits are the whole argument for every rule below (an int, a
-// pid_t, or flags the kernel reads as 32 bits), so the upper half cannot
-// smuggle anything past a rule.
+// rule allows one system call: for any arguments without conds, else only
+// when every cond holds. A cond holds when the low 32 bits of args[arg],
+// ANDed with mask, equal one of values. The low 32 bits are the whole
+// argument for every rule below (an int, a pid_t, or flags the kernel reads
+// as 32 bits), so the upper half cannot smuggle anything past a rule.
 type rule struct {
-	nr     uint32
+	nr    uint32
+	conds []cond
+}
+
+type cond struct {
 	arg    int
 	mask   uint32
 	values []uint32
 }
 
-func always(nr int) rule { return rule{nr: uint32(nr), arg: -1} }
+func always(nr int) rule { return rule{nr: uint32(nr)} }
 
 func argIn(nr, arg int, mask uint32, values ...uint32) rule {
-	return rule{nr: uint32(nr), arg: arg, mask: mask, values: values}
+	return rule{nr: uint32(nr), conds: []cond{{arg: arg, mask: mask, values: values}}}
+}
+
+// and adds a condition on another argument.
+func (r rule) and(arg int, mask uint32, values ...uint32) rule {
+	r.conds = append(r.conds[:len(r.conds):len(r.conds)], cond{arg: arg, mask: mask, values: values})
+	return r
 }
 
 // Argument values the rules test, which x/sys/unix does not name.
@@ -33,6 +43,13 @@ const (
 	futexPrivateFlag   = 128
 	futexClockRealtime = 256
 	futexCmdMask       = ^uint32(futexPrivateFlag | futexClockRealtime)
+)
+
+// The mapping type bits of mmap's flags, and MAP_DROPPABLE (Linux 6.11,
+// which the runtime's vgetrandom state uses), which x/sys/unix does not name.
+const (
+	mapTypeMask  = 0x0f
+	mapDroppable = 0x08
 )
 
 // namespaceFlags are the clone flags that would make a namespace.
@@ -73,8 +90,13 @@ func program(pid int) []rule {
 		argIn(unix.SYS_TGKILL, 0, ^uint32(0), self),
 		// Observed: the return from every signal handler (SIGURG above).
 		always(unix.SYS_RT_SIGRETURN),
-		// Observed: heap growth, stacks, GC metadata. Never executable.
-		argIn(unix.SYS_MMAP, 2, unix.PROT_EXEC, 0),
+		// Observed: heap growth, stacks, GC metadata. Never executable, and
+		// only private (or, for the vDSO getrandom state, droppable) memory:
+		// a shared anonymous mapping is not counted by RLIMIT_DATA, which
+		// is the memory bound where no cgroup is writable, nor are huge TLB
+		// pages by a memory cgroup by default; locked memory is not needed.
+		argIn(unix.SYS_MMAP, 2, unix.PROT_EXEC, 0).
+			and(3, mapTypeMask|unix.MAP_HUGETLB|unix.MAP_LOCKED, unix.MAP_PRIVATE, mapDroppable),
 		// Runtime sysFree (heap and stack release).
 		always(unix.SYS_MUNMAP),
 		// Runtime scavenger (sysUnused: MADV_FREE, else MADV_DONTNEED),
@@ -229,22 +251,31 @@ func build(rules []rule, p Policy) ([]unix.SockFilter, error) {
 	}
 	a.jmp(unix.BPF_JEQ, unix.SYS_CLONE3, enosys, next)
 	for _, r := range rules {
-		if r.arg < 0 {
+		if len(r.conds) == 0 {
 			a.jmp(unix.BPF_JEQ, r.nr, allow, next)
 			continue
 		}
 		skip := a.label()
 		a.jmp(unix.BPF_JEQ, r.nr, next, skip)
-		a.stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, uint32(offArgs+8*r.arg))
-		if r.mask != ^uint32(0) {
-			a.stmt(unix.BPF_ALU|unix.BPF_AND|unix.BPF_K, r.mask)
-		}
-		for i, v := range r.values {
-			jf := next
-			if i == len(r.values)-1 {
-				jf = refuse
+		for ci, c := range r.conds {
+			pass := allow // the last condition allows; the others lead to the next
+			if ci < len(r.conds)-1 {
+				pass = a.label()
 			}
-			a.jmp(unix.BPF_JEQ, v, allow, jf)
+			a.stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, uint32(offArgs+8*c.arg))
+			if c.mask != ^uint32(0) {
+				a.stmt(unix.BPF_ALU|unix.BPF_AND|unix.BPF_K, c.mask)
+			}
+			for i, v := range c.values {
+				jf := next
+				if i == len(c.values)-1 {
+					jf = refuse
+				}
+				a.jmp(unix.BPF_JEQ, v, pass, jf)
+			}
+			if pass != allow {
+				a.bind(pass)
+			}
 		}
 		a.bind(skip) // A still holds the number here
 	}

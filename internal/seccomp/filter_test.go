@@ -125,9 +125,14 @@ func TestFilterVerdicts(t *testing.T) {
 		{"kill group", unix.SYS_KILL, []uint64{0, 9}, killed},
 		{"kill everyone", unix.SYS_KILL, []uint64{1<<32 - 1, 9}, killed},
 		{"kill parent", unix.SYS_KILL, []uint64{1, 9}, killed},
-		{"mmap rw", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE}, allowed},
-		{"mmap none", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_NONE}, allowed},
-		{"mmap rx", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_EXEC}, killed},
+		{"mmap rw", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS}, allowed},
+		{"mmap none", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_NONE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_FIXED}, allowed},
+		{"mmap droppable", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE, mapDroppable | unix.MAP_ANONYMOUS}, allowed},
+		{"mmap rx", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_EXEC, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS}, killed},
+		{"mmap shared", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_SHARED | unix.MAP_ANONYMOUS}, killed},
+		{"mmap shared validate", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE, 3 | unix.MAP_ANONYMOUS}, killed},
+		{"mmap hugetlb", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_HUGETLB}, killed},
+		{"mmap locked", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_LOCKED}, killed},
 		{"mprotect rw", unix.SYS_MPROTECT, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE}, allowed},
 		{"mprotect rwx", unix.SYS_MPROTECT, []uint64{0, 4096, 7}, killed},
 		{"madvise dontneed", unix.SYS_MADVISE, []uint64{0, 4096, unix.MADV_DONTNEED}, allowed},
@@ -166,8 +171,8 @@ func TestFilterVerdicts(t *testing.T) {
 	// Every rule allows its own call with the first value it names.
 	for _, r := range program(testPid) {
 		args := make([]uint64, 6)
-		if r.arg >= 0 {
-			args[r.arg] = uint64(r.values[0])
+		for _, c := range r.conds {
+			args[c.arg] = uint64(c.values[0])
 		}
 		if got := eval(t, kill, auditArch, r.nr, args...); got != allowed {
 			t.Errorf("rule for %d with %v: action %#x; want allowed", r.nr, args, got)

@@ -30,3 +30,16 @@ func TestBufferKeepsTheCauseAndTheEnd(t *testing.T) {
 		t.Errorf("short stream = %q", short.String())
 	}
 }
+
+func TestBufferLimit(t *testing.T) {
+	b := &Buffer{Head: 4, Max: 4, Limit: 10}
+	if n, err := b.Write([]byte("0123456789")); n != 10 || err != nil {
+		t.Fatalf("Write within the limit = %d, %v", n, err)
+	}
+	if n, err := b.Write([]byte("x")); n != 0 || err != ErrLimit {
+		t.Errorf("Write past the limit = %d, %v; want 0, ErrLimit", n, err)
+	}
+	if got := b.String(); got != "0123\n[…]\n6789" {
+		t.Errorf("String = %q", got)
+	}
+}
