@@ -134,9 +134,10 @@ var bucketNames = [sizeBuckets]string{"<4KiB", "<16KiB", "<64KiB", "<256KiB", "<
 func sizeBucket(n int) int { return min((bits.Len(uint(n>>12))+1)/2, sizeBuckets-1) }
 
 // isolateStart is added to a workload's seed estimate in isolate mode: a
-// child's start and the frame round trip (bench/RESULTS.md: 8–40 ms of CPU
-// per one-task child, host-dependent).
-const isolateStart = 20 * time.Millisecond
+// child's start and the frame round trip (bench/RESULTS.md, issue 10: ~3 ms
+// of CPU per one-task child here, more on slower hosts; the estimate
+// follows the measured run times from the first task on).
+const isolateStart = 5 * time.Millisecond
 
 // classOf returns w's admission class in pool for an input of n bytes:
 // named "workload/size bucket" (as /health lists them), seeded with w's
