@@ -226,6 +226,20 @@ func (e *Executor) run(ctx context.Context, since time.Time, w *Workload, mode M
 	return nil, fmt.Errorf("handlers: mode %q not available", mode)
 }
 
+// imageLimits are the params that carry the image bounds to the workload,
+// in every mode (parseImageLimits reads them); a zero bound is left out,
+// for the workload's default.
+func (e *Executor) imageLimits() Params {
+	p := Params{}
+	for k, v := range map[string]int{"max_pixels": e.ImageMaxPixels, "max_output_pixels": e.ImageMaxOutput,
+		"max_frames": e.ImageMaxFrames} {
+		if v > 0 {
+			p[k] = strconv.Itoa(v)
+		}
+	}
+	return p
+}
+
 // replyLimit is the longest reply an isolated child may send: no workload's
 // output is longer than twice its input, the decompression bound
 // (--max-output), or four bytes per output pixel of an image. A child that
@@ -443,11 +457,7 @@ func (e *Executor) Mount(r *server.Router) {
 	}))
 	handle("/v1/image/resize", mk("image-resize", func(ctx *fasthttp.RequestCtx) Params {
 		q := ctx.QueryArgs()
-		p := Params{
-			"max_pixels":        fmt.Sprint(e.ImageMaxPixels),
-			"max_output_pixels": fmt.Sprint(e.ImageMaxOutput),
-			"max_frames":        fmt.Sprint(e.ImageMaxFrames),
-		}
+		p := e.imageLimits()
 		for _, k := range []string{"width", "height", "fit", "format", "quality", "frames"} {
 			if v := q.Peek(k); len(v) > 0 {
 				p[k] = string(v)
@@ -455,5 +465,5 @@ func (e *Executor) Mount(r *server.Router) {
 		}
 		return p
 	}))
-	handle("/v1/image/info", mk("image-info", func(*fasthttp.RequestCtx) Params { return Params{} }))
+	handle("/v1/image/info", mk("image-info", func(*fasthttp.RequestCtx) Params { return e.imageLimits() }))
 }

@@ -83,7 +83,38 @@ type imageHeader struct {
 	Orientation int    `json:"orientation"`
 }
 
-func readHeader(input []byte) (imageHeader, error) {
+// imageLimits are the server's bounds on an image (--image-max-pixels,
+// --image-max-output, --image-max-frames). The Executor sets them in the
+// params of every image request (a client cannot: the routes take only the
+// keys they name), as decimal strings so that they cross into an isolated
+// child with the rest; they are parsed once, here, and a malformed one is
+// an error, never a silent default.
+type imageLimits struct {
+	pixels, output, frames int
+}
+
+func parseImageLimits(p Params) (imageLimits, error) {
+	l := imageLimits{DefaultMaxPixels, DefaultMaxOutputPixels, DefaultMaxFrames}
+	for _, f := range []struct {
+		key string
+		v   *int
+	}{{"max_pixels", &l.pixels}, {"max_output_pixels", &l.output}, {"max_frames", &l.frames}} {
+		s, ok := p[f.key]
+		if !ok {
+			continue // a caller without server bounds (tests): the defaults
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return l, server.Errorf(fasthttp.StatusInternalServerError, server.CodeInternal, "image limit %s=%q is not a positive integer", f.key, s)
+		}
+		*f.v = n
+	}
+	return l, nil
+}
+
+// readHeader reads an image's header: its format, size, orientation, and
+// frames (GIF), counted up to one past maxFrames and refused beyond it.
+func readHeader(input []byte, maxFrames int) (imageHeader, error) {
 	h := imageHeader{Format: sniff(input), Frames: 1, Orientation: 1}
 	if h.Format == "" {
 		if len(input) == 0 {
@@ -114,7 +145,10 @@ func readHeader(input []byte) (imageHeader, error) {
 	case "gif":
 		cfg, err = gif.DecodeConfig(r)
 		if err == nil {
-			h.Frames, err = gifFrames(input, DefaultMaxFrames*10)
+			h.Frames, err = gifFrames(input, maxFrames+1)
+			if err == nil && h.Frames > maxFrames {
+				return h, unprocessable(CodeImageTooLarge, "gif has more than %d frames, the limit", maxFrames)
+			}
 		}
 	case "webp":
 		cfg, err = webp.DecodeConfig(r)
@@ -223,14 +257,22 @@ func gifFrames(b []byte, limit int) (int, error) {
 	return max(frames, 1), nil
 }
 
-func checkInfo(_ Params, input []byte) error {
-	_, err := readHeader(input)
+func checkInfo(p Params, input []byte) error {
+	l, err := parseImageLimits(p)
+	if err != nil {
+		return err
+	}
+	_, err = readHeader(input, l.frames)
 	return err
 }
 
 // runInfo answers from the header alone: cheap, and safe to run inline.
-func runInfo(_ context.Context, _ Params, input []byte) ([]byte, error) {
-	h, err := readHeader(input)
+func runInfo(_ context.Context, p Params, input []byte) ([]byte, error) {
+	l, err := parseImageLimits(p)
+	if err != nil {
+		return nil, err
+	}
+	h, err := readHeader(input, l.frames)
 	if err != nil {
 		return nil, err
 	}
@@ -294,15 +336,11 @@ func parseResize(p Params) (resizeReq, error) {
 	default:
 		return r, badParam("frames=%q: want first or all", p["frames"])
 	}
-	num := func(key string, def int) int {
-		if n, err := strconv.Atoi(p[key]); err == nil && n > 0 {
-			return n
-		}
-		return def
+	l, err := parseImageLimits(p)
+	if err != nil {
+		return r, err
 	}
-	r.maxPixels = num("max_pixels", DefaultMaxPixels)
-	r.maxOut = num("max_output_pixels", DefaultMaxOutputPixels)
-	r.maxFrames = num("max_frames", DefaultMaxFrames)
+	r.maxPixels, r.maxOut, r.maxFrames = l.pixels, l.output, l.frames
 	return r, nil
 }
 
@@ -376,7 +414,7 @@ func checkResize(p Params, input []byte) error {
 	if err != nil {
 		return err
 	}
-	h, err := readHeader(input)
+	h, err := readHeader(input, r.maxFrames)
 	if err != nil {
 		return err
 	}
@@ -389,7 +427,7 @@ func runResize(ctx context.Context, p Params, input []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := readHeader(input)
+	h, err := readHeader(input, r.maxFrames)
 	if err != nil {
 		return nil, err
 	}

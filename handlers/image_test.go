@@ -53,7 +53,7 @@ func resize(t testing.TB, input []byte, p Params) (image.Image, string, error) {
 	}
 	img, format, derr := image.Decode(bytes.NewReader(out))
 	if derr != nil && sniff(out) == "webp" {
-		h, _ := readHeader(out)
+		h, _ := readHeader(out, DefaultMaxFrames)
 		return image.NewRGBA(image.Rect(0, 0, h.Width, h.Height)), "webp", nil
 	}
 	if derr != nil {
@@ -200,9 +200,18 @@ func TestImageBombsAreRefusedFromTheHeader(t *testing.T) {
 			t.Errorf("%s: allocated %d KiB refusing it; want no pixel buffer", tc.name, grew>>10)
 		}
 	}
-	info, _ := run(t, "image-info", Params{}, sampleimages.GIFFrames(10000))
+	// The header reader counts frames up to the server's bound, not beyond:
+	// image-info refuses past it too, and reports the count within it.
+	if _, err := run(t, "image-info", Params{"max_frames": "1000"}, sampleimages.GIFFrames(10000)); !hasStatus(err, 422, CodeImageTooLarge) {
+		t.Errorf("info of the 10000-frame gif with a bound of 1000 = %v; want 422 image_too_large", err)
+	}
+	info, _ := run(t, "image-info", Params{"max_frames": "20000"}, sampleimages.GIFFrames(10000))
 	if !bytes.Contains(info, []byte(`"frames":10000`)) {
-		t.Errorf("info of the 10000-frame gif = %s", info)
+		t.Errorf("info of the 10000-frame gif with a bound of 20000 = %s", info)
+	}
+	// A bound the server set wrongly is an error, not a silent default.
+	if _, err := run(t, "image-resize", Params{"width": "100", "max_pixels": "lots"}, sampleimages.PNGHeader(16, 16)); !hasStatus(err, 500, "internal") {
+		t.Errorf("resize with max_pixels=lots = %v; want 500 internal", err)
 	}
 }
 
@@ -353,7 +362,7 @@ func FuzzImageHeader(f *testing.F) {
 	f.Add(sampleimages.JPEGHeader(10, 10))
 	f.Add(sampleimages.GIFFrames(3))
 	f.Fuzz(func(t *testing.T, input []byte) {
-		h, err := readHeader(input)
+		h, err := readHeader(input, DefaultMaxFrames)
 		if err != nil {
 			clientError(t, err)
 			return
