@@ -9,11 +9,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
-)
 
-// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times: 100 on
-// every Linux ABI Go supports (sysconf would need cgo).
-const clockTicks = 100
+	"github.com/hybrid-server/hybrid/internal/procfs"
+)
 
 var pageSize = uint64(os.Getpagesize())
 
@@ -42,44 +40,7 @@ func machineBusy() time.Duration {
 		n, _ := strconv.ParseUint(string(f[i]), 10, 64)
 		ticks += n
 	}
-	return time.Duration(ticks) * time.Second / clockTicks
-}
-
-// procStat is the part of /proc/<pid>/stat a tree sample needs.
-type procStat struct {
-	pid, ppid int
-	cpu       uint64 // utime+stime+cutime+cstime, in ticks
-	rss       uint64 // bytes
-}
-
-// parseStat reads one /proc/<pid>/stat line. The command name is in
-// parentheses and may hold spaces or parentheses, so fields are counted from
-// the last ')'.
-func parseStat(b []byte) (procStat, error) {
-	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if open < 1 || end < open {
-		return procStat{}, fmt.Errorf("stat %q: no command name", b)
-	}
-	var s procStat
-	var err error
-	if s.pid, err = strconv.Atoi(string(bytes.TrimSpace(b[:open]))); err != nil {
-		return procStat{}, fmt.Errorf("stat: pid: %w", err)
-	}
-	f := bytes.Fields(b[end+1:]) // f[0] is field 3 (state)
-	if len(f) < 22 {
-		return procStat{}, fmt.Errorf("stat of %d: %d fields", s.pid, len(f)+2)
-	}
-	num := func(i int) uint64 { // i is the 1-based field number of proc(5)
-		n, e := strconv.ParseUint(string(f[i-3]), 10, 64)
-		if e != nil && err == nil {
-			err = fmt.Errorf("stat of %d: field %d: %w", s.pid, i, e)
-		}
-		return n
-	}
-	s.ppid = int(num(4))
-	s.cpu = num(14) + num(15) + num(16) + num(17)
-	s.rss = num(24) * pageSize
-	return s, err
+	return time.Duration(ticks) * time.Second / procfs.ClockTicks
 }
 
 // treeSample is the process tree rooted at one pid at one instant.
@@ -94,27 +55,13 @@ type treeSample struct {
 // process that ever ran in it and was reaped inside it (isolate children,
 // recycled workers) exactly once.
 func sampleTree(root int) (treeSample, error) {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return treeSample{}, err
-	}
-	byPID := make(map[int]procStat, len(ents))
+	byPID := map[int]procfs.Stat{}
 	kids := map[int][]int{}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // gone since ReadDir
-		}
-		s, err := parseStat(b)
-		if err != nil {
-			continue
-		}
-		byPID[pid] = s
-		kids[s.ppid] = append(kids[s.ppid], pid)
+	if err := procfs.Walk(func(s procfs.Stat) {
+		byPID[s.PID] = s
+		kids[s.PPID] = append(kids[s.PPID], s.PID)
+	}); err != nil {
+		return treeSample{}, err
 	}
 	if _, ok := byPID[root]; !ok {
 		return treeSample{}, fmt.Errorf("process %d: not running", root)
@@ -126,12 +73,12 @@ func sampleTree(root int) (treeSample, error) {
 		pid := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		s := byPID[pid]
-		ticks += s.cpu
-		t.rss += s.rss
+		ticks += s.CPUTicks
+		t.rss += s.RSSPages * pageSize
 		t.procs++
 		stack = append(stack, kids[pid]...)
 	}
-	t.cpu = time.Duration(ticks) * time.Second / clockTicks
+	t.cpu = time.Duration(ticks) * time.Second / procfs.ClockTicks
 	return t, nil
 }
 

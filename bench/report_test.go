@@ -120,22 +120,6 @@ func TestHTMLIsSelfContained(t *testing.T) {
 	}
 }
 
-func TestParseStat(t *testing.T) {
-	line := []byte("4242 (a (weird) name) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0 100 123456 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0")
-	s, err := parseStat(line)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.pid != 4242 || s.ppid != 17 || s.cpu != 250+50+7+3 || s.rss != 300*pageSize {
-		t.Errorf("parseStat = %+v; want pid 4242, ppid 17, cpu 310, rss 300 pages", s)
-	}
-	for _, bad := range []string{"", "12 (x", "x (y) S 1", "1 (y) S 1 2 3"} {
-		if _, err := parseStat([]byte(bad)); err == nil {
-			t.Errorf("parseStat(%q): want an error", bad)
-		}
-	}
-}
-
 // The tree meter sees a real process tree: a shell, its children, and the
 // CPU they burn.
 func TestTreeMeter(t *testing.T) {

@@ -3,15 +3,15 @@
 package procpool
 
 import (
-	"bytes"
 	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hybrid-server/hybrid/internal/procfs"
 )
 
 // As PID 1 in a container, the primary inherits every orphan in the
@@ -72,32 +72,14 @@ func reapOrphans(log *slog.Logger) (stop func()) {
 func reapZombies(log *slog.Logger) {
 	reapMu.Lock()
 	defer reapMu.Unlock()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return
-	}
 	self := os.Getpid()
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || ours[pid] {
-			continue
+	var zombies []int
+	procfs.Walk(func(s procfs.Stat) {
+		if s.State == 'Z' && s.PPID == self && !ours[s.PID] {
+			zombies = append(zombies, s.PID)
 		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		f := bytes.Fields(stat[i+1:])
-		if len(f) < 2 || string(f[0]) != "Z" {
-			continue
-		}
-		if ppid, _ := strconv.Atoi(string(f[1])); ppid != self {
-			continue
-		}
+	})
+	for _, pid := range zombies {
 		var ws syscall.WaitStatus
 		if _, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); err == nil {
 			log.Debug("reaped orphan", "pid", pid)

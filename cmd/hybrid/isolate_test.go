@@ -13,29 +13,20 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hybrid-server/hybrid/internal/procfs"
 )
 
 // children returns the pids whose parent is pid, and whether any is a zombie.
 func children(pid int) (pids []int, zombies int) {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, f := range stats {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		i := strings.LastIndexByte(string(b), ')')
-		fields := strings.Fields(string(b[i+1:]))
-		if len(fields) < 2 {
-			continue
-		}
-		if ppid, _ := strconv.Atoi(fields[1]); ppid == pid {
-			p, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
-			pids = append(pids, p)
-			if fields[0] == "Z" {
+	procfs.Walk(func(s procfs.Stat) {
+		if s.PPID == pid {
+			pids = append(pids, s.PID)
+			if s.State == 'Z' {
 				zombies++
 			}
 		}
-	}
+	})
 	return pids, zombies
 }
 
