@@ -220,8 +220,20 @@ type Pool struct {
 	completed, rejected, rejectedFull, timedOut, panicked atomic.Uint64
 }
 
+// Validate reports a field out of range (zero fields are the defaults).
+func (c Config) Validate() error {
+	if c.Size < 0 || c.Queue < 0 || c.QueueWait < 0 {
+		return fmt.Errorf("taskpool: size %d, queue %d, queue wait %v: want size ≥ 1, queue ≥ 1, queue wait > 0 (or 0 for the defaults)",
+			c.Size, c.Queue, c.QueueWait)
+	}
+	return nil
+}
+
 // New returns a pool; Close releases it.
 func New(cfg Config) (*Pool, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.Size == 0 {
 		cfg.Size = runtime.GOMAXPROCS(0)
 	}
@@ -230,10 +242,6 @@ func New(cfg Config) (*Pool, error) {
 	}
 	if cfg.QueueWait == 0 {
 		cfg.QueueWait = DefaultQueueWait
-	}
-	if cfg.Size < 1 || cfg.Queue < 0 || cfg.QueueWait < 0 {
-		return nil, fmt.Errorf("taskpool: size %d, queue %d, queue wait %v: want size ≥ 1, queue ≥ 0, queue wait ≥ 0",
-			cfg.Size, cfg.Queue, cfg.QueueWait)
 	}
 	p := &Pool{size: cfg.Size, queue: cfg.Queue, queueWait: cfg.QueueWait, bias: 1}
 	p.def = sync.OnceValue(func() *Class { return p.Class("default", DefaultEstimate) })

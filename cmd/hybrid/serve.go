@@ -33,9 +33,9 @@ type serveConfig struct {
 	maxRSS    uint64
 	maxBody   uint64
 
-	poolSize      int
-	poolQueue     int
-	queueWait     time.Duration
+	// tasks configures the task pool; the isolate admission pool is the
+	// same but for its size (isoProcs).
+	tasks         taskpool.Config
 	taskTimeout   time.Duration
 	modes         string
 	allowOverride bool
@@ -78,9 +78,9 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&s.WriteTimeout, "write-timeout", s.WriteTimeout, "time to write one response")
 	fs.DurationVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "keep-alive idle time between requests")
 	fs.DurationVar(&s.DrainGrace, "drain-grace", s.DrainGrace, "during a drain, a keep-alive connection idle this long is closed (one with an unread request byte never is)")
-	fs.IntVar(&c.poolSize, "pool-size", 0, "tasks running at once per worker (0: the worker's GOMAXPROCS)")
-	fs.DurationVar(&c.queueWait, "queue-wait", 0, "admit a task while its predicted wait (the estimated work queued ahead ÷ run slots) is within this; beyond it 503 at once (0: a third of --task-timeout)")
-	fs.IntVar(&c.poolQueue, "pool-queue", taskpool.DefaultQueue, "most tasks waiting per worker and pool, whatever their predicted wait: a memory cap; more get 503")
+	fs.IntVar(&c.tasks.Size, "pool-size", 0, "tasks running at once per worker (0: the worker's GOMAXPROCS)")
+	fs.DurationVar(&c.tasks.QueueWait, "queue-wait", 0, "admit a task while its predicted wait (the estimated work queued ahead ÷ run slots) is within this; beyond it 503 at once (0: a third of --task-timeout)")
+	fs.IntVar(&c.tasks.Queue, "pool-queue", taskpool.DefaultQueue, "most tasks waiting per worker and pool, whatever their predicted wait: a memory cap; more get 503")
 	fs.DurationVar(&c.taskTimeout, "task-timeout", 30*time.Second, "a task's deadline, queueing included; past it 504")
 	fs.StringVar(&c.modes, "mode", "hash=pool,password=pool,compress=pool,image=isolate,image-info=inline", "execution mode per workload group: group=inline|pool|isolate,…")
 	fs.BoolVar(&c.allowOverride, "allow-mode-override", false, "let a request choose its mode with ?mode= (for benchmarks; keep off in production)")
@@ -132,17 +132,17 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 		}
 		c.iso.User = u
 	}
-	if c.poolSize < 0 || c.poolQueue < 1 || c.taskTimeout <= 0 || c.maxOutput == 0 || c.maxOutput > 1<<34 {
+	if c.tasks.Size < 0 || c.tasks.Queue < 1 || c.taskTimeout <= 0 || c.maxOutput == 0 || c.maxOutput > 1<<34 {
 		return nil, fmt.Errorf("pool size: want ≥ 0; pool queue: want ≥ 1; task timeout: want > 0; max output: want 1B to 16GiB")
 	}
-	if c.queueWait == 0 {
-		c.queueWait = c.taskTimeout / 3
+	if c.tasks.QueueWait == 0 {
+		c.tasks.QueueWait = c.taskTimeout / 3
 	}
-	if c.queueWait < 0 || c.queueWait >= c.taskTimeout {
+	if c.tasks.QueueWait < 0 || c.tasks.QueueWait >= c.taskTimeout {
 		return nil, fmt.Errorf("queue wait %v: want > 0 and below the task timeout (%v), or admitted tasks time out in the queue",
-			c.queueWait, c.taskTimeout)
+			c.tasks.QueueWait, c.taskTimeout)
 	}
-	if err := errors.Join(c.pool.Validate(), c.server.Validate(), c.iso.Validate()); err != nil {
+	if err := errors.Join(c.pool.Validate(), c.server.Validate(), c.tasks.Validate(), c.iso.Validate()); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -109,7 +109,7 @@ type workerStack struct {
 func newWorkerStack(cfg *serveConfig, log *slog.Logger, id int) (*workerStack, error) {
 	st := &workerStack{srv: server.New(cfg.server, log, id)}
 	var err error
-	if st.pool, err = taskpool.New(taskpool.Config{Size: cfg.poolSize, Queue: cfg.poolQueue, QueueWait: cfg.queueWait}); err != nil {
+	if st.pool, err = taskpool.New(cfg.tasks); err != nil {
 		return nil, err
 	}
 	if st.iso, err = isolate.New(cfg.iso, log); err != nil {
@@ -120,7 +120,9 @@ func newWorkerStack(cfg *serveConfig, log *slog.Logger, id int) (*workerStack, e
 	if isoProcs == 0 {
 		isoProcs = st.pool.Stats().Capacity
 	}
-	if st.isoPool, err = taskpool.New(taskpool.Config{Size: isoProcs, Queue: cfg.poolQueue, QueueWait: cfg.queueWait}); err != nil {
+	isoCfg := cfg.tasks
+	isoCfg.Size = isoProcs
+	if st.isoPool, err = taskpool.New(isoCfg); err != nil {
 		st.close()
 		return nil, err
 	}
