@@ -263,7 +263,10 @@ func (iso *Isolator) probe() error {
 		c.Processes = lim.Name() + " pids limit"
 	} else {
 		c.Memory, c.Processes = "RLIMIT_DATA + Go soft memory limit", "none"
-		iso.log.Warn("isolate: no cgroup for children: memory bounded by RLIMIT_DATA, processes by the seccomp filter only",
+		if iso.cfg.Cgroup == "v1" || iso.cfg.Cgroup == "v2" { // asked for by name: not had
+			missing = append(missing, "cgroup "+iso.cfg.Cgroup+" ("+why+")")
+		}
+		iso.log.Warn("isolate: no cgroup for children: memory bounded by RLIMIT_DATA, processes by RLIMIT_NPROC and the seccomp filter",
 			"mode", iso.cfg.Cgroup, "reason", why)
 	}
 	lims := childLimits{CPUSeconds: uint64((iso.cfg.CPU + time.Second - 1) / time.Second), NoFile: 16,

@@ -36,8 +36,8 @@ import (
 // GET /_test/sleep?ms=N (answers 200 after N ms), GET /_test/panic, and
 // POST /_test/task?ms=N[&panic=1][&stubborn=1][&mode=inline|pool]: a workload
 // that sleeps N ms (or panics; stubborn: ignoring its deadline); and
-// POST /_test/isolate/{panic|segv|alloc|spin|sleep|fork|dial}[?addr=]: the
-// fault workloads of package isolate, each run in an isolated child.
+// POST /_test/isolate/{fault}[?addr=][&path=]: the fault jobs below
+// (testJob), each run in an isolated child.
 const testHooksEnv = "HYBRID_TEST_HOOKS"
 
 type testHooks struct {
@@ -186,13 +186,14 @@ var faults = map[string]isolate.Func{
 		}
 	},
 	"sleep": func(context.Context, map[string]string, []byte) ([]byte, error) {
-		select {}
+		time.Sleep(time.Hour) // not select{}: the runtime would call that a deadlock and exit
+		return nil, nil
 	},
 	"fork": func(context.Context, map[string]string, []byte) ([]byte, error) {
 		started := 0
 		for range 200 { // a fork bomb
 			cmd := exec.Command("/proc/self/exe")
-			cmd.Env = []string{isolate.RoleEnv + "=" + roleFaultSleeper}
+			cmd.Env = []string{procpool.RoleEnv + "=" + roleFaultSleeper}
 			if cmd.Start() != nil {
 				break
 			}
@@ -255,6 +256,7 @@ var faults = map[string]isolate.Func{
 func lie(reply string) isolate.Func {
 	return func(context.Context, map[string]string, []byte) ([]byte, error) {
 		os.Stdout.WriteString(reply)
-		select {}
+		time.Sleep(time.Hour)
+		return nil, nil
 	}
 }
