@@ -73,10 +73,12 @@ func (c Config) Validate() error {
 	switch {
 	case c.Timeout < 0 || c.CPU < 0:
 		return errors.New("isolate: timeout and CPU limit must be positive")
-	case c.Memory > 0 && c.Memory < 16<<20:
-		return fmt.Errorf("isolate: memory limit %d: want at least 16 MiB (a Go child needs ~8)", c.Memory)
+	case c.Memory > 0 && c.Memory < 32<<20:
+		return fmt.Errorf("isolate: memory limit %d: want at least 32 MiB (a Go child needs ~8, and its heap)", c.Memory)
 	case c.Reuse < 0:
 		return fmt.Errorf("isolate: reuse %d: want ≥ 1", c.Reuse)
+	case c.Warm < -1:
+		return fmt.Errorf("isolate: warm %d: want ≥ 0, or -1 for none", c.Warm)
 	}
 	switch c.Cgroup {
 	case "", "auto", "v1", "v2", "off":

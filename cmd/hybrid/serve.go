@@ -122,8 +122,10 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	if c.imageMaxPixels < 1 || c.imageMaxOutput < 1 || c.imageMaxFrames < 1 {
 		return nil, fmt.Errorf("image-max-pixels, image-max-output, image-max-frames: want ≥ 1")
 	}
-	if c.iso.Timeout <= 0 || c.iso.Memory < 32<<20 || c.iso.Warm < -1 || c.iso.Reuse < 1 || c.isoProcs < 0 {
-		return nil, fmt.Errorf("isolate: timeout > 0, memory ≥ 32MiB, cpu ≥ 0, warm ≥ -1, reuse ≥ 1, procs ≥ 0")
+	// A flag's zero would mean isolate's default; as a flag it is a mistake.
+	// The ranges are isolate.Config.Validate's (below).
+	if c.iso.Timeout == 0 || c.iso.Memory == 0 || c.iso.Reuse == 0 || c.isoProcs < 0 {
+		return nil, fmt.Errorf("isolate: timeout > 0, memory ≥ 32MiB, reuse ≥ 1, procs ≥ 0")
 	}
 	if c.isoUser != "" {
 		u, err := parseUser(c.isoUser)
