@@ -524,3 +524,53 @@ func TestStaleIsolateCgroupsAreSwept(t *testing.T) {
 		t.Errorf("isolated task after the sweep = %d %s", r.status, r.body)
 	}
 }
+
+// hybrid run by a user that is not root (as in most containers): children
+// run as that same user, so only the filter keeps them from their worker.
+// A child that signals its worker is killed (sandbox_violation), the worker
+// lives on, and /health says the user could not change.
+func TestIsolateAsNonRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("!!! already not root: the whole suite is this test")
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755) // the hooks file must be readable by nobody
+	os.Chmod(filepath.Dir(dir), 0o755)
+	hooks := filepath.Join(dir, "fault")
+	if err := os.WriteFile(hooks, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binPath, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json",
+		"--workers", "1", "--isolate-warm", "1", "--allow-mode-override")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+	c := launch(t, cmd, []string{testHooksVar + "=" + hooks})
+	t.Cleanup(c.cleanup)
+	c.waitLog("primary starting", 10*time.Second)
+	c.addr = c.logs.find("primary starting")[0]["addr"].(string)
+	c.waitLog("admin endpoint listening", 10*time.Second)
+	c.admin = c.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
+	c.waitFor(15*time.Second, "a ready worker", func() bool { return len(c.readyPIDs()) == 1 })
+	base := "http://" + c.addr
+	worker := c.snapshot().Workers[0].PID
+	if r := post(t, base+"/v1/hash/sha256?mode=isolate", []byte("abc")); r.status != 200 {
+		t.Fatalf("isolated hash as nobody = %d %s", r.status, r.body)
+	}
+	for _, fault := range []string{"kill-parent", "read-file?path=/etc/hostname", "dial?addr=" + c.addr} {
+		r := post(t, base+"/_test/isolate/"+fault, nil)
+		if r.status != 422 || !strings.Contains(string(r.body), `"code":"sandbox_violation"`) {
+			t.Errorf("fault %s as nobody = %d %s; want 422 sandbox_violation", fault, r.status, r.body)
+		}
+	}
+	var h struct {
+		Isolate struct {
+			Limits map[string]string `json:"limits"`
+		}
+	}
+	getJSON(freshClient(), base+"/health", &h)
+	if u := h.Isolate.Limits["user"]; !strings.Contains(u, "not root") {
+		t.Errorf("/health isolate user = %q; want it to say the user could not change", u)
+	}
+	if s := c.snapshot(); s.Workers[0].PID != worker || s.Forks != 1 || syscall.Kill(worker, 0) != nil {
+		t.Errorf("the worker changed or died: %+v", s)
+	}
+}
