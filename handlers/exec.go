@@ -345,15 +345,9 @@ func (e *Executor) writeError(ctx *fasthttp.RequestCtx, w *Workload, mode Mode, 
 	case errors.As(err, &se):
 		server.WriteError(ctx, se)
 	case errors.As(err, &je):
-		// The child's own words: passed on only if they are words of ours.
-		if status, ok := jobCodes[je.Code]; ok && status == je.Status {
-			server.WriteError(ctx, &server.Error{Status: je.Status, Code: je.Code, Message: truncate(je.Message, maxMessage)})
-			break
-		}
-		e.Log.Error("isolate child answered an unknown error", "workload", w.Name, "status", je.Status,
-			"code", truncate(je.Code, 64))
-		server.WriteError(ctx, server.Errorf(fasthttp.StatusInternalServerError, CodeIsolateCrashed,
-			"%s crashed in its isolated process", w.Name))
+		// The child's own words: isolate has checked the code and status
+		// against jobCodes (Job.Codes); the message is cut short.
+		server.WriteError(ctx, &server.Error{Status: je.Status, Code: je.Code, Message: truncate(je.Message, maxMessage)})
 	case errors.As(err, &ce):
 		server.WriteError(ctx, server.Errorf(fasthttp.StatusInternalServerError, CodeIsolateCrashed,
 			"%s crashed in its isolated process", w.Name))

@@ -192,18 +192,7 @@ func TestCgroupV1OOMKillIsReportedOnce(t *testing.T) {
 	dir := s.(*slot).d.path()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCgroupHelperProcess$")
 	cmd.Env = append(os.Environ(), helperEnv+"=alloc:"+strconv.Itoa(128<<20))
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Add(cmd.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
-	in.Close()
-	err = cmd.Wait()
+	err = runIn(t, s.Add, cmd)
 	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 	if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 		t.Errorf("allocating 128 MiB under a 32 MiB limit: %v; want killed", err)
@@ -229,18 +218,7 @@ func TestCgroupV1OOMKillIsReportedOnce(t *testing.T) {
 	if s.OOMKilled() {
 		t.Error("OOMKilled() = true in a reused cgroup before anything ran; want false")
 	}
-	cmd = exec.Command("/bin/cat")
-	if in, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Add(cmd.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
-	in.Close()
-	if err := cmd.Wait(); err != nil {
+	if err := runIn(t, s.Add, exec.Command("/bin/cat")); err != nil {
 		t.Errorf("cat in the reused cgroup: %v", err)
 	}
 	if s.OOMKilled() {
@@ -490,23 +468,29 @@ var benchChildren = []struct {
 	{"bare", func(*testing.B, func(int) error) {}},
 }
 
-// runChild starts cmd, adds it to a cgroup, and lets it exit by closing its
-// stdin, so that add never races its exit.
+// runChild is runIn for a benchmark, which a failed child stops.
 func runChild(b *testing.B, add func(pid int) error, cmd *exec.Cmd) {
+	if err := runIn(b, add, cmd); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// runIn starts cmd, adds it to a cgroup, and lets it exit by closing its
+// stdin, so that add never races its exit; it returns cmd.Wait's error.
+func runIn(tb testing.TB, add func(pid int) error, cmd *exec.Cmd) error {
+	tb.Helper()
 	in, err := cmd.StdinPipe()
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := add(cmd.Process.Pid); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	in.Close()
-	if err := cmd.Wait(); err != nil {
-		b.Fatal(err)
-	}
+	return cmd.Wait()
 }
 
 // cpuAt is CPU time at a start: this process's and its reaped children's

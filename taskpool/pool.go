@@ -329,24 +329,23 @@ func (p *Pool) acquire(ctx context.Context, c *Class, since time.Time) (*ticket,
 	if !since.IsZero() {
 		spent = max(0, now.Sub(since))
 	}
-	run, refused, full, wait := p.admitLocked(now, spent)
-	if run {
+	a := p.admitLocked(now, spent)
+	if a.run {
 		t.start = now
 		p.running = append(p.running, t)
 		p.mu.Unlock()
 		return t, nil
 	}
-	if refused {
+	if a.refused {
 		p.mu.Unlock()
 		p.rejected.Add(1)
-		if full {
+		if a.full {
 			p.rejectedFull.Add(1)
 		}
-		return nil, &OverloadError{Wait: wait, Spent: spent, Limit: p.queueWait, Full: full}
+		return nil, &OverloadError{Wait: a.wait, Spent: spent, Limit: p.queueWait, Full: a.full}
 	}
 	t.ready = make(chan struct{})
-	mean, _ := p.forecastLocked(now)
-	t.queued, t.forecast = now, mean/time.Duration(p.size)
+	t.queued, t.forecast = now, a.mean
 	p.waiters = append(p.waiters, t)
 	c.waiting++
 	p.mu.Unlock()
@@ -381,10 +380,13 @@ func (p *Pool) acquire(ctx context.Context, c *Class, since time.Time) (*ticket,
 // longer it runs is unknown, and letting one slow task stand for every
 // queued task of its class would let a single expensive request shut its
 // workload out).
-func (p *Pool) predictLocked(now time.Time) time.Duration {
-	mean, variance := p.forecastLocked(now)
-	sd := max(math.Sqrt(variance), float64(mean)*math.Sqrt(p.biasVar))
-	return time.Duration((float64(mean)*p.bias + waitZ*sd) / float64(p.size))
+// It also returns the uncalibrated mean wait, which calibrates the next
+// forecasts once the task has waited.
+func (p *Pool) predictLocked(now time.Time) (wait, mean time.Duration) {
+	work, variance := p.forecastLocked(now)
+	sd := max(math.Sqrt(variance), float64(work)*math.Sqrt(p.biasVar))
+	slots := float64(p.size)
+	return time.Duration((float64(work)*p.bias + waitZ*sd) / slots), time.Duration(float64(work) / slots)
 }
 
 // forecastLocked is the mean of the work ahead, uncalibrated, and its
@@ -402,17 +404,32 @@ func (p *Pool) forecastLocked(now time.Time) (mean time.Duration, variance float
 	return mean, variance
 }
 
-// admitLocked is the admission rule, in one place: a task arriving now,
-// whose caller has waited spent already, runs at once (run), or waits
-// (neither), or is refused for its predicted wait or for a full queue
-// (refused, and full for the latter).
-func (p *Pool) admitLocked(now time.Time, spent time.Duration) (run, refused, full bool, wait time.Duration) {
+// predicted is the predicted wait of a task arriving now, for the stats.
+// The caller holds p.mu.
+func (p *Pool) predicted() time.Duration {
+	w, _ := p.predictLocked(time.Now())
+	return w
+}
+
+// admission is admitLocked's decision for a task arriving now: it runs at
+// once (run), or waits (neither), or is refused for its predicted wait or
+// for a full queue (refused, and full for the latter). wait is the
+// predicted wait, mean its uncalibrated mean.
+type admission struct {
+	run, refused, full bool
+	wait, mean         time.Duration
+}
+
+// admitLocked is the admission rule, in one place, for a task whose caller
+// has waited spent already.
+func (p *Pool) admitLocked(now time.Time, spent time.Duration) admission {
 	if len(p.running) < p.size && len(p.waiters) == 0 {
-		return true, false, false, 0
+		return admission{run: true}
 	}
-	wait = p.predictLocked(now)
-	full = len(p.waiters) >= p.queue
-	return false, full || spent+wait > p.queueWait, full, wait
+	a := admission{full: len(p.waiters) >= p.queue}
+	a.wait, a.mean = p.predictLocked(now)
+	a.refused = a.full || spent+a.wait > p.queueWait
+	return a
 }
 
 // release frees t's run slot, handing it to the first waiter if any. If
@@ -483,16 +500,16 @@ func (p *Pool) Tune(size int) error {
 // input: a server, before it reads a request's body.
 func (p *Pool) Refuse() error {
 	p.mu.Lock()
-	_, refused, full, wait := p.admitLocked(time.Now(), 0)
+	a := p.admitLocked(time.Now(), 0)
 	p.mu.Unlock()
-	if !refused {
+	if !a.refused {
 		return nil
 	}
 	p.rejected.Add(1)
-	if full {
+	if a.full {
 		p.rejectedFull.Add(1)
 	}
-	return &OverloadError{Wait: wait, Limit: p.queueWait, Full: full}
+	return &OverloadError{Wait: a.wait, Limit: p.queueWait, Full: a.full}
 }
 
 // Saturated reports whether a task arriving now would be refused: its
@@ -501,15 +518,14 @@ func (p *Pool) Refuse() error {
 func (p *Pool) Saturated() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	_, refused, _, _ := p.admitLocked(time.Now(), 0)
-	return refused
+	return p.admitLocked(time.Now(), 0).refused
 }
 
 // Stats returns the pool's counters and estimates.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
 	s := Stats{Capacity: p.size, Queue: p.queue, Running: len(p.running), Waiting: len(p.waiters),
-		QueueWaitMS: ms(p.queueWait), PredictedWaitMS: ms(p.predictLocked(time.Now())), WaitBias: p.bias, WaitBiasSpread: math.Sqrt(p.biasVar),
+		QueueWaitMS: ms(p.queueWait), PredictedWaitMS: ms(p.predicted()), WaitBias: p.bias, WaitBiasSpread: math.Sqrt(p.biasVar),
 		Classes: make([]ClassStats, len(p.classes))}
 	for i, c := range p.classes {
 		s.Classes[i] = ClassStats{Name: c.name, EstimateMS: ms(c.estimate), SpreadMS: c.spreadMS(), Waiting: c.waiting, Completed: c.completed.Load()}
@@ -562,7 +578,7 @@ func (p *Pool) AppendStats(b []byte) []byte {
 	o.Int("running", int64(len(p.running)))
 	o.Int("waiting", int64(len(p.waiters)))
 	o.Float("queue_wait_ms", ms(p.queueWait))
-	o.Float("predicted_wait_ms", ms(p.predictLocked(time.Now())))
+	o.Float("predicted_wait_ms", ms(p.predicted()))
 	o.Float("wait_bias", p.bias)
 	o.Float("wait_bias_spread", math.Sqrt(p.biasVar))
 	o.Uint("completed", p.completed.Load())

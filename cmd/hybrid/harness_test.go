@@ -142,8 +142,21 @@ type cluster struct {
 // waits until the admin endpoint answers and wantReady workers are ready.
 func startCluster(t *testing.T, env []string, wantReady int, args ...string) *cluster {
 	t.Helper()
+	return startClusterCmd(t, serveCmd(binPath, args...), env, wantReady)
+}
+
+// serveCmd is "bin serve" with the harness's own flags (ephemeral
+// addresses, JSON logs), then args.
+func serveCmd(bin string, args ...string) *exec.Cmd {
 	full := append([]string{"serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"}, args...)
-	c := launch(t, exec.Command(binPath, full...), env)
+	return exec.Command(bin, full...)
+}
+
+// startClusterCmd is startCluster for a command the test prepared itself
+// (another binary, descriptors to inherit, another user).
+func startClusterCmd(t *testing.T, cmd *exec.Cmd, env []string, wantReady int) *cluster {
+	t.Helper()
+	c := launch(t, cmd, env)
 	t.Cleanup(c.cleanup)
 	c.waitLog("primary starting", 10*time.Second)
 	c.addr = c.logs.find("primary starting")[0]["addr"].(string)
@@ -298,6 +311,9 @@ func (c *cluster) readyPIDs() map[int]bool {
 
 // freshClient opens a new connection for every request, so that every
 // request goes through the listening socket's accept queue.
+// freshClient is for the harness's own polling (/health, /cluster), which
+// must see whichever worker answers now; the load and drain tests use
+// kept-alive clients, as users do (startLoad, post).
 func freshClient() *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 }

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -253,16 +252,9 @@ func TestInheritedDescriptorsDoNotLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer secret.Close()
-	cmd := exec.Command(binPath, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json",
-		"--workers", "1", "--isolate-warm", "1", "--allow-mode-override")
+	cmd := serveCmd(binPath, "--workers", "1", "--isolate-warm", "1", "--allow-mode-override")
 	cmd.ExtraFiles = []*os.File{lnFile, secret} // fd 3 and 4 in the primary
-	c := launch(t, cmd, nil)
-	t.Cleanup(c.cleanup)
-	c.waitLog("primary starting", 10*time.Second)
-	c.addr = c.logs.find("primary starting")[0]["addr"].(string)
-	c.waitLog("admin endpoint listening", 10*time.Second)
-	c.admin = c.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
-	c.waitFor(15*time.Second, "a ready worker", func() bool { return len(c.readyPIDs()) == 1 })
+	c := startClusterCmd(t, cmd, nil, 1)
 	if r := post(t, "http://"+c.addr+"/v1/hash/sha256?mode=isolate", []byte("x")); r.status != 200 {
 		t.Fatalf("isolated task = %d %s", r.status, r.body)
 	}
@@ -309,12 +301,7 @@ func TestIsolateStrictRefusesAWeakHost(t *testing.T) {
 	if err := os.WriteFile(bin, b, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json",
-		"--workers", "1", "--isolate-strict")
-	c := launch(t, cmd, nil)
-	t.Cleanup(c.cleanup)
-	c.waitLog("admin endpoint listening", 10*time.Second)
-	c.admin = c.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
+	c := startClusterCmd(t, serveCmd(bin, "--workers", "1", "--isolate-strict"), nil, 0)
 	// The worker exits with EX_CONFIG and its one line; the primary opens
 	// the circuit at once (a configuration error is not retried).
 	c.waitFor(20*time.Second, "the circuit to open", func() bool { return c.snapshot().Circuit == "open" })
@@ -324,14 +311,7 @@ func TestIsolateStrictRefusesAWeakHost(t *testing.T) {
 			s.CircuitReason, s.WorkersReady, s.Forks)
 	}
 	// Without --isolate-strict the same host serves, and says what is missing.
-	c2 := launch(t, exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json",
-		"--workers", "1", "--allow-mode-override"), nil)
-	t.Cleanup(c2.cleanup)
-	c2.waitLog("primary starting", 10*time.Second)
-	c2.addr = c2.logs.find("primary starting")[0]["addr"].(string)
-	c2.waitLog("admin endpoint listening", 10*time.Second)
-	c2.admin = c2.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
-	c2.waitFor(15*time.Second, "a ready worker", func() bool { return len(c2.readyPIDs()) == 1 })
+	c2 := startClusterCmd(t, serveCmd(bin, "--workers", "1", "--allow-mode-override"), nil, 1)
 	if r := post(t, "http://"+c2.addr+"/v1/hash/sha256?mode=isolate", []byte("x")); r.status != 200 {
 		t.Errorf("isolated task without --isolate-strict = %d %s", r.status, r.body)
 	}
@@ -540,16 +520,9 @@ func TestIsolateAsNonRoot(t *testing.T) {
 	if err := os.WriteFile(hooks, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binPath, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json",
-		"--workers", "1", "--isolate-warm", "1", "--allow-mode-override")
+	cmd := serveCmd(binPath, "--workers", "1", "--isolate-warm", "1", "--allow-mode-override")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
-	c := launch(t, cmd, []string{testHooksVar + "=" + hooks})
-	t.Cleanup(c.cleanup)
-	c.waitLog("primary starting", 10*time.Second)
-	c.addr = c.logs.find("primary starting")[0]["addr"].(string)
-	c.waitLog("admin endpoint listening", 10*time.Second)
-	c.admin = c.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
-	c.waitFor(15*time.Second, "a ready worker", func() bool { return len(c.readyPIDs()) == 1 })
+	c := startClusterCmd(t, cmd, []string{testHooksVar + "=" + hooks}, 1)
 	base := "http://" + c.addr
 	worker := c.snapshot().Workers[0].PID
 	if r := post(t, base+"/v1/hash/sha256?mode=isolate", []byte("abc")); r.status != 200 {

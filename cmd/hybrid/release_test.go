@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 )
 
 // The release build (CGO_ENABLED=0 go build ./cmd/hybrid, no tags) has no
@@ -31,14 +30,7 @@ func TestReleaseBinaryHasNoTestHooks(t *testing.T) {
 	env, setFault := faultFile(t)
 	setFault("crash")
 	os.Chmod(filepath.Dir(bin), 0o755)
-	c := launch(t, exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json",
-		"--workers", "1"), env)
-	t.Cleanup(c.cleanup)
-	c.waitLog("primary starting", 10*time.Second)
-	c.addr = c.logs.find("primary starting")[0]["addr"].(string)
-	c.waitLog("admin endpoint listening", 10*time.Second)
-	c.admin = c.logs.find("admin endpoint listening")[0]["admin_addr"].(string)
-	c.waitFor(15*time.Second, "a ready worker despite the crash switch", func() bool { return len(c.readyPIDs()) == 1 })
+	c := startClusterCmd(t, serveCmd(bin, "--workers", "1"), env, 1) // ready despite the crash switch
 	if r := post(t, "http://"+c.addr+"/_test/isolate/panic", nil); r.status != 404 {
 		t.Errorf("POST /_test/isolate/panic on the release binary = %d %s; want 404", r.status, r.body)
 	}
