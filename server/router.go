@@ -88,11 +88,17 @@ func (r *Router) lookup(path []byte) map[string]route {
 	return nil
 }
 
-// resolve finds the request's route, or writes the JSON 404 or 405.
+// resolve finds the request's route, or writes the JSON 400 for a target
+// it refuses (framing.go), 404 or 405.
 func (r *Router) resolve(ctx *fasthttp.RequestCtx) (route, bool) {
+	if err := checkTarget(ctx); err != nil {
+		WriteError(ctx, err)
+		return route{}, false
+	}
 	methods := r.lookup(ctx.Path())
 	if methods == nil {
-		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "no route for %s %s", ctx.Method(), ctx.Path()))
+		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "no route for %s %s",
+			ctx.Method(), Quote(string(ctx.Path()))))
 		return route{}, false
 	}
 	method := string(ctx.Method())
@@ -108,7 +114,8 @@ func (r *Router) resolve(ctx *fasthttp.RequestCtx) (route, bool) {
 		slices.Sort(allow)
 		ctx.Response.Header.Set(fasthttp.HeaderAllow, strings.Join(allow, ", "))
 		WriteError(ctx, Errorf(fasthttp.StatusMethodNotAllowed, CodeMethodNotAllow,
-			"%s %s: method not allowed; allowed: %s", ctx.Method(), ctx.Path(), strings.Join(allow, ", ")))
+			"%s %s: method not allowed; allowed: %s", ctx.Method(), Quote(string(ctx.Path())),
+			strings.Join(allow, ", ")))
 		return route{}, false
 	}
 	return rt, true

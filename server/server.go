@@ -158,6 +158,7 @@ func newFastServer(cfg Config, h fasthttp.RequestHandler, log *slog.Logger) *fas
 		MaxRequestBodySize:    cfg.MaxBody,
 		CloseOnShutdown:       true, // only for the last moments of Shutdown, see there
 		NoDefaultServerHeader: true,
+		SecureErrorLogMessage: true, // a client's bytes stay out of the log too
 		NoDefaultDate:         false,
 		Logger:                fastLogger{log},
 	}
@@ -169,7 +170,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 		s.inFlight.Add(-1)
 		s.requests.Add(1)
 	}()
-	if s.tooLarge(ctx) {
+	if refuseFraming(ctx) || s.tooLarge(ctx) {
 		return
 	}
 	s.Router.Serve(ctx)
@@ -207,7 +208,7 @@ func (s *Server) tooLarge(ctx *fasthttp.RequestCtx) bool {
 // and closes the connection, by lingering, as the client may already be
 // sending.
 func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
-	if s.tooLarge(ctx) || !s.Router.Early(ctx) {
+	if refuseFraming(ctx) || s.tooLarge(ctx) || !s.Router.Early(ctx) {
 		EndEarly(ctx)
 		s.requests.Add(1)
 		return ctx.Response.StatusCode()
