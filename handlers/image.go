@@ -128,15 +128,16 @@ func readHeader(input []byte, maxFrames int) (imageHeader, error) {
 	r := bytes.NewReader(input)
 	switch h.Format {
 	case "jpeg":
-		cfg, err = jpegSize(input)
-		// jpegn decodes a truncated scan into a partly grey image. In the
-		// entropy-coded data 0xFF is always stuffed, so a whole JPEG ends with
-		// the EOI marker (FF D9), at most followed by a little padding.
-		if err == nil && !bytes.Contains(input[max(0, len(input)-1024):], []byte{0xff, 0xd9}) {
-			err = errors.New("no end-of-image marker: truncated")
+		var l jpegLayout
+		l, err = walkJPEG(input, MaxJPEGScans)
+		if err == nil && l.scans > MaxJPEGScans {
+			return h, unprocessable(CodeImageTooLarge, "jpeg has more than %d scans, the limit", MaxJPEGScans)
 		}
-		if err == nil {
-			if ex, xerr := jpegn.DecodeExif(bytes.NewReader(input)); xerr == nil && ex.Orientation >= 1 && ex.Orientation <= 8 {
+		cfg = image.Config{Width: l.width, Height: l.height}
+		if err == nil && l.exif != nil {
+			// Only the EXIF segment is handed over: DecodeExif copies all it reads.
+			ex, xerr := jpegn.DecodeExif(bytes.NewReader(append([]byte{0xff, 0xd8}, l.exif...)))
+			if xerr == nil && ex.Orientation >= 1 && ex.Orientation <= 8 {
 				h.Orientation = ex.Orientation
 			}
 		}
@@ -165,44 +166,6 @@ func readHeader(input []byte, maxFrames int) (imageHeader, error) {
 		return h, unprocessable(CodeBadImage, "%s declares %d×%d pixels", h.Format, h.Width, h.Height)
 	}
 	return h, nil
-}
-
-// jpegSize reads the dimensions a JPEG declares in its SOF marker, walking
-// the marker segments without decoding anything. (jpegn.DecodeConfig refuses
-// very large dimensions as unsupported; the size check must see them.)
-func jpegSize(b []byte) (image.Config, error) {
-	i := 2
-	for i+4 <= len(b) {
-		if b[i] != 0xff {
-			return image.Config{}, errors.New("bad marker")
-		}
-		m := b[i+1]
-		switch {
-		case m == 0xff: // fill byte
-			i++
-			continue
-		case m == 0xd8 || m == 0x01 || (m >= 0xd0 && m <= 0xd7): // no length
-			i += 2
-			continue
-		case m == 0xd9 || m == 0xda: // EOI or SOS before any SOF
-			return image.Config{}, errors.New("no frame header")
-		}
-		n := int(b[i+2])<<8 | int(b[i+3])
-		if n < 2 || i+2+n > len(b) {
-			return image.Config{}, errors.New("truncated marker segment")
-		}
-		// SOF0-15, except DHT (C4), JPG (C8) and DAC (CC).
-		if m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc {
-			if n < 8 {
-				return image.Config{}, errors.New("short frame header")
-			}
-			h := int(b[i+5])<<8 | int(b[i+6])
-			w := int(b[i+7])<<8 | int(b[i+8])
-			return image.Config{Width: w, Height: h}, nil
-		}
-		i += 2 + n
-	}
-	return image.Config{}, errors.New("no frame header")
 }
 
 // gifFrames counts a GIF's frames by walking its blocks, without decoding
