@@ -41,7 +41,7 @@ func TestJPEGScansOfRealFiles(t *testing.T) {
 		file  string
 		scans int
 	}{
-		{"testdata/progressive-color.jpeg", 10}, // libjpeg's default script
+		{"testdata/progressive-color.jpeg", 10},       // libjpeg's default script
 		{"testdata/progressive-separate-dc.jpeg", 14}, // a DC scan per component
 		{"testdata/progressive-gray.jpeg", 6},
 	} {
