@@ -20,6 +20,11 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// shortInput is the input size under which a hash or a compression at a
+// level that is not slow takes at most ~40 ms here, whatever the bytes
+// (Workload.Short).
+const shortInput = 1 << 20
+
 // DefaultMaxOutput bounds a decompressed body unless --max-output says
 // otherwise. A decompression bomb is refused after at most this many bytes,
 // and memory follows the bound, not the bomb.
@@ -36,7 +41,19 @@ type codec struct {
 	hasLevel         bool
 	compress         func(in []byte, level int) ([]byte, error)
 	reader           func(r io.Reader, maxOutput int) (io.Reader, func(), error)
+	// slowLevels bounds the input of the levels whose cost per byte is
+	// far above the codec's others: level → the most bytes it takes.
+	slowLevels map[int]int
 }
+
+// Compression costs about the same per byte at every level of gzip, zstd,
+// s2 and snappy (zstd's levels map onto klauspost's four encoders, and 11
+// to 22 are all its best: 20–40 ms per MiB of log text here, less on
+// random bytes), so --max-body bounds them. brotli's 10 and 11 are 10× and
+// 30× its level 9 (0.45 and 1.3 s per MiB of log text here, the worst of
+// the inputs tried; the issue saw 3.4 s on another day): they take at most
+// 1 MiB and 256 KiB, which keeps a request under about half a second of a
+// core, and are 422 param_out_of_range beyond.
 
 var codecs = map[string]codec{
 	"gzip": {
@@ -102,6 +119,7 @@ var codecs = map[string]codec{
 	},
 	"brotli": {
 		contentType: "application/x-brotli", minLevel: 0, maxLvl: 11, defLevel: 5, hasLevel: true,
+		slowLevels: map[int]int{10: 1 << 20, 11: 256 << 10},
 		compress: func(in []byte, level int) ([]byte, error) {
 			return brrr.Compress(in, level)
 		},
@@ -144,7 +162,12 @@ func zstdEncoder(level int) *zstd.Encoder {
 }
 
 func init() {
-	Register(&Workload{Name: "compress", Estimate: 10 * time.Millisecond, Group: "compress", CheckParams: checkCompress, Run: runCompress,
+	Register(&Workload{Name: "compress", Estimate: 10 * time.Millisecond, Group: "compress", CheckParams: checkCompress, Check: checkCompressInput, Run: runCompress,
+		Short: func(p Params, n int) bool {
+			c, level, err := compressArgs(p, n)
+			_, slow := c.slowLevels[level]
+			return err == nil && !slow && n < shortInput
+		},
 		ContentTypeOf: func(p Params) string { return codecs[p["codec"]].contentType }})
 	Register(&Workload{Name: "decompress", Estimate: 5 * time.Millisecond, Group: "compress", CheckParams: checkDecompress, Run: runDecompress,
 		ContentType: "application/octet-stream"})
@@ -154,7 +177,7 @@ func lookupCodec(p Params) (codec, error) {
 	c, ok := codecs[p["codec"]]
 	if !ok {
 		return codec{}, server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo,
-			"unknown codec %q; supported: brotli, gzip, s2, snappy, zstd", p["codec"])
+			"unknown codec %s; supported: brotli, gzip, s2, snappy, zstd", quote(p["codec"]))
 	}
 	return c, nil
 }
@@ -178,12 +201,32 @@ func checkCompress(p Params) error {
 	return err
 }
 
-func runCompress(_ context.Context, p Params, input []byte) ([]byte, error) {
+// compressArgs are a compression's codec and level, for an input of n
+// bytes: a slow level refuses more than it takes.
+func compressArgs(p Params, n int) (codec, int, error) {
 	c, err := lookupCodec(p)
 	if err != nil {
-		return nil, err
+		return c, 0, err
 	}
 	level, err := compressLevel(c, p)
+	if err != nil {
+		return c, 0, err
+	}
+	if limit, slow := c.slowLevels[level]; slow && n > limit {
+		return c, 0, unprocessable(CodeParamOutOfRange,
+			"%s level %d takes at most %d bytes of input, got %d; use a lower level for larger inputs",
+			p["codec"], level, limit, n)
+	}
+	return c, level, nil
+}
+
+func checkCompressInput(p Params, input []byte) error {
+	_, _, err := compressArgs(p, len(input))
+	return err
+}
+
+func runCompress(_ context.Context, p Params, input []byte) ([]byte, error) {
+	c, level, err := compressArgs(p, len(input))
 	if err != nil {
 		return nil, err
 	}

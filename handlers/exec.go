@@ -174,37 +174,42 @@ func (e *Executor) poolOf(mode Mode) *taskpool.Pool {
 	return nil
 }
 
-// Run runs w in mode. input must stay valid until Run returns, which it
-// always does after the task has returned or never started.
+// run runs w in mode for a request that arrived at since, and answers by
+// the task deadline (--task-timeout) in every mode: inline and isolated
+// tasks end at it (the workloads watch their context; a child is killed),
+// and a pooled task runs on a goroutine of its own, so that its 504 is sent
+// at the deadline even when the task overruns it (a decoder that cannot be
+// interrupted, a KDF): the task keeps its run slot until it returns, so
+// the pool still bounds the CPU that overrunning tasks hold. The hand-off
+// costs ~3 µs (BenchmarkPoolPath: a goroutine, a wake-up and a timer), a
+// tenth of a small hash's request, so a task that w.Short says is short
+// whatever its content runs on the request's goroutine as before: its 504
+// can be late by that task's length, at most ~40 ms here (zstd of 1 MiB).
 //
-// The task's context carries the task timeout and ctx's values, and nothing
-// of ctx's cancellation: a *fasthttp.RequestCtx is done when its server
-// starts to shut down, and a drain must let the tasks in flight finish, not
-// fail them. (context.WithTimeout of it also cost a goroutine per request,
-// to watch it; see deadlineCtx for the timer.)
-func (e *Executor) Run(ctx context.Context, w *Workload, mode Mode, p Params, input []byte) ([]byte, error) {
-	return e.run(ctx, time.Time{}, w, mode, p, input)
-}
-
-// run is Run for a request that arrived at since: the time since counts
-// against the admission bound (taskpool's DoSince), so a slow upload and
-// the queue together stay within --queue-wait.
-func (e *Executor) run(ctx context.Context, since time.Time, w *Workload, mode Mode, p Params, input []byte) ([]byte, error) {
-	tctx, cancel := withDeadline(ctx, e.TaskTimeout)
-	defer cancel()
-	ctx = tctx
+// run takes over release, the input's owner's: it is called once no task
+// uses input any more, which for an overrun pooled task is after run has
+// returned. The time since counts against the admission bound (taskpool's
+// DoSince), so a slow upload and the queue together stay within
+// --queue-wait.
+//
+// The task's context carries the task timeout and nothing of the
+// request's: a *fasthttp.RequestCtx is done when its server starts to shut
+// down, and a drain must let the tasks in flight finish, not fail them; and
+// a pooled task may outlive the request, whose context is then reused.
+// (context.WithTimeout also cost a goroutine per request, to watch its
+// parent; see deadlineCtx for the timer.)
+func (e *Executor) run(since time.Time, w *Workload, mode Mode, p Params, input []byte, release func()) ([]byte, error) {
+	ctx, cancel := withDeadline(context.Background(), e.TaskTimeout)
 	switch mode {
 	case Inline:
+		defer release()
+		defer cancel()
 		return w.Run(ctx, p, input)
 	case Pool:
-		var out []byte
-		err := e.classOf(w, Pool, len(input)).DoSince(ctx, since, func(ctx context.Context) error {
-			var err error
-			out, err = w.Run(ctx, p, input)
-			return err
-		})
-		return out, err
+		return e.runPooled(ctx, cancel, since, w, p, input, release)
 	case Isolate:
+		defer release()
+		defer cancel()
 		if e.Isolate == nil || e.IsolatePool == nil {
 			break
 		}
@@ -222,8 +227,58 @@ func (e *Executor) run(ctx context.Context, since time.Time, w *Workload, mode M
 			return err
 		})
 		return out, err
+	default:
+		release()
+		cancel()
 	}
 	return nil, fmt.Errorf("handlers: mode %q not available", mode)
+}
+
+// pooled is the outcome of a pooled task, handed from its goroutine.
+type pooled struct {
+	out  []byte
+	err  error
+	done chan struct{}
+}
+
+// runPooled queues and runs a pooled task on a goroutine of its own and
+// waits for it or for its deadline, whichever is first; see run.
+func (e *Executor) runPooled(ctx *deadlineCtx, cancel func(), since time.Time, w *Workload, p Params, input []byte,
+	release func()) ([]byte, error) {
+	class := e.classOf(w, Pool, len(input))
+	if w.Short != nil && w.Short(p, len(input)) {
+		defer release()
+		defer cancel()
+		var out []byte
+		err := class.DoSince(ctx, since, func(ctx context.Context) error {
+			var err error
+			out, err = w.Run(ctx, p, input)
+			return err
+		})
+		return out, err
+	}
+	r := &pooled{done: make(chan struct{})}
+	go func() {
+		defer release()
+		defer cancel()
+		r.err = class.DoSince(ctx, since, func(ctx context.Context) error {
+			var err error
+			r.out, err = w.Run(ctx, p, input)
+			return err
+		})
+		close(r.done)
+	}()
+	select {
+	case <-r.done:
+		return r.out, r.err
+	case <-ctx.Done():
+		select {
+		case <-r.done: // both at once: the task's own outcome wins
+			return r.out, r.err
+		default:
+			return nil, taskpool.ErrDeadline
+		}
+	}
 }
 
 // imageLimits are the params that carry the image bounds to the workload,
@@ -266,16 +321,16 @@ func (e *Executor) mode(ctx *fasthttp.RequestCtx, w *Workload) (Mode, error) {
 			"mode: choosing the mode per request is disabled (see --allow-mode-override)")
 	}
 	if !slices.Contains(Modes, Mode(asked)) {
-		return "", badParam("mode=%q: want one of %s", asked, modeList())
+		return "", badParam("mode=%s: want one of %s", quote(asked), modeList())
 	}
 	return Mode(asked), nil
 }
 
 // Serve is the request path of every workload: pick the mode, refuse from
 // the headers if its pool is overloaded, read the body, check, run,
-// respond. Params are checked before anything is queued. It blocks until
-// the task has returned (or never started), so the request's body may be
-// the task's input without a copy.
+// respond. Params are checked before anything is queued. The request's
+// body is the task's input without a copy: run releases it once no task
+// uses it.
 func (e *Executor) Serve(ctx *fasthttp.RequestCtx, w *Workload, p Params) {
 	mode, ok := e.admit(ctx, w, p)
 	if !ok {
@@ -285,21 +340,24 @@ func (e *Executor) Serve(ctx *fasthttp.RequestCtx, w *Workload, p Params) {
 	if maxBody <= 0 {
 		maxBody = server.DefaultConfig().MaxBody
 	}
+	if w.MaxBody > 0 {
+		maxBody = min(maxBody, w.MaxBody)
+	}
 	input, release, err := server.Body(ctx, maxBody)
 	if err != nil {
 		server.WriteError(ctx, err)
 		return
 	}
-	defer release()
 	// The input's own checks parse untrusted bytes: an isolated task's are
 	// run by its child, which the bytes reach first.
 	if w.Check != nil && mode != Isolate {
 		if err := w.Check(p, input); err != nil {
+			release()
 			server.WriteError(ctx, err)
 			return
 		}
 	}
-	out, err := e.run(ctx, ctx.Time(), w, mode, p, input)
+	out, err := e.run(ctx.Time(), w, mode, p, input, release)
 	if err != nil {
 		e.writeError(ctx, w, mode, err)
 		return

@@ -131,9 +131,9 @@ func TestPasswordVerifyForeignHashes(t *testing.T) {
 
 func TestPasswordRoundTripAndBounds(t *testing.T) {
 	cheap := map[string]string{
-		"argon2id": `{"memory_kib":1024,"iterations":1,"parallelism":1}`,
-		"bcrypt":   `{"cost":4}`,
-		"scrypt":   `{"n":1024,"r":8,"p":1}`,
+		"argon2id": `{"memory_kib":7168,"iterations":5,"parallelism":1}`, // the new-hash minimums
+		"bcrypt":   `{"cost":10}`,
+		"scrypt":   `{"n":8192,"r":8,"p":10}`,
 	}
 	for algo, params := range cheap {
 		out, err := run(t, "password-hash", Params{"algo": algo}, []byte(`{"password":"s3cret","params":`+params+`}`))
@@ -146,8 +146,8 @@ func TestPasswordRoundTripAndBounds(t *testing.T) {
 		if out, err := run(t, "password-verify", Params{}, body); err != nil || string(out) != `{"match":true}` {
 			t.Errorf("%s: verify own hash %q = %s, %v", algo, h.Hash, out, err)
 		}
-		if algo == "bcrypt" && !strings.HasPrefix(h.Hash, "$2b$04$") {
-			t.Errorf("bcrypt hash %q; want $2b$04$…", h.Hash)
+		if algo == "bcrypt" && !strings.HasPrefix(h.Hash, "$2b$10$") {
+			t.Errorf("bcrypt hash %q; want $2b$10$…", h.Hash)
 		}
 	}
 	for _, tc := range []struct {
@@ -164,6 +164,24 @@ func TestPasswordRoundTripAndBounds(t *testing.T) {
 		{"scrypt", `{"password":"x","params":{"n":1000}}`, 400, CodeBadParam},
 		{"scrypt", `{"password":"x","params":{"n":262144,"r":16}}`, 422, CodeParamOutOfRange},
 		{"scrypt", `{"password":"x","params":{"n":1048576}}`, 422, CodeParamOutOfRange},
+		// The work a request names is bounded (issue 11: 12.5 s from this body).
+		{"scrypt", `{"password":"x","params":{"n":262144,"r":8,"p":16}}`, 422, CodeParamOutOfRange},
+		{"argon2id", `{"password":"x","params":{"memory_kib":262144,"iterations":10}}`, 422, CodeParamOutOfRange},
+		// And so is how little: OWASP's minimums, for a new hash.
+		{"argon2id", `{"password":"x","params":{"memory_kib":8,"iterations":1}}`, 422, CodeParamOutOfRange},
+		{"argon2id", `{"password":"x","params":{"memory_kib":19456,"iterations":1}}`, 422, CodeParamOutOfRange},
+		{"bcrypt", `{"password":"x","params":{"cost":4}}`, 422, CodeParamOutOfRange},
+		{"scrypt", `{"password":"x","params":{"n":1024,"r":8,"p":1}}`, 422, CodeParamOutOfRange},
+		// One object, exact keys, once each, no lossy text.
+		{"bcrypt", `{"Password":"x"}`, 400, server.CodeBadRequest},
+		{"bcrypt", `{"password":"x","password":"y"}`, 400, server.CodeBadRequest},
+		{"argon2id", `{"password":"x","params":{"iterations":2,"iterations":3}}`, 400, CodeBadParam},
+		{"argon2id", `{"password":"x","params":{"Iterations":2}}`, 400, CodeBadParam},
+		{"argon2id", `{"password":"x","params":{"iterations":2.0}}`, 400, CodeBadParam},
+		{"bcrypt", "{\"password\":\"caf\xe9-secret\"}", 400, server.CodeBadRequest},
+		{"bcrypt", `{"password":"caf\ud800-secret"}`, 400, server.CodeBadRequest},
+		{"bcrypt", `{"password":"caf\udc00\ud800-secret"}`, 400, server.CodeBadRequest},
+		{"bcrypt", `{"password":"x","params":[]}`, 400, CodeBadParam},
 		{"pbkdf2", `{"password":"x"}`, 404, CodeUnknownAlgo},
 		{"bcrypt", `{"pass":"x"}`, 400, server.CodeBadRequest},
 		{"bcrypt", `{}`, 400, server.CodeBadRequest},
@@ -297,4 +315,47 @@ type hashResult struct {
 	Algo   string `json:"algo"`
 	Digest string `json:"digest"`
 	Size   int    `json:"size"`
+}
+
+func TestJSONBodyIsStrictAndNeverEchoed(t *testing.T) {
+	for s, want := range map[string]bool{
+		`"plain"`: false, `"\ud83d\ude00"`: false, `"\\ud800"`: false, `"\"\ud800"`: true,
+		`"\ud800"`: true, `"\udc00"`: true, `"\ud800\u0041"`: true, `"\ud83d"`: true, `"x\ud83d\ude00\udc00"`: true,
+	} {
+		if got := loneSurrogate([]byte(s)); got != want {
+			t.Errorf("loneSurrogate(%s) = %v; want %v", s, got, want)
+		}
+	}
+	// A surrogate pair is one character, and a password of it verifies.
+	out, err := run(t, "password-hash", Params{"algo": "bcrypt"}, []byte(`{"password":"\ud83d\ude00"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct{ Hash string }
+	json.Unmarshal(out, &h)
+	for pw, want := range map[string]string{"😀": `{"match":true}`, "😁": `{"match":false}`} {
+		body, _ := json.Marshal(map[string]string{"password": pw, "hash": h.Hash})
+		if out, err := run(t, "password-verify", Params{}, body); err != nil || string(out) != want {
+			t.Errorf("verify %q = %s, %v; want %s", pw, out, err, want)
+		}
+	}
+	// Long values in every place an error names one come back cut short.
+	long := strings.Repeat("A", 60<<10)
+	for _, body := range []string{
+		`{"` + long + `":1}`,
+		`{"password":"x","params":{"` + long + `":1}}`,
+		`{"password":"x","params":{"cost":` + strings.Repeat("9", 60<<10) + `}}`,
+		`{"password":"x","hash":"$argon2id$v=19$m=` + long + `$a$b"}`,
+		`{"password":"x","hash":"$argon2id$v=` + long + `$m=1,t=1,p=1$a$b"}`,
+		`{"password":"x","hash":"$scrypt$ln=` + long + `$a$b"}`,
+	} {
+		name := "password-hash"
+		if strings.Contains(body, `"hash"`) {
+			name = "password-verify"
+		}
+		_, err := run(t, name, Params{"algo": "bcrypt"}, []byte(body))
+		if err == nil || len(err.Error()) > 300 {
+			t.Errorf("%s %.60s…: error %d bytes (%.80s); want a short error", name, body, len(fmt.Sprint(err)), err)
+		}
+	}
 }

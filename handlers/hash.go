@@ -53,19 +53,20 @@ func HashAlgos() []string {
 }
 
 func init() {
-	Register(&Workload{Name: "hash", Estimate: time.Millisecond, Group: "hash", MaxReply: 4 << 10, CheckParams: checkHash, Run: runHash, ContentType: "application/json"})
+	Register(&Workload{Name: "hash", Estimate: time.Millisecond, Group: "hash", MaxReply: 4 << 10, CheckParams: checkHash, Run: runHash, ContentType: "application/json",
+		Short: func(_ Params, n int) bool { return n < shortInput }})
 }
 
 func checkHash(p Params) error {
 	if _, ok := hashAlgos[p["algo"]]; !ok {
-		return server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo, "unknown hash algorithm %q; supported: %s",
-			p["algo"], strings.Join(HashAlgos(), ", "))
+		return server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo, "unknown hash algorithm %s; supported: %s",
+			quote(p["algo"]), strings.Join(HashAlgos(), ", "))
 	}
 	switch p["encoding"] {
 	case "", "hex", "base64":
 		return nil
 	}
-	return badParam("encoding=%q: want hex or base64", p["encoding"])
+	return badParam("encoding=%s: want hex or base64", quote(p["encoding"]))
 }
 
 // runHash returns {"algo":…,"digest":…,"size":…}. Digests of xxh3-64 and

@@ -1,7 +1,6 @@
 package handlers
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -9,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
 	"strconv"
 	"strings"
 	"time"
@@ -23,19 +23,36 @@ import (
 // Password hashing defaults follow the OWASP Password Storage Cheat Sheet
 // (https://cheatsheetseries.owasp.org/cheatsheets/Password_Storage_Cheat_Sheet.html):
 // Argon2id with 19 MiB of memory, 2 iterations and 1 degree of parallelism;
-// scrypt with N=2^17, r=8, p=1; bcrypt with a work factor of 10 or more.
+// scrypt with N=2^17, r=8, p=1; bcrypt with a work factor of 10.
 //
-// Caller params are bounded so that one request cannot take the box down: a
-// value over its bound is 422 param_out_of_range naming the bound. The same
-// bounds apply to the params read from a hash given to verify, so a hostile
-// hash cannot ask for 4 GiB either.
+// The work a request can name is bounded both ways, in one place
+// (boundCost), for hash requests and for the hashes given to verify, so a
+// 150-byte body cannot ask for seconds of CPU or GiBs:
+//
+//   - at most: argon2id memory × iterations ≤ 1 GiB·pass (≈ 27× the
+//     default), memory ≤ 256 MiB; scrypt N·r·p ≤ 2^21 (2× the default) and
+//     128·N·r ≤ 256 MiB; bcrypt cost ≤ 14. Each is about half a second of
+//     one core here (bench/RESULTS.md), and 422 param_out_of_range beyond.
+//   - at least, for a new hash (OWASP's weakest equivalent settings):
+//     argon2id memory ≥ 7 MiB and memory × iterations ≥ 35 MiB·pass
+//     (7 MiB × 5, …, 19 MiB × 2, 46 MiB × 1); scrypt 128·N·r ≥ 8 MiB and
+//     N·r·p ≥ 655,360 (2^13 × 8 × 10); bcrypt cost ≥ 10. A stored hash
+//     below them still verifies: it was made before, and checking it costs
+//     less, not more.
+//
+// Passwords are bytes: the UTF-8 of the JSON string. A body that is not
+// valid UTF-8, or a string with a lone surrogate escape, is a 400, never a
+// lossy U+FFFD (jsonbody.go).
 const (
 	argonDefMemKiB, argonMaxMemKiB = 19 * 1024, 256 * 1024
 	argonDefIter, argonMaxIter     = 2, 10
 	argonDefPar, argonMaxPar       = 1, 8
+	argonMaxWork                   = 1 << 20 // KiB × iterations
+	argonMinMemKiB, argonMinWork   = 7 * 1024, 35 * 1024
 	argonSaltLen, argonKeyLen      = 16, 32
 
 	bcryptDefCost, bcryptMinCost, bcryptMaxCost = 10, 4, 14
+	bcryptMinNewCost                            = 10
 	// bcryptMaxPassword is bcrypt's input limit. Longer passwords are refused
 	// (422), never silently truncated.
 	bcryptMaxPassword = 72
@@ -44,36 +61,18 @@ const (
 	scryptDefR, scryptMaxR                      = 8, 32
 	scryptDefP, scryptMaxP                      = 1, 16
 	scryptMaxMemory                             = 256 << 20 // 128·N·r bytes
+	scryptMaxWork                               = 1 << 21   // N·r·p
+	scryptMinNewMemory, scryptMinNewWork        = 8 << 20, 655_360
 	scryptSaltLen, scryptKeyLen                 = 16, 32
 
 	maxPasswordLen = 4096
 )
 
 func init() {
-	Register(&Workload{Name: "password-hash", Estimate: 100 * time.Millisecond, Group: "password", BigHeap: true, MaxReply: 4 << 10, CheckParams: checkPasswordAlgo, Check: checkPasswordHash, Run: runPasswordHash,
-		ContentType: "application/json"})
-	Register(&Workload{Name: "password-verify", Estimate: 100 * time.Millisecond, Group: "password", BigHeap: true, MaxReply: 4 << 10, Check: checkPasswordVerify, Run: runPasswordVerify,
-		ContentType: "application/json"})
-}
-
-type hashRequest struct {
-	Password *string        `json:"password"`
-	Params   map[string]any `json:"params"`
-}
-
-// decodeStrict decodes one JSON object, refusing unknown fields and trailing
-// data.
-func decodeStrict(input []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(input))
-	dec.DisallowUnknownFields()
-	dec.UseNumber()
-	if err := dec.Decode(v); err != nil {
-		return server.Errorf(fasthttp.StatusBadRequest, server.CodeBadRequest, "body: want a JSON object: %v", err)
-	}
-	if dec.More() {
-		return server.Errorf(fasthttp.StatusBadRequest, server.CodeBadRequest, "body: trailing data after the JSON object")
-	}
-	return nil
+	Register(&Workload{Name: "password-hash", Estimate: 100 * time.Millisecond, Group: "password", BigHeap: true, MaxReply: 4 << 10, MaxBody: jsonBodyLimit,
+		CheckParams: checkPasswordAlgo, Check: checkPasswordHash, Run: runPasswordHash, ContentType: "application/json"})
+	Register(&Workload{Name: "password-verify", Estimate: 100 * time.Millisecond, Group: "password", BigHeap: true, MaxReply: 4 << 10, MaxBody: jsonBodyLimit,
+		Check: checkPasswordVerify, Run: runPasswordVerify, ContentType: "application/json"})
 }
 
 func checkPassword(pw *string) error {
@@ -93,93 +92,74 @@ type costParams struct {
 	logN, r, p        int // scrypt
 }
 
+// parseHashRequest reads {"password": "…", "params": {…}}.
 func parseHashRequest(algo string, input []byte) (string, costParams, error) {
-	var req hashRequest
-	if err := decodeStrict(input, &req); err != nil {
+	if err := passwordAlgo(algo); err != nil {
 		return "", costParams{}, err
 	}
-	if err := checkPassword(req.Password); err != nil {
-		return "", costParams{}, err
+	var pw *string
+	var rawParams json.RawMessage
+	err := decodeObject("body", server.CodeBadRequest, input, map[string]jsonField{
+		"password": stringField("body", "password", &pw),
+		"params":   func(raw json.RawMessage) error { rawParams = raw; return nil },
+	})
+	if err == nil {
+		err = checkPassword(pw)
 	}
-	cp, err := hashParams(algo, req.Params)
 	if err != nil {
 		return "", costParams{}, err
 	}
-	if algo == "bcrypt" && len(*req.Password) > bcryptMaxPassword {
+	cp, err := hashParams(algo, rawParams)
+	if err != nil {
+		return "", costParams{}, err
+	}
+	if algo == "bcrypt" && len(*pw) > bcryptMaxPassword {
 		return "", costParams{}, unprocessable(CodePasswordTooLong,
 			"bcrypt takes at most %d bytes of password, got %d; use argon2id or scrypt for longer passwords",
-			bcryptMaxPassword, len(*req.Password))
+			bcryptMaxPassword, len(*pw))
 	}
-	return *req.Password, cp, nil
+	return *pw, cp, nil
 }
 
-// hashParams validates the optional "params" of a hash request.
-func hashParams(algo string, raw map[string]any) (costParams, error) {
-	known := map[string][]string{
-		"argon2id": {"memory_kib", "iterations", "parallelism"},
-		"bcrypt":   {"cost"},
-		"scrypt":   {"n", "r", "p"},
-	}[algo]
-	if known == nil {
-		return costParams{}, server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo,
-			"unknown password algorithm %q; supported: argon2id, bcrypt, scrypt", algo)
-	}
-	get := func(key string, def int) (int, error) {
-		v, ok := raw[key]
-		if !ok {
-			return def, nil
-		}
-		num, ok := v.(json.Number)
-		n, err := strconv.Atoi(string(num))
-		if !ok || err != nil {
-			return 0, badParam("params.%s: want an integer, got %v", key, v)
-		}
-		return n, nil
-	}
-	for k := range raw {
-		if !contains(known, k) {
-			return costParams{}, badParam("params.%s: unknown for %s; known: %s", k, algo, strings.Join(known, ", "))
-		}
-	}
-	var cp costParams
-	var errs []error
-	must := func(n int, err error) int { errs = append(errs, err); return n }
+func passwordAlgo(algo string) error {
 	switch algo {
-	case "argon2id":
-		cp.memKiB = must(get("memory_kib", argonDefMemKiB))
-		cp.iter = must(get("iterations", argonDefIter))
-		cp.par = must(get("parallelism", argonDefPar))
-	case "bcrypt":
-		cp.cost = must(get("cost", bcryptDefCost))
-	case "scrypt":
-		n := must(get("n", 1<<scryptDefLogN))
-		if n > 1 && n&(n-1) == 0 {
-			cp.logN = bitsLen(n) - 1
-		} else if err := errors.Join(errs...); err == nil {
+	case "argon2id", "bcrypt", "scrypt":
+		return nil
+	}
+	return server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo,
+		"unknown password algorithm %s; supported: argon2id, bcrypt, scrypt", quote(algo))
+}
+
+// hashParams reads the optional "params" object of a hash request (raw is
+// nil when absent): the algorithm's defaults, overridden field by field,
+// within the bounds for a new hash.
+func hashParams(algo string, raw json.RawMessage) (costParams, error) {
+	cp := costParams{memKiB: argonDefMemKiB, iter: argonDefIter, par: argonDefPar, cost: bcryptDefCost,
+		logN: scryptDefLogN, r: scryptDefR, p: scryptDefP}
+	n := 1 << scryptDefLogN
+	fields := map[string]map[string]jsonField{
+		"argon2id": {"memory_kib": intField("params", "memory_kib", &cp.memKiB),
+			"iterations": intField("params", "iterations", &cp.iter), "parallelism": intField("params", "parallelism", &cp.par)},
+		"bcrypt": {"cost": intField("params", "cost", &cp.cost)},
+		"scrypt": {"n": intField("params", "n", &n), "r": intField("params", "r", &cp.r), "p": intField("params", "p", &cp.p)},
+	}[algo]
+	if raw != nil {
+		if err := decodeObject("params", CodeBadParam, raw, fields); err != nil {
+			return cp, err
+		}
+	}
+	if algo == "scrypt" {
+		if n < 2 || n&(n-1) != 0 {
 			return cp, badParam("params.n=%d: want a power of two", n)
 		}
-		cp.r = must(get("r", scryptDefR))
-		cp.p = must(get("p", scryptDefP))
+		cp.logN = bits.Len(uint(n)) - 1
 	}
-	if err := errors.Join(errs...); err != nil {
-		return cp, err
-	}
-	return cp, boundCost(algo, cp)
+	return cp, boundCost(algo, cp, true)
 }
 
-func bitsLen(n int) int { return len(strconv.FormatInt(int64(n), 2)) }
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
-// boundCost refuses work factors that would let one request take the box.
-func boundCost(algo string, cp costParams) error {
+// boundCost refuses work factors that would let one request take the box,
+// and, for a new hash, those below OWASP's minimums (see the constants).
+func boundCost(algo string, cp costParams, newHash bool) error {
 	out := func(name string, v, lo, hi int) error {
 		if v < lo || v > hi {
 			return unprocessable(CodeParamOutOfRange, "%s %s=%d is out of bounds: want %d to %d", algo, name, v, lo, hi)
@@ -188,27 +168,51 @@ func boundCost(algo string, cp costParams) error {
 	}
 	switch algo {
 	case "argon2id":
-		return errors.Join(out("memory_kib", cp.memKiB, 8*cp.par, argonMaxMemKiB),
-			out("iterations", cp.iter, 1, argonMaxIter), out("parallelism", cp.par, 1, argonMaxPar))
+		if err := errors.Join(out("memory_kib", cp.memKiB, 8*cp.par, argonMaxMemKiB),
+			out("iterations", cp.iter, 1, argonMaxIter), out("parallelism", cp.par, 1, argonMaxPar)); err != nil {
+			return err
+		}
+		work := cp.memKiB * cp.iter
+		if newHash {
+			if err := out("memory_kib", cp.memKiB, argonMinMemKiB, argonMaxMemKiB); err != nil {
+				return err
+			}
+		}
+		return outWork(algo, "memory_kib × iterations", work, argonMinWork, argonMaxWork, newHash)
 	case "bcrypt":
+		if newHash {
+			return out("cost", cp.cost, bcryptMinNewCost, bcryptMaxCost)
+		}
 		return out("cost", cp.cost, bcryptMinCost, bcryptMaxCost)
 	case "scrypt":
 		if err := errors.Join(out("log2(n)", cp.logN, scryptMinLogN, scryptMaxLogN),
 			out("r", cp.r, 1, scryptMaxR), out("p", cp.p, 1, scryptMaxP)); err != nil {
 			return err
 		}
-		if mem := 128 << cp.logN * cp.r; mem > scryptMaxMemory {
-			return unprocessable(CodeParamOutOfRange, "scrypt n·r needs %d MiB; the bound is %d MiB",
-				mem>>20, scryptMaxMemory>>20)
+		mem := 128 << cp.logN * cp.r
+		if mem > scryptMaxMemory || newHash && mem < scryptMinNewMemory {
+			return unprocessable(CodeParamOutOfRange, "scrypt 128·n·r is %d MiB; want %d to %d MiB",
+				mem>>20, scryptMinNewMemory>>20, scryptMaxMemory>>20)
 		}
+		return outWork(algo, "n·r·p", (1<<cp.logN)*cp.r*cp.p, scryptMinNewWork, scryptMaxWork, newHash)
 	}
 	return nil
 }
 
-func checkPasswordAlgo(p Params) error {
-	_, err := hashParams(p["algo"], nil)
-	return err
+// outWork bounds an algorithm's total work: above max always, below min
+// only for a new hash.
+func outWork(algo, name string, work, lo, hi int, newHash bool) error {
+	switch {
+	case work > hi:
+		return unprocessable(CodeParamOutOfRange, "%s %s = %d exceeds the bound of %d", algo, name, work, hi)
+	case newHash && work < lo:
+		return unprocessable(CodeParamOutOfRange, "%s %s = %d is below the minimum of %d for a new hash (OWASP)",
+			algo, name, work, lo)
+	}
+	return nil
 }
+
+func checkPasswordAlgo(p Params) error { return passwordAlgo(p["algo"]) }
 
 func checkPasswordHash(p Params, input []byte) error {
 	_, _, err := parseHashRequest(p["algo"], input)
@@ -246,11 +250,6 @@ func runPasswordHash(_ context.Context, p Params, input []byte) ([]byte, error) 
 	return json.Marshal(map[string]string{"hash": h})
 }
 
-type verifyRequest struct {
-	Password *string `json:"password"`
-	Hash     *string `json:"hash"`
-}
-
 // parsedHash is a stored hash, its algorithm and work factors read from it.
 type parsedHash struct {
 	algo      string
@@ -259,22 +258,27 @@ type parsedHash struct {
 	raw       string
 }
 
+// parseVerifyRequest reads {"password": "…", "hash": "…"}.
 func parseVerifyRequest(input []byte) (string, parsedHash, error) {
-	var req verifyRequest
-	if err := decodeStrict(input, &req); err != nil {
-		return "", parsedHash{}, err
+	var pw, hash *string
+	err := decodeObject("body", server.CodeBadRequest, input, map[string]jsonField{
+		"password": stringField("body", "password", &pw),
+		"hash":     stringField("body", "hash", &hash),
+	})
+	if err == nil {
+		err = checkPassword(pw)
 	}
-	if err := checkPassword(req.Password); err != nil {
-		return "", parsedHash{}, err
-	}
-	if req.Hash == nil {
-		return "", parsedHash{}, server.Errorf(fasthttp.StatusBadRequest, server.CodeBadRequest, `body: "hash" is required`)
-	}
-	ph, err := parseStoredHash(*req.Hash)
 	if err != nil {
 		return "", parsedHash{}, err
 	}
-	return *req.Password, ph, nil
+	if hash == nil {
+		return "", parsedHash{}, server.Errorf(fasthttp.StatusBadRequest, server.CodeBadRequest, `body: "hash" is required`)
+	}
+	ph, err := parseStoredHash(*hash)
+	if err != nil {
+		return "", parsedHash{}, err
+	}
+	return *pw, ph, nil
 }
 
 func badHash(format string, args ...any) error {
@@ -294,10 +298,10 @@ func parseStoredHash(h string) (parsedHash, error) {
 			return ph, badHash("argon2id: want $argon2id$v=19$m=…,t=…,p=…$salt$key")
 		}
 		if _, err := fmt.Sscanf(parts[2], "v=%d", &v); err != nil || v != argon2.Version {
-			return ph, badHash("argon2id: unsupported version %q", parts[2])
+			return ph, badHash("argon2id: unsupported version %s", quote(parts[2]))
 		}
 		if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &ph.cp.memKiB, &ph.cp.iter, &ph.cp.par); err != nil {
-			return ph, badHash("argon2id: bad parameters %q", parts[3])
+			return ph, badHash("argon2id: bad parameters %s", quote(parts[3]))
 		}
 		if err := ph.saltAndKey(parts[4], parts[5]); err != nil {
 			return ph, err
@@ -306,7 +310,7 @@ func parseStoredHash(h string) (parsedHash, error) {
 		ph.algo = "bcrypt"
 		cost, err := strconv.Atoi(h[4:6])
 		if err != nil || h[6] != '$' {
-			return ph, badHash("bcrypt: bad cost %q", h[4:6])
+			return ph, badHash("bcrypt: bad cost %s", quote(h[4:6]))
 		}
 		ph.cp.cost = cost
 	case strings.HasPrefix(h, "$scrypt$"):
@@ -316,7 +320,7 @@ func parseStoredHash(h string) (parsedHash, error) {
 			return ph, badHash("scrypt: want $scrypt$ln=…,r=…,p=…$salt$key")
 		}
 		if _, err := fmt.Sscanf(parts[2], "ln=%d,r=%d,p=%d", &ph.cp.logN, &ph.cp.r, &ph.cp.p); err != nil {
-			return ph, badHash("scrypt: bad parameters %q", parts[2])
+			return ph, badHash("scrypt: bad parameters %s", quote(parts[2]))
 		}
 		if err := ph.saltAndKey(parts[3], parts[4]); err != nil {
 			return ph, err
@@ -324,7 +328,7 @@ func parseStoredHash(h string) (parsedHash, error) {
 	default:
 		return ph, badHash("unrecognised format; supported: $argon2id$…, $2a$/$2b$/$2y$… (bcrypt), $scrypt$…")
 	}
-	return ph, boundCost(ph.algo, ph.cp)
+	return ph, boundCost(ph.algo, ph.cp, false)
 }
 
 // saltAndKey decodes the base64 salt and key of a stored hash.

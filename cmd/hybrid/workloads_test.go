@@ -169,17 +169,58 @@ func TestQueuedTaskPastDeadlineGets504(t *testing.T) {
 	if took := time.Since(start); took > 800*time.Millisecond {
 		t.Errorf("504 after %v; want it at the 400ms deadline, not when the slot frees", took)
 	}
-	<-occupant
+	// The occupant overran its deadline: it is answered at it, and its
+	// task keeps the slot until it returns.
+	if r := <-occupant; r.status != 504 {
+		t.Errorf("the stubborn occupant = %d %s; want 504 at its deadline", r.status, r.body)
+	}
 	var h struct {
 		Pool struct {
 			TimedOut  int `json:"timed_out"`
 			Completed int
 		}
 	}
-	getJSON(freshClient(), base+"/health", &h)
-	if h.Pool.TimedOut != 1 || h.Pool.Completed != 1 {
+	c.waitFor(3*time.Second, "the occupant's task to return", func() bool {
+		getJSON(freshClient(), base+"/health", &h)
+		return h.Pool.Completed == 1
+	})
+	if h.Pool.TimedOut != 1 {
 		t.Errorf("pool %+v; want 1 timed out (never ran) and 1 completed (the occupant)", h.Pool)
 	}
+}
+
+// --task-timeout bounds the response in pool mode too: a task that ignores
+// its deadline (CPU-bound work that cannot be interrupted) is answered 504
+// at the deadline, not when it returns, and holds its run slot until then,
+// so overrunning tasks never hold more cores than the pool has.
+func TestOverrunPooledTaskAnsweredAtDeadline(t *testing.T) {
+	env, _ := faultFile(t)
+	c := startCluster(t, env, 1, "--workers", "1", "--pool-size", "1", "--task-timeout", "300ms",
+		"--queue-wait", "250ms")
+	base := "http://" + c.addr
+	client := keptAlive()
+	start := time.Now()
+	r := send(t, client, "POST", base+"/_test/task?ms=2000&stubborn=1", nil, nil)
+	r.expect(t, "a stubborn 2 s task, 300 ms deadline", 504, "task_timeout", 700*time.Millisecond)
+	// The slot is still taken: the next task waits in the queue for it and
+	// is itself answered at its deadline, without running.
+	r = send(t, client, "POST", base+"/_test/task?ms=0", nil, nil)
+	r.expect(t, "a task queued behind the overrun", 504, "task_timeout", 700*time.Millisecond)
+	var h struct {
+		Pool struct {
+			TimedOut  int `json:"timed_out"`
+			Completed int
+		}
+	}
+	c.waitFor(3*time.Second, "the stubborn task to return", func() bool {
+		getJSON(freshClient(), base+"/health", &h)
+		return h.Pool.Completed == 1
+	})
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("the stubborn task completed after %v; it sleeps 2 s", took)
+	}
+	// And the worker serves again, on the same kept-alive connection.
+	send(t, client, "POST", base+"/_test/task?ms=0", nil, nil).expect(t, "after the overrun", 200, "", time.Second)
 }
 
 // A panicking task is a 500 for its request; the worker lives on.

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Issue 11: the work a request can name is bounded, and JSON bodies are
+// small, strict and never echoed. One worker, one request at a time, a
+// kept-alive client; the password and compress groups run on the pool by
+// default.
+func TestHostileWorkPasswordsAndJSON(t *testing.T) {
+	c, pid := hostileCluster(t)
+	client := keptAlive()
+	base := "http://" + c.addr
+	json := map[string]string{"Content-Type": "application/json"}
+	verify := func(what, body string, status int, code string, within time.Duration) {
+		t.Helper()
+		send(t, client, "POST", base+"/v1/password/verify", []byte(body), json).expect(t, what, status, code, within)
+	}
+	hash := func(what, algo, body string, status int, code string, within time.Duration) {
+		t.Helper()
+		send(t, client, "POST", base+"/v1/password/hash/"+algo, []byte(body), json).expect(t, what, status, code, within)
+	}
+	// 12.5 s of a core before: scrypt n=2^18, r=8, p=16 from a 150-byte body.
+	verify("a stored scrypt hash naming 2^18·8·16", `{"password":"x","hash":"$scrypt$ln=18,r=8,p=16$c2FsdHNhbHRzYWx0$aKYGoKS5Dl1OzlEn1ZIXi7M2XGdxu5fG6AtewZsq6nE"}`,
+		422, "param_out_of_range", 500*time.Millisecond)
+	hash("a new scrypt hash naming 2^18·8·16", "scrypt", `{"password":"x","params":{"n":262144,"r":8,"p":16}}`,
+		422, "param_out_of_range", 500*time.Millisecond)
+	hash("argon2id at 256 MiB × 10 passes", "argon2id", `{"password":"x","params":{"memory_kib":262144,"iterations":10}}`,
+		422, "param_out_of_range", 500*time.Millisecond)
+	// Too little work for a new hash: accepted before.
+	hash("argon2id m=8,t=1", "argon2id", `{"password":"x","params":{"memory_kib":8,"iterations":1}}`,
+		422, "param_out_of_range", 500*time.Millisecond)
+	hash("bcrypt cost 4", "bcrypt", `{"password":"x","params":{"cost":4}}`, 422, "param_out_of_range", 500*time.Millisecond)
+	// Passwords are bytes: no lossy U+FFFD.
+	hash("a password that is not UTF-8", "argon2id", "{\"password\":\"caf\xe9-secret\"}", 400, "bad_request", 500*time.Millisecond)
+	hash("a lone surrogate escape", "argon2id", `{"password":"caf\ud800-secret"}`, 400, "bad_request", 500*time.Millisecond)
+	// Fixed fields: no case variant, no duplicate, no unknown key echoed.
+	hash("a case variant", "bcrypt", `{"PassWord":"x"}`, 400, "bad_request", 500*time.Millisecond)
+	hash("a duplicate key", "bcrypt", `{"password":"x","password":"y"}`, 400, "bad_request", 500*time.Millisecond)
+	marker := strings.Repeat("K", 60<<10)
+	r := send(t, client, "POST", base+"/v1/password/hash/bcrypt", []byte(`{"`+marker+`":1}`), json)
+	r.expect(t, "a 60 KiB unknown key", 400, "bad_request", 500*time.Millisecond)
+	// A 30 MiB field came back as a 188 MB 422 before; six of them took a
+	// worker to ~3 GB. The JSON endpoints take 64 KiB.
+	huge := `{"password":"x","hash":"$argon2id$v=19$m=` + strings.Repeat("9", 30<<20) + `,t=1,p=1$a$b"}`
+	for i := range 6 {
+		send(t, client, "POST", base+"/v1/password/verify", []byte(huge), json).
+			expect(t, fmt.Sprintf("a 30 MiB field in a stored hash (%d of 6)", i+1), 413, "body_too_large", 2*time.Second)
+	}
+	// Honest requests still work, on the same connection.
+	hash("an honest argon2id hash", "argon2id", `{"password":"café-secret"}`, 200, "", 2*time.Second)
+	c.sameWorker(t, pid, 150<<20)
+}
+
+// brotli's slow levels take small inputs only: level 11 of 1 MiB of log
+// text is 1.3–3.4 s of a core.
+func TestHostileWorkCompressLevels(t *testing.T) {
+	c, pid := hostileCluster(t)
+	client := keptAlive()
+	base := "http://" + c.addr
+	var text bytes.Buffer
+	rng := rand.New(rand.NewSource(1))
+	for text.Len() < 1<<20 {
+		fmt.Fprintf(&text, "ts=%d level=info path=/v1/item/%d status=%d\n", rng.Int63(), rng.Intn(1e5), 200+rng.Intn(4)*100)
+	}
+	in := text.Bytes()[:1<<20]
+	send(t, client, "POST", base+"/v1/compress/brotli?level=11", in, nil).
+		expect(t, "brotli 11 of 1 MiB", 422, "param_out_of_range", 500*time.Millisecond)
+	send(t, client, "POST", base+"/v1/compress/brotli?level=10", append(in, 'x'), nil).
+		expect(t, "brotli 10 of 1 MiB + 1", 422, "param_out_of_range", 500*time.Millisecond)
+	c.sameWorker(t, pid, 100<<20) // the refusals cost no more than their bodies
+	// Honest requests within the bounds still work (small: -race slows
+	// compression ten times; zstd's best encoder alone takes ~100 MiB of
+	// tables under -race).
+	send(t, client, "POST", base+"/v1/compress/brotli?level=11", in[:64<<10], nil).
+		expect(t, "brotli 11 of 64 KiB", 200, "", 5*time.Second)
+	send(t, client, "POST", base+"/v1/compress/zstd?level=22", in[:256<<10], nil).
+		expect(t, "zstd 22 of 256 KiB", 200, "", 2*time.Second)
+	c.sameWorker(t, pid, 512<<20)
+}
