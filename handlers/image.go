@@ -7,7 +7,6 @@ import (
 	"errors"
 	"image"
 	"image/color"
-	"image/color/palette"
 	"image/gif"
 	"image/jpeg"
 	"image/png"
@@ -361,8 +360,12 @@ func (r resizeReq) plan(h imageHeader) (outW, outH, scaledW, scaledH int, err er
 		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "output of %d×%d pixels exceeds %s's limit of %d per side",
 			outW, outH, r.format, maxSide)
 	}
-	if int64(outW)*int64(outH) > int64(r.maxOut) || int64(scaledW)*int64(scaledH) > 4*int64(r.maxOut) {
-		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "output of %d×%d pixels exceeds the limit of %d", outW, outH, r.maxOut)
+	// Every output frame is resampled, dithered and encoded: the output
+	// budget counts them all, as the input budget does (1,000 frames of 1×1
+	// asked for at 7000×7000 are 49 billion output pixels).
+	if px := int64(outW) * int64(outH) * int64(frames); px > int64(r.maxOut) || int64(scaledW)*int64(scaledH)*int64(frames) > 4*int64(r.maxOut) {
+		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "output of %d×%d pixels × %d frames exceeds the limit of %d pixels",
+			outW, outH, frames, r.maxOut)
 	}
 	return outW, outH, scaledW, scaledH, nil
 }
@@ -401,14 +404,18 @@ func runResize(ctx context.Context, p Params, input []byte) ([]byte, error) {
 	if r.allFrames && h.Format == "gif" {
 		return resizeAnimation(ctx, input, r, outW, outH, scaledW, scaledH)
 	}
-	src, err := decode(h, input, scaledW, scaledH)
+	src, err := decode(ctx, h, input, scaledW, scaledH)
+	if cerr := ctx.Err(); cerr != nil { // the decoder's error is ctx's, or moot
+		return nil, cerr
+	}
 	if err != nil {
 		return nil, unprocessable(CodeBadImage, "corrupt or truncated %s: %v", h.Format, err)
 	}
+	dst := scaleInto(src, r, outW, outH, scaledW, scaledH)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return encode(scaleInto(src, r, outW, outH, scaledW, scaledH), r)
+	return encode(ctx, dst, r)
 }
 
 // scaleInto resamples src to scaledW×scaledH, centred in an outW×outH image:
@@ -428,10 +435,14 @@ func scaleInto(src image.Image, r resizeReq, outW, outH, scaledW, scaledH int) *
 // composited on a full canvas first, then resampled and re-quantised (Plan 9
 // palette, Floyd-Steinberg), keeping delays and the loop count.
 func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH, scaledW, scaledH int) ([]byte, error) {
-	g, err := gif.DecodeAll(bytes.NewReader(input))
+	g, err := gif.DecodeAll(imageReader{ctx, bytes.NewReader(input)})
+	if cerr := ctx.Err(); cerr != nil {
+		return nil, cerr
+	}
 	if err != nil {
 		return nil, unprocessable(CodeBadImage, "corrupt or truncated gif: %v", err)
 	}
+	var q plan9Ditherer
 	bounds := image.Rect(0, 0, g.Config.Width, g.Config.Height)
 	canvas := image.NewRGBA(bounds)
 	out := &gif.GIF{LoopCount: g.LoopCount, Config: image.Config{Width: outW, Height: outH}}
@@ -449,9 +460,10 @@ func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH,
 			copy(saved.Pix, canvas.Pix)
 		}
 		draw.Draw(canvas, frame.Bounds(), frame, frame.Bounds().Min, draw.Over)
-		scaled := scaleInto(canvas, r, outW, outH, scaledW, scaledH)
-		pal := image.NewPaletted(scaled.Bounds(), palette.Plan9)
-		draw.FloydSteinberg.Draw(pal, pal.Bounds(), scaled, image.Point{})
+		pal, err := q.dither(ctx, scaleInto(canvas, r, outW, outH, scaledW, scaledH))
+		if err != nil {
+			return nil, err
+		}
 		out.Image = append(out.Image, pal)
 		if i < len(g.Delay) {
 			out.Delay = append(out.Delay, g.Delay[i])
@@ -473,9 +485,11 @@ func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH,
 }
 
 // decode decodes the image upright, a JPEG at the smallest DCT scale that
-// still leaves at least the target size.
-func decode(h imageHeader, input []byte, targetW, targetH int) (image.Image, error) {
-	r := bytes.NewReader(input)
+// still leaves at least the target size. Decoders that read as they go stop
+// once ctx is done; jpegn reads all first (its work is bounded by the
+// declared size and MaxJPEGScans).
+func decode(ctx context.Context, h imageHeader, input []byte, targetW, targetH int) (image.Image, error) {
+	r := imageReader{ctx, bytes.NewReader(input)}
 	switch h.Format {
 	case "jpeg":
 		w, hh := h.Width, h.Height
@@ -489,7 +503,8 @@ func decode(h imageHeader, input []byte, targetW, targetH int) (image.Image, err
 				break
 			}
 		}
-		return jpegn.Decode(r, &jpegn.Options{ScaleDenom: denom, AutoRotate: true, UpsampleMethod: jpegn.CatmullRom})
+		// A *bytes.Reader, which jpegn sizes its copy of the input by.
+		return jpegn.Decode(r.r, &jpegn.Options{ScaleDenom: denom, AutoRotate: true, UpsampleMethod: jpegn.CatmullRom})
 	case "png":
 		return png.Decode(r)
 	case "gif":
@@ -504,7 +519,10 @@ func decode(h imageHeader, input []byte, targetW, targetH int) (image.Image, err
 	return nil, errors.New("unsupported format")
 }
 
-func encode(img *image.RGBA, r resizeReq) ([]byte, error) {
+// encode encodes img as r asks. A GIF is dithered by plan9Ditherer, which
+// stops once ctx is done; the other encoders' work is bounded by the output
+// budget (about 1 s at 50 MP, BenchmarkImageLargestAllowed).
+func encode(ctx context.Context, img *image.RGBA, r resizeReq) ([]byte, error) {
 	var buf bytes.Buffer
 	var err error
 	switch r.format {
@@ -513,7 +531,10 @@ func encode(img *image.RGBA, r resizeReq) ([]byte, error) {
 	case "png":
 		err = (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&buf, img)
 	case "gif":
-		err = gif.Encode(&buf, img, &gif.Options{NumColors: 256})
+		var pal *image.Paletted
+		if pal, err = new(plan9Ditherer).dither(ctx, img); err == nil {
+			err = gif.Encode(&buf, pal, nil)
+		}
 	case "webp":
 		err = nativewebp.Encode(&buf, img, nil)
 	}
