@@ -1,14 +1,19 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // How a worker ends its connections.
@@ -80,14 +85,22 @@ const (
 // once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// conns is a server's set of open connections.
+// conns is a server's set of open connections, and the limits the
+// requests on them are held to.
 type conns struct {
 	readTimeout time.Duration // what a connection's read deadline returns to when a drain's expiry is undone
 	lingerBytes int           // what one lingering close discards at most
 	lingering   atomic.Int32  // lingering closes under way, at most lingerMax
+	bodies      *bodyBudget   // what the requests' bodies reserve from (body.go)
+	maxConns    int           // connections served at once; beyond, refused (see admit)
+	maxPerIP    int           // connections served at once per client address; 0: no limit
+	refusals    [2][]byte     // the responses of a refused connection: over maxConns, over maxPerIP
+	refused     atomic.Uint64 // connections refused for the limits
 
-	mu  sync.Mutex
-	set map[*conn]struct{}
+	mu      sync.Mutex
+	set     map[*conn]struct{}
+	serving int                // connections in set handed to fasthttp and not closed
+	perIP   map[netip.Addr]int // serving, per client address (with maxPerIP only)
 
 	closedIdle atomic.Int64 // ended by a drain while idle
 	lingered   atomic.Int64 // closed by lingering
@@ -106,26 +119,90 @@ type conn struct {
 	idleSince time.Time
 	linger    bool // an early error response was written: close by lingering
 
-	served    int // requests answered; only fasthttp's goroutine for c uses it
+	served    int        // requests answered; only fasthttp's goroutine for c uses it
+	counted   bool       // counted in set.serving (and set.perIP under ip); set once, under set.mu
+	ip        netip.Addr // the client's address; zero if not counted per address
 	closeOnce sync.Once
 	closeErr  error
 }
 
-// track wraps a freshly accepted connection and adds it to the set.
-func (cs *conns) track(nc net.Conn) *conn {
-	c := &conn{Conn: nc, set: cs, idleSince: time.Now()}
+// track wraps a freshly accepted connection and adds it to the set. If
+// the connection is over one of the connection limits, it also returns
+// the response to refuse it with (see refuse).
+func (cs *conns) track(nc net.Conn) (c *conn, refusal []byte) {
+	c = &conn{Conn: nc, set: cs, idleSince: time.Now()}
 	inner := netConn(nc)
 	if sc, ok := inner.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
 	c.cw, _ = inner.(interface{ CloseWrite() error })
+	var ip netip.Addr
+	if cs.maxPerIP > 0 {
+		if a, ok := inner.RemoteAddr().(*net.TCPAddr); ok {
+			ip = a.AddrPort().Addr().Unmap()
+		}
+	}
 	cs.mu.Lock()
+	defer cs.mu.Unlock()
 	if cs.set == nil {
 		cs.set = make(map[*conn]struct{})
 	}
 	cs.set[c] = struct{}{}
-	cs.mu.Unlock()
-	return c
+	switch {
+	case cs.maxConns > 0 && cs.serving >= cs.maxConns:
+		return c, cs.refusals[0]
+	case ip.IsValid() && cs.perIP[ip] >= cs.maxPerIP:
+		return c, cs.refusals[1]
+	}
+	c.counted = true
+	cs.serving++
+	if ip.IsValid() {
+		if cs.perIP == nil {
+			cs.perIP = make(map[netip.Addr]int)
+		}
+		c.ip = ip
+		cs.perIP[ip]++
+	}
+	return c, nil
+}
+
+// uncount takes a closing connection out of the limits' counts.
+func (cs *conns) uncount(c *conn) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if !c.counted {
+		return
+	}
+	c.counted = false
+	cs.serving--
+	if c.ip.IsValid() {
+		if cs.perIP[c.ip]--; cs.perIP[c.ip] <= 0 {
+			delete(cs.perIP, c.ip)
+		}
+	}
+}
+
+// refuse answers a connection over a connection limit, which fasthttp never
+// sees, and closes it by lingering: the client reads the JSON error (503,
+// or 429 for its address's limit) instead of a reset. The response is
+// small and the socket's send buffer empty, so the write does not block
+// the accept loop; the deadline is a guard.
+func (c *conn) refuse(resp []byte) {
+	c.set.refused.Add(1)
+	c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Conn.Write(resp)
+	c.lingerOnClose()
+	c.Close()
+}
+
+// refusalOf is the whole HTTP response to a connection refused with e.
+func refusalOf(e *Error) []byte {
+	var body errorBody
+	body.Error.Code, body.Error.Message = e.Code, e.Message
+	b, _ := json.Marshal(body)
+	b = append(b, '\n')
+	return fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"+
+		"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s", e.Status, fasthttp.StatusMessage(e.Status), len(b), b)
 }
 
 // netConn unwraps nc down to the connection the kernel knows, through the
@@ -287,6 +364,7 @@ func (c *conn) Close() error {
 		linger := c.linger && c.phase.Load() != phaseExpired
 		c.phase.Store(phaseClosed)
 		c.mu.Unlock()
+		c.set.uncount(c) // a lingering close is no longer served
 		if c.cw != nil && (linger || c.unread() > 0) {
 			if c.set.lingering.Add(1) <= lingerMax {
 				c.set.lingered.Add(1)
@@ -360,8 +438,13 @@ type listener struct {
 func (l *listener) Accept() (net.Conn, error) {
 	l.s.acceptOne.Do(func() { close(l.s.accepting) })
 	nc, err := l.Listener.Accept()
-	if err == nil {
-		return l.s.conns.track(nc), nil
+	for err == nil {
+		c, refusal := l.s.conns.track(nc)
+		if refusal == nil {
+			return c, nil
+		}
+		c.refuse(refusal)
+		nc, err = l.Listener.Accept()
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -373,7 +456,11 @@ func (l *listener) Accept() (net.Conn, error) {
 		// gone: the socket lives on the held duplicate alone (and in
 		// other workers). Take what waits, then let go.
 		for _, nc := range sweep(l.held, sweepMax) {
-			l.swept = append(l.swept, l.s.conns.track(nc))
+			if c, refusal := l.s.conns.track(nc); refusal == nil {
+				l.swept = append(l.swept, c)
+			} else {
+				c.refuse(refusal)
+			}
 		}
 		l.held = -1
 	}

@@ -169,7 +169,7 @@ func TestDrainSparesUnreadRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	var cs conns
-	c := cs.track(sc)
+	c, _ := cs.track(sc)
 	defer c.Close()
 	c.idleSince = time.Now().Add(-time.Hour)
 

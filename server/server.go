@@ -33,7 +33,35 @@ type Config struct {
 	// DrainGrace is how long a keep-alive connection may stay idle during
 	// a drain before the drain closes it (see [Server.Shutdown]).
 	DrainGrace time.Duration
+	// MaxInflightBody is the worker's budget of request-body bytes in
+	// flight: read, being read, or held by a handler (see body.go).
+	// A body that does not fit gets 503 overloaded before it is read. Zero
+	// is 4 × MaxBody (128 MiB by default): bodies of the largest size for
+	// the tasks a worker runs at once (one or two cores' worth) and as
+	// many uploading behind them, so that the worker's memory is its
+	// baseline plus this, however many clients upload or stall at once.
+	// At least 2 × MaxBody, or one large upload would refuse every other.
+	MaxInflightBody int
+	// MaxConns bounds the connections a worker serves at once; one over it
+	// is answered 503 too_many_connections (JSON, Retry-After) and closed.
+	// Each costs its buffers, its goroutine and fasthttp's request state,
+	// some 20–30 KiB while open: the default of 4096 ([DefaultMaxConns])
+	// bounds that near 100 MiB per worker, far above what a compute
+	// worker's cores keep busy, and leaves room for the keep-alive pools
+	// of many load balancers.
+	MaxConns int
+	// MaxConnsPerIP bounds the connections a worker serves at once from one
+	// client address; one over it is answered 429 too_many_connections and
+	// closed. Zero, the default, is no limit: behind a load balancer, a
+	// proxy or a NAT every client shares one address, and any limit would
+	// cap them all together. Set it when clients reach the workers
+	// directly. The count is per worker, so a client may hold up to this
+	// many connections on each.
+	MaxConnsPerIP int
 }
+
+// DefaultMaxConns is the default Config.MaxConns.
+const DefaultMaxConns = 4096
 
 // DefaultConfig returns the limits hybrid serve uses without flags.
 func DefaultConfig() Config {
@@ -43,6 +71,7 @@ func DefaultConfig() Config {
 		WriteTimeout: 30 * time.Second,
 		IdleTimeout:  60 * time.Second,
 		DrainGrace:   DefaultDrainGrace,
+		MaxConns:     DefaultMaxConns,
 	}
 }
 
@@ -56,11 +85,16 @@ const DefaultDrainGrace = time.Second
 
 // Validate reports the first invalid limit.
 func (c Config) Validate() error {
-	switch {
+	switch d := c.withDefaults(); {
 	case c.MaxBody < 0:
 		return fmt.Errorf("server: max body %d: want a positive size", c.MaxBody)
 	case c.ReadTimeout < 0 || c.WriteTimeout < 0 || c.IdleTimeout < 0 || c.DrainGrace < 0:
 		return fmt.Errorf("server: timeouts must be positive")
+	case c.MaxInflightBody < 0 || (c.MaxInflightBody > 0 && c.MaxInflightBody < 2*d.MaxBody):
+		return fmt.Errorf("server: max in-flight body %d: want at least twice the max body (%d), or 0 for 4 times it",
+			c.MaxInflightBody, d.MaxBody)
+	case c.MaxConns < 0 || c.MaxConnsPerIP < 0:
+		return fmt.Errorf("server: connection limits must be positive (max conns per IP: 0 for none)")
 	}
 	return nil
 }
@@ -81,6 +115,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DrainGrace == 0 {
 		c.DrainGrace = d.DrainGrace
+	}
+	if c.MaxInflightBody == 0 {
+		c.MaxInflightBody = 4 * c.MaxBody
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = d.MaxConns
 	}
 	return c
 }
@@ -137,6 +177,14 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 	}
 	s.conns.readTimeout = cfg.ReadTimeout
 	s.conns.lingerBytes = 2 * cfg.MaxBody
+	s.conns.bodies = &bodyBudget{limit: int64(cfg.MaxInflightBody)}
+	s.conns.maxConns, s.conns.maxPerIP = cfg.MaxConns, cfg.MaxConnsPerIP
+	s.conns.refusals = [2][]byte{
+		refusalOf(Errorf(fasthttp.StatusServiceUnavailable, CodeTooManyConns,
+			"this worker serves its limit of %d connections; retry", cfg.MaxConns)),
+		refusalOf(Errorf(fasthttp.StatusTooManyRequests, CodeTooManyConns,
+			"this worker serves its limit of %d connections from one address", cfg.MaxConnsPerIP)),
+	}
 	s.readyJSON = readyDoc(os.Getpid(), workerID)
 	s.maxBody = cfg.MaxBody
 	s.fs = newFastServer(cfg, s.serve, log)
@@ -149,18 +197,30 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 
 func newFastServer(cfg Config, h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 	return &fasthttp.Server{
-		Handler:               h,
-		ErrorHandler:          lingerAfter(transportErrors(cfg.MaxBody)),
-		ConnState:             connState,
-		ReadTimeout:           cfg.ReadTimeout,
-		WriteTimeout:          cfg.WriteTimeout,
-		IdleTimeout:           cfg.IdleTimeout,
-		MaxRequestBodySize:    cfg.MaxBody,
+		Handler:            h,
+		ErrorHandler:       lingerAfter(transportErrors(cfg.MaxBody)),
+		ConnState:          connState,
+		ReadTimeout:        cfg.ReadTimeout,
+		WriteTimeout:       cfg.WriteTimeout,
+		IdleTimeout:        cfg.IdleTimeout,
+		MaxRequestBodySize: cfg.MaxBody,
+		// The listener refuses connections over Config.MaxConns with the
+		// JSON error (conn.go); fasthttp's own limit, which answers in
+		// text/plain, is only a backstop: it frees a connection's slot a
+		// moment after the listener does. Its per-IP limit is not used:
+		// it wraps the connection, hiding it from the drain and the
+		// lingering close, and counts IPv4 clients only.
+		Concurrency:           2 * cfg.MaxConns,
 		CloseOnShutdown:       true, // only for the last moments of Shutdown, see there
 		NoDefaultServerHeader: true,
 		SecureErrorLogMessage: true, // a client's bytes stay out of the log too
-		NoDefaultDate:         false,
-		Logger:                fastLogger{log},
+		// fasthttp would otherwise read a multipart/form-data body whole
+		// before any handler, up to 16 MiB in memory and the rest in
+		// temporary files, outside Body's limits and budget. No route
+		// takes a form.
+		DisablePreParseMultipartForm: true,
+		NoDefaultDate:                false,
+		Logger:                       fastLogger{log},
 	}
 }
 
@@ -208,12 +268,24 @@ func (s *Server) tooLarge(ctx *fasthttp.RequestCtx) bool {
 // and closes the connection, by lingering, as the client may already be
 // sending.
 func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
-	if refuseFraming(ctx) || s.tooLarge(ctx) || !s.Router.Early(ctx) {
+	if refuseFraming(ctx) || s.tooLarge(ctx) || !s.Router.Early(ctx) || s.wontFit(ctx) {
 		EndEarly(ctx)
 		s.requests.Add(1)
 		return ctx.Response.StatusCode()
 	}
 	return fasthttp.StatusContinue
+}
+
+// wontFit answers 503 to a request whose declared body would not fit the
+// worker's budget of bodies in flight now (see body.go), so that a client
+// that waits for 100 Continue does not upload it to be refused. It does
+// not reserve: the handler's Body does, and decides again.
+func (s *Server) wontFit(ctx *fasthttp.RequestCtx) bool {
+	if s.conns.bodies.fits(ctx.Request.Header.ContentLength()) {
+		return false
+	}
+	WriteError(ctx, overBudget(ctx, s.conns.bodies))
+	return true
 }
 
 // lingerAfter marks the connection of an early error response (the errors
@@ -371,7 +443,8 @@ var healthBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return 
 // document:
 //
 //	{"status":"ok"|"draining","pid":…,"worker":…,"uptime_s":…,"rss_bytes":…,
-//	 "goroutines":…,"requests":…,"in_flight":…, <sections of AddHealth>}
+//	 "goroutines":…,"requests":…,"in_flight":…,"body_bytes_in_flight":…,
+//	 "bodies_refused":…,"conns_refused":…, <sections of AddHealth>}
 //
 // It is appended by hand (internal/jsonw), and RSS is read from /proc at
 // most every 500 ms (rssSampler), not per call. Through encoding/json it
@@ -391,6 +464,9 @@ func (s *Server) health(ctx *fasthttp.RequestCtx) {
 	o.Int("goroutines", int64(runtime.NumGoroutine()))
 	o.Uint("requests", s.requests.Load())
 	o.Int("in_flight", s.inFlight.Load())
+	o.Int("body_bytes_in_flight", s.conns.bodies.used.Load())
+	o.Uint("bodies_refused", s.conns.bodies.refused.Load())
+	o.Uint("conns_refused", s.conns.refused.Load())
 	for _, x := range s.extras {
 		o.Key(x.key)
 		o.B = x.appendJSON(o.B)

@@ -33,6 +33,8 @@ type serveConfig struct {
 	maxRSS    uint64
 	maxBody   uint64
 
+	maxInflightBody uint64
+
 	// tasks configures the task pool; the isolate admission pool is the
 	// same but for its size (isoProcs).
 	tasks         taskpool.Config
@@ -74,6 +76,9 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&p.ShutdownTimeout, "shutdown-timeout", p.ShutdownTimeout, "drain time for in-flight requests before workers are killed")
 	s := &c.server
 	fs.Var(sizeFlag{&c.maxBody}, "max-body", "largest request body; larger ones get 413")
+	fs.Var(sizeFlag{&c.maxInflightBody}, "max-inflight-body", "request-body bytes in flight per worker; a body beyond them gets 503 before it is read (0: 4 × --max-body; else at least 2 × --max-body)")
+	fs.IntVar(&s.MaxConns, "max-conns", s.MaxConns, "connections one worker serves at once; more get 503")
+	fs.IntVar(&s.MaxConnsPerIP, "max-conns-per-ip", 0, "connections one worker serves at once from one client address; more get 429 (0: no limit; keep it behind a load balancer or NAT, where clients share an address)")
 	fs.DurationVar(&s.ReadTimeout, "read-timeout", s.ReadTimeout, "time to read one request")
 	fs.DurationVar(&s.WriteTimeout, "write-timeout", s.WriteTimeout, "time to write one response")
 	fs.DurationVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "keep-alive idle time between requests")
@@ -114,7 +119,11 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	if c.maxBody > 1<<40 {
 		return nil, fmt.Errorf("max body %s: want at most 1TiB", formatSize(c.maxBody))
 	}
+	if c.maxInflightBody > 1<<40 {
+		return nil, fmt.Errorf("max in-flight body %s: want at most 1TiB", formatSize(c.maxInflightBody))
+	}
 	c.server.MaxBody = int(c.maxBody)
+	c.server.MaxInflightBody = int(c.maxInflightBody)
 	c.pool.MaxRSS = c.maxRSS
 	if _, err := handlers.ParseModes(c.modes, handlers.Pool); err != nil {
 		return nil, err
