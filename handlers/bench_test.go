@@ -93,3 +93,39 @@ func BenchmarkThumbnail12MP(b *testing.B) {
 		}
 	})
 }
+
+// The honest-input cost of each workload at the largest size or work its
+// bounds allow (issue 11): the yardstick a hostile input's cost is held to.
+// go test -run X -bench LargestAllowed -benchtime 3x ./handlers
+func BenchmarkLargestAllowed(b *testing.B) {
+	var text bytes.Buffer
+	for i := 0; text.Len() < 32<<20; i++ {
+		fmt.Fprintf(&text, "ts=%d level=info path=/v1/item/%d status=%d dur=%dms\n", i*7919, i*31%100000, 200+i%4*100, i%900)
+	}
+	max := text.Bytes()[:32<<20] // --max-body's default
+	run := func(name string, w string, p Params, input []byte) {
+		b.Run(name, func(b *testing.B) {
+			wl, _ := Lookup(w)
+			b.SetBytes(int64(len(input)))
+			for b.Loop() {
+				if _, err := wl.Run(b.Context(), p, input); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	run("hash-sha256/32MiB", "hash", Params{"algo": "sha256"}, max)
+	run("compress-zstd-22/32MiB", "compress", Params{"codec": "zstd", "level": "22"}, max)
+	run("compress-gzip-9/32MiB", "compress", Params{"codec": "gzip", "level": "9"}, max)
+	run("compress-brotli-9/32MiB", "compress", Params{"codec": "brotli", "level": "9"}, max)
+	run("compress-brotli-10/1MiB", "compress", Params{"codec": "brotli", "level": "10"}, max[:1<<20])
+	run("compress-brotli-11/256KiB", "compress", Params{"codec": "brotli", "level": "11"}, max[:256<<10])
+	packed, _ := runCompress(nil, Params{"codec": "zstd", "level": "19"}, bytes.Repeat([]byte{0}, DefaultMaxOutput))
+	run("decompress-zstd/to-64MiB", "decompress", Params{"codec": "zstd"}, packed)
+	pw := func(algo, params string) []byte {
+		return []byte(`{"password":"correct horse battery staple","params":` + params + `}`)
+	}
+	run("password-argon2id/1GiB-pass", "password-hash", Params{"algo": "argon2id"}, pw("argon2id", `{"memory_kib":262144,"iterations":4}`))
+	run("password-scrypt/n-r-p-2^21", "password-hash", Params{"algo": "scrypt"}, pw("scrypt", `{"n":262144,"r":8,"p":1}`))
+	run("password-bcrypt/cost-14", "password-hash", Params{"algo": "bcrypt"}, pw("bcrypt", `{"cost":14}`))
+}

@@ -177,7 +177,7 @@ func lookupCodec(p Params) (codec, error) {
 	c, ok := codecs[p["codec"]]
 	if !ok {
 		return codec{}, server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo,
-			"unknown codec %s; supported: brotli, gzip, s2, snappy, zstd", quote(p["codec"]))
+			"unknown codec %s; supported: brotli, gzip, s2, snappy, zstd", server.Quote(p["codec"]))
 	}
 	return c, nil
 }

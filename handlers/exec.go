@@ -321,7 +321,7 @@ func (e *Executor) mode(ctx *fasthttp.RequestCtx, w *Workload) (Mode, error) {
 			"mode: choosing the mode per request is disabled (see --allow-mode-override)")
 	}
 	if !slices.Contains(Modes, Mode(asked)) {
-		return "", badParam("mode=%s: want one of %s", quote(asked), modeList())
+		return "", badParam("mode=%s: want one of %s", server.Quote(asked), modeList())
 	}
 	return Mode(asked), nil
 }
@@ -404,8 +404,8 @@ func (e *Executor) writeError(ctx *fasthttp.RequestCtx, w *Workload, mode Mode, 
 		server.WriteError(ctx, se)
 	case errors.As(err, &je):
 		// The child's own words: isolate has checked the code and status
-		// against jobCodes (Job.Codes); the message is cut short.
-		server.WriteError(ctx, &server.Error{Status: je.Status, Code: je.Code, Message: truncate(je.Message, maxMessage)})
+		// against jobCodes (Job.Codes); WriteError cuts the message short.
+		server.WriteError(ctx, &server.Error{Status: je.Status, Code: je.Code, Message: je.Message})
 	case errors.As(err, &ce):
 		server.WriteError(ctx, server.Errorf(fasthttp.StatusInternalServerError, CodeIsolateCrashed,
 			"%s crashed in its isolated process", w.Name))

@@ -60,13 +60,13 @@ func init() {
 func checkHash(p Params) error {
 	if _, ok := hashAlgos[p["algo"]]; !ok {
 		return server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo, "unknown hash algorithm %s; supported: %s",
-			quote(p["algo"]), strings.Join(HashAlgos(), ", "))
+			server.Quote(p["algo"]), strings.Join(HashAlgos(), ", "))
 	}
 	switch p["encoding"] {
 	case "", "hex", "base64":
 		return nil
 	}
-	return badParam("encoding=%s: want hex or base64", quote(p["encoding"]))
+	return badParam("encoding=%s: want hex or base64", server.Quote(p["encoding"]))
 }
 
 // runHash returns {"algo":…,"digest":…,"size":…}. Digests of xxh3-64 and

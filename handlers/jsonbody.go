@@ -60,10 +60,10 @@ func decodeObject(where, code string, input []byte, fields map[string]jsonField)
 		key := tok.(string) // an object's keys are strings, or Token fails
 		field, ok := fields[key]
 		if !ok {
-			return bad("unknown field %s; known: %s", quote(key), fieldNames(fields))
+			return bad("unknown field %s; known: %s", server.Quote(key), fieldNames(fields))
 		}
 		if seen[key] {
-			return bad("duplicate field %s", quote(key))
+			return bad("duplicate field %s", server.Quote(key))
 		}
 		seen[key] = true
 		var raw json.RawMessage
@@ -103,10 +103,6 @@ func fieldNames(fields map[string]jsonField) string {
 	return strings.Join(slices.Sorted(maps.Keys(fields)), ", ")
 }
 
-// quote is s quoted for an error message, cut to a few dozen bytes: an
-// error never echoes unbounded input.
-func quote(s string) string { return strconv.Quote(truncate(s, 40)) }
-
 // stringField decodes a JSON string into *dst, refusing a lone surrogate
 // escape (\ud800 with no low half): encoding/json would make it U+FFFD. The
 // body is valid UTF-8 already (decodeObject).
@@ -133,7 +129,7 @@ func intField(where, name string, dst *int) jsonField {
 	return func(raw json.RawMessage) error {
 		n, err := strconv.Atoi(string(raw))
 		if err != nil {
-			return badParam("%s.%s: want an integer, got %s", where, name, quote(string(raw)))
+			return badParam("%s.%s: want an integer, got %s", where, name, server.Quote(string(raw)))
 		}
 		*dst = n
 		return nil

@@ -127,7 +127,7 @@ func passwordAlgo(algo string) error {
 		return nil
 	}
 	return server.Errorf(fasthttp.StatusNotFound, CodeUnknownAlgo,
-		"unknown password algorithm %s; supported: argon2id, bcrypt, scrypt", quote(algo))
+		"unknown password algorithm %s; supported: argon2id, bcrypt, scrypt", server.Quote(algo))
 }
 
 // hashParams reads the optional "params" object of a hash request (raw is
@@ -298,10 +298,10 @@ func parseStoredHash(h string) (parsedHash, error) {
 			return ph, badHash("argon2id: want $argon2id$v=19$m=…,t=…,p=…$salt$key")
 		}
 		if _, err := fmt.Sscanf(parts[2], "v=%d", &v); err != nil || v != argon2.Version {
-			return ph, badHash("argon2id: unsupported version %s", quote(parts[2]))
+			return ph, badHash("argon2id: unsupported version %s", server.Quote(parts[2]))
 		}
 		if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &ph.cp.memKiB, &ph.cp.iter, &ph.cp.par); err != nil {
-			return ph, badHash("argon2id: bad parameters %s", quote(parts[3]))
+			return ph, badHash("argon2id: bad parameters %s", server.Quote(parts[3]))
 		}
 		if err := ph.saltAndKey(parts[4], parts[5]); err != nil {
 			return ph, err
@@ -310,7 +310,7 @@ func parseStoredHash(h string) (parsedHash, error) {
 		ph.algo = "bcrypt"
 		cost, err := strconv.Atoi(h[4:6])
 		if err != nil || h[6] != '$' {
-			return ph, badHash("bcrypt: bad cost %s", quote(h[4:6]))
+			return ph, badHash("bcrypt: bad cost %s", server.Quote(h[4:6]))
 		}
 		ph.cp.cost = cost
 	case strings.HasPrefix(h, "$scrypt$"):
@@ -320,7 +320,7 @@ func parseStoredHash(h string) (parsedHash, error) {
 			return ph, badHash("scrypt: want $scrypt$ln=…,r=…,p=…$salt$key")
 		}
 		if _, err := fmt.Sscanf(parts[2], "ln=%d,r=%d,p=%d", &ph.cp.logN, &ph.cp.r, &ph.cp.p); err != nil {
-			return ph, badHash("scrypt: bad parameters %s", quote(parts[2]))
+			return ph, badHash("scrypt: bad parameters %s", server.Quote(parts[2]))
 		}
 		if err := ph.saltAndKey(parts[3], parts[4]); err != nil {
 			return ph, err

@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
@@ -139,20 +138,6 @@ var jobCodes = map[string]int{
 	server.CodeInternal: 500,
 }
 
-// maxMessage bounds an error message from a child.
-const maxMessage = 512
-
-// truncate shortens s to at most n bytes, on a rune boundary, marking the cut.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
-}
-
 // intParam parses p[key] as an integer in [lo, hi], or returns def when absent.
 // Out of range is 400 too: the ranges of levels are syntax, not resources.
 func intParam(p Params, key string, def, lo, hi int) (int, error) {
@@ -162,7 +147,7 @@ func intParam(p Params, key string, def, lo, hi int) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || strconv.Itoa(n) != v { // no "+3", "03"
-		return 0, badParam("%s=%s: want an integer", key, quote(v))
+		return 0, badParam("%s=%s: want an integer", key, server.Quote(v))
 	}
 	if n < lo || n > hi {
 		return 0, badParam("%s=%d: want %d to %d", key, n, lo, hi)
