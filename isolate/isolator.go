@@ -598,7 +598,9 @@ const dyingGrace = 50 * time.Millisecond
 // or a *CrashError. The child's reply is not trusted: the wall clock covers
 // the whole exchange, a reply longer than job.MaxOutput, a malformed one or
 // a status outside 400–599 kills the child, and Run never waits on a child
-// without a timer. input is not used after Run returns.
+// without a timer. When ctx ends first (the caller's own deadline), the
+// child is killed and Run returns ctx.Err(). input is not used after Run
+// returns.
 func (iso *Isolator) Run(ctx context.Context, job Job, input []byte) ([]byte, error) {
 	c, err := iso.take()
 	if err != nil {
@@ -646,8 +648,7 @@ func (iso *Isolator) Run(ctx context.Context, job Job, input []byte) ([]byte, er
 		case <-ctx.Done():
 			iso.retire(c)
 			waitWrite()
-			iso.timeout.Add(1)
-			return nil, ErrTimeout
+			return nil, ctx.Err()
 		}
 	}
 	if r.err != nil {
