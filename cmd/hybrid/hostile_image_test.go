@@ -1,0 +1,138 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hybrid-server/hybrid/internal/sampleimages"
+)
+
+// jpegScanBomb is a progressive JPEG of w×h grey pixels: a DC scan, then n
+// empty AC refinement scans, each a pass over every block for a decoder
+// (handlers' scanBomb, which this package cannot import).
+func jpegScanBomb(w, h, n int) []byte {
+	b := []byte{0xff, 0xd8, 0xff, 0xdb, 0, 67, 0}
+	b = append(b, bytes.Repeat([]byte{1}, 64)...)
+	b = append(b, 0xff, 0xc2, 0, 11, 8, byte(h>>8), byte(h), byte(w>>8), byte(w), 1, 1, 0x11, 0)
+	for _, class := range []byte{0x00, 0x10} { // DC and AC table 0: one 1-bit code
+		b = append(b, 0xff, 0xc4, 0, 20, class, 1)
+		b = append(b, make([]byte, 16)...)
+	}
+	b = append(b, 0xff, 0xda, 0, 8, 1, 1, 0x00, 0, 0, 0x00)
+	for range n {
+		b = append(b, 0xff, 0xda, 0, 8, 1, 1, 0x00, 1, 63, 0x10)
+	}
+	return append(b, 0xff, 0xd9)
+}
+
+// Hostile images through the binary, on the worker's pool and isolated (the
+// default): each is refused from its header in well under a second, with
+// the typed error, the worker's memory bounded and the worker the same; an
+// honest thumbnail on the same kept-alive connection still works.
+func TestHostileImage(t *testing.T) {
+	// 2,000,000 empty scans over 7000×7000, 20 MB: before the scan cap, a
+	// pool worker's core was busy for minutes past the 504.
+	scanBomb := jpegScanBomb(7000, 7000, 2_000_000)
+	// 1,000 frames of 1×1 asked for at 7000×7000: 49 G output pixels.
+	gifBomb := sampleimages.GIFFrames(1000)
+	photo := jpegOf(t, sampleimages.Photo(800, 600))
+	for _, mode := range []struct {
+		name string
+		args []string
+	}{
+		{"pool", []string{"--mode", "image=pool", "--task-timeout", "5s"}},
+		{"isolate", []string{"--task-timeout", "5s"}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			c, pid := hostileCluster(t, mode.args...)
+			client := keptAlive()
+			base := "http://" + c.addr + "/v1/image/"
+			for _, tc := range []struct {
+				what, path string
+				body       []byte
+				status     int
+				code       string
+				within     time.Duration
+			}{
+				{"jpeg of 2,000,000 scans (20 MB)", "resize?width=400", scanBomb, 422, "image_too_large", time.Second},
+				{"info of the same", "info", scanBomb, 422, "image_too_large", time.Second},
+				{"1,000 gif frames at 7000×7000", "resize?width=7000&height=7000&fit=fill&format=gif&frames=all", gifBomb, 422, "image_too_large", time.Second},
+				{"honest thumbnail afterwards", "resize?width=200", photo, 200, "", 2 * time.Second},
+			} {
+				send(t, client, http.MethodPost, base+tc.path, tc.body, nil).expect(t, tc.what, tc.status, tc.code, tc.within)
+			}
+			// The 20 MB body is held about twice (measured 55 MiB at peak,
+			// from 15 idle): far under the ~250 MiB of coefficients a
+			// progressive decode of 49 MP allocates. The race detector's
+			// shadow memory triples it (measured 160 MiB).
+			bound := int64(96 << 20)
+			if raceEnabled {
+				bound = 256 << 20
+			}
+			c.sameWorker(t, pid, bound)
+		})
+	}
+}
+
+// cpuTime is the CPU a process has used (utime + stime, at 100 Hz).
+func cpuTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command's closing parenthesis: utime is the 12th.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// An allowed but slow image on the pool gets its 504 at the deadline, and
+// the work stops soon after: the worker's core is free again, not busy until
+// the task would have finished. One 7000×7000 GIF frame is within the output
+// budget and takes a few seconds (resample, dither, encode).
+func TestHostileImageStopsAtTheDeadline(t *testing.T) {
+	c, pid := hostileCluster(t, "--mode", "image=pool", "--task-timeout", "500ms")
+	client := keptAlive()
+	url := "http://" + c.addr + "/v1/image/resize?width=7000&height=7000&fit=fill&format=gif"
+	r := send(t, client, http.MethodPost, url, sampleimages.GIFFrames(1), nil)
+	r.expect(t, "one gif frame at 7000×7000, 500 ms timeout", 504, r.Code, 1500*time.Millisecond)
+	// What runs on after the 504 is at most the phase it was in: the
+	// resampler cannot be interrupted (~0.5 s for 49 MP here, several
+	// times that under the race detector). Wait until the worker is idle.
+	bound := time.Second
+	if raceEnabled {
+		bound = 8 * time.Second
+	}
+	start, prev := time.Now(), cpuTime(t, pid)
+	for {
+		time.Sleep(500 * time.Millisecond)
+		now := cpuTime(t, pid)
+		if now-prev < 50*time.Millisecond {
+			break
+		}
+		prev = now
+		if time.Since(start) > bound+time.Second {
+			break
+		}
+	}
+	if busy := time.Since(start) - 500*time.Millisecond; busy > bound {
+		t.Errorf("the worker was busy %v after the 504; bound %v", busy.Round(time.Millisecond), bound)
+	} else {
+		t.Logf("the worker was busy under %v after the 504 (bound %v)", (busy + 500*time.Millisecond).Round(time.Millisecond), bound)
+	}
+	// The 49 MP RGBA output (196 MB) is the peak: measured 214 MiB, 598
+	// MiB under the race detector.
+	rss := int64(320 << 20)
+	if raceEnabled {
+		rss = 768 << 20
+	}
+	c.sameWorker(t, pid, rss)
+}
