@@ -1,0 +1,71 @@
+package handlers
+
+import (
+	"bytes"
+	"image"
+	"image/color/palette"
+	"image/gif"
+	"image/jpeg"
+	"testing"
+
+	"github.com/hybrid-server/hybrid/internal/sampleimages"
+)
+
+// gradient is a cheap w×h test picture (sampleimages.Photo costs seconds at
+// 49 MP).
+func gradient(w, h int) *image.RGBA {
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		row := img.Pix[y*img.Stride:]
+		for x := range w {
+			row[4*x], row[4*x+1], row[4*x+2], row[4*x+3] = uint8(x*255/w), uint8(y*255/h), uint8((x^y)&0xff), 255
+		}
+	}
+	return img
+}
+
+// BenchmarkImageLargestAllowed is the yardstick the hostile-input bounds are
+// measured against: what an honest image at the largest allowed size costs,
+// next to the worst a hostile one may cost within the bounds. Run it short:
+//
+//	go test ./handlers -run '^$' -bench ImageLargestAllowed -benchtime=3x
+func BenchmarkImageLargestAllowed(b *testing.B) {
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, gradient(7000, 7000), &jpeg.Options{Quality: 90}); err != nil {
+		b.Fatal(err)
+	}
+	photo := buf.Bytes()
+	// 1,000 frames (the cap) of 200×200: 40 MP declared, under the 50 MP budget.
+	anim := &gif.GIF{}
+	frame := image.NewPaletted(image.Rect(0, 0, 200, 200), palette.Plan9)
+	for i := range frame.Pix {
+		frame.Pix[i] = uint8(i / 200)
+	}
+	for range DefaultMaxFrames {
+		anim.Image, anim.Delay = append(anim.Image, frame), append(anim.Delay, 2)
+	}
+	var gbuf bytes.Buffer
+	if err := gif.EncodeAll(&gbuf, anim); err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name, workload string
+		p              Params
+		input          []byte
+	}{
+		{"info/jpeg-49MP", "image-info", Params{}, photo},
+		{"resize/jpeg-49MP-to-400", "image-resize", Params{"width": "400"}, photo},
+		{"resize/jpeg-49MP-63-empty-scans-to-400", "image-resize", Params{"width": "400"}, scanBomb(7000, 7000, MaxJPEGScans-1)},
+		{"resize/gif-1000-frames-to-100", "image-resize", Params{"width": "100", "format": "gif", "frames": "all"}, gbuf.Bytes()},
+		{"resize/gif-to-one-49MP-frame", "image-resize", Params{"width": "7000", "height": "7000", "fit": "fill", "format": "gif"}, sampleimages.GIFFrames(1)},
+		{"resize/gif-to-49MP-jpeg", "image-resize", Params{"width": "7000", "height": "7000", "fit": "fill"}, sampleimages.GIFFrames(1)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := run(b, bc.workload, bc.p, bc.input); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
