@@ -25,6 +25,16 @@
 // queue are taken and served before the listener closes. conn.go has the
 // mechanism and the reasons for the bounds.
 //
+// # Hostile input
+//
+// What a client can make a worker spend before any workload runs is
+// bounded: an error never echoes the request (messages are fixed or name
+// a value with [Quote], and are cut at [MaxMessage]); a request framed two
+// ways, a path that changes meaning once decoded and a repeated query key
+// are refused before routing (framing.go); request bodies draw on a
+// per-worker budget (Config.MaxInflightBody, body.go); and connections on
+// Config.MaxConns and Config.MaxConnsPerIP (conn.go).
+//
 // # Lifetimes
 //
 // A handler's *fasthttp.RequestCtx and every byte slice it returns are valid

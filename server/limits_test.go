@@ -79,6 +79,11 @@ func TestBodyBudget(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("the refusal took %v; want it at once", took)
 	}
+	// With Expect: 100-continue, B learns it before sending a byte.
+	_, ebr := dialSend(t, addr, "POST /len HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 1048576\r\n\r\n")
+	if resp, code := errorOf(t, ebr); resp.StatusCode != 503 || code != CodeOverloaded {
+		t.Errorf("Expect: 100-continue over the budget: %d %s; want 503 overloaded instead of 100 Continue", resp.StatusCode, code)
+	}
 	// A chunked body is refused once it outgrows what is left.
 	_, cbr := dialSend(t, addr, "POST /len HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"+
 		fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", 900<<10, strings.Repeat("c", 900<<10)))
