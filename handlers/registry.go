@@ -110,15 +110,15 @@ func unprocessable(code, format string, args ...any) *server.Error {
 
 // Error codes of the workloads, besides the server's own.
 const (
-	CodeBadParam        = "bad_param"          // 400
-	CodeUnknownAlgo     = "unknown_algorithm"  // 404
-	CodeParamOutOfRange = "param_out_of_range" // 422
-	CodeBadInput        = "bad_input"          // 422
-	CodeCorruptInput    = "corrupt_input"      // 422
-	CodePasswordTooLong = "password_too_long"  // 422
-	CodeOutputTooLarge  = "output_too_large"   // 413
-	CodeOverloaded      = "overloaded"         // 503
-	CodeTaskTimeout     = "task_timeout"       // 504
+	CodeBadParam        = server.CodeBadParam   // 400
+	CodeUnknownAlgo     = "unknown_algorithm"   // 404
+	CodeParamOutOfRange = "param_out_of_range"  // 422
+	CodeBadInput        = "bad_input"           // 422
+	CodeCorruptInput    = "corrupt_input"       // 422
+	CodePasswordTooLong = "password_too_long"   // 422
+	CodeOutputTooLarge  = "output_too_large"    // 413
+	CodeOverloaded      = server.CodeOverloaded // 503
+	CodeTaskTimeout     = "task_timeout"        // 504
 	// The outcomes of isolation (package isolate).
 	CodeIsolateTimeout   = "isolate_timeout"   // 504
 	CodeMemoryLimit      = "memory_limit"      // 422
