@@ -361,6 +361,10 @@ func FuzzImageHeader(f *testing.F) {
 	f.Add(sampleimages.PNGHeader(10, 10))
 	f.Add(sampleimages.JPEGHeader(10, 10))
 	f.Add(sampleimages.GIFFrames(3))
+	f.Add(scanBomb(16, 16, MaxJPEGScans+1)) // past the scan cap
+	if b, err := os.ReadFile("testdata/progressive-color.jpeg"); err == nil {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, input []byte) {
 		h, err := readHeader(input, DefaultMaxFrames)
 		if err != nil {
