@@ -273,7 +273,7 @@ func runDecompress(ctx context.Context, p Params, input []byte) ([]byte, error) 
 	defer closeFn()
 	var out bytes.Buffer
 	out.Grow(min(limit, 4*len(input)+512))
-	n, err := io.Copy(&out, &ctxReader{ctx: ctx, r: io.LimitReader(r, int64(limit)+1)})
+	n, err := io.Copy(&out, ctxReader{ctx, io.LimitReader(r, int64(limit)+1)})
 	switch {
 	case n > int64(limit):
 		return nil, server.Errorf(fasthttp.StatusRequestEntityTooLarge, CodeOutputTooLarge,
@@ -291,17 +291,4 @@ func runDecompress(ctx context.Context, p Params, input []byte) ([]byte, error) 
 
 func corrupt(codec string, err error) error {
 	return unprocessable(CodeCorruptInput, "corrupt %s input: %v", codec, err)
-}
-
-// ctxReader stops a long decompression when the task's deadline passes.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

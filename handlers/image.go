@@ -435,7 +435,7 @@ func scaleInto(src image.Image, r resizeReq, outW, outH, scaledW, scaledH int) *
 // composited on a full canvas first, then resampled and re-quantised (Plan 9
 // palette, Floyd-Steinberg), keeping delays and the loop count.
 func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH, scaledW, scaledH int) ([]byte, error) {
-	g, err := gif.DecodeAll(imageReader{ctx, bytes.NewReader(input)})
+	g, err := gif.DecodeAll(ctxReader{ctx, bytes.NewReader(input)})
 	if cerr := ctx.Err(); cerr != nil {
 		return nil, cerr
 	}
@@ -489,7 +489,7 @@ func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH,
 // once ctx is done; jpegn reads all first (its work is bounded by the
 // declared size and MaxJPEGScans).
 func decode(ctx context.Context, h imageHeader, input []byte, targetW, targetH int) (image.Image, error) {
-	r := imageReader{ctx, bytes.NewReader(input)}
+	r := ctxReader{ctx, bytes.NewReader(input)}
 	switch h.Format {
 	case "jpeg":
 		w, hh := h.Width, h.Height
@@ -504,7 +504,7 @@ func decode(ctx context.Context, h imageHeader, input []byte, targetW, targetH i
 			}
 		}
 		// A *bytes.Reader, which jpegn sizes its copy of the input by.
-		return jpegn.Decode(r.r, &jpegn.Options{ScaleDenom: denom, AutoRotate: true, UpsampleMethod: jpegn.CatmullRom})
+		return jpegn.Decode(bytes.NewReader(input), &jpegn.Options{ScaleDenom: denom, AutoRotate: true, UpsampleMethod: jpegn.CatmullRom})
 	case "png":
 		return png.Decode(r)
 	case "gif":

@@ -1,45 +1,52 @@
 package handlers
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"image"
 	"image/color"
 	"image/color/palette"
+	"io"
 )
 
 // The image work stops soon after its context is done, so that a task past
 // its deadline gives its core back (issue 11). What reads its input
-// progressively reads it through imageReader; the loops that are ours check
+// progressively reads it through ctxReader; the loops that are ours check
 // ctx per row or per frame. jpegn reads the whole input before decoding and
 // x/image/draw's resampler cannot be interrupted: their work is bounded by
 // the caps instead (declared pixels, output pixels × frames, MaxJPEGScans),
 // and ctx is checked before and after them.
 
-// imageReader reads r until ctx is done, then fails with ctx's error, so a
-// decoder that reads as it decodes (png, gif, bmp, webp; tiff through
-// ReadAt) stops within one read of the deadline. It is not an io.ByteReader,
-// so compress/flate and image/gif put a bufio.Reader in front: reads of 4 KiB,
-// each a few milliseconds of inflating at most.
-type imageReader struct {
+// ctxReader reads r until ctx is done, then fails with ctx's error: the one
+// way a task's reads stop at its deadline. A decoder that reads as it
+// decodes (png, gif, bmp, webp; tiff through ReadAt; the decompressors'
+// output in compress.go) stops within one read of the deadline. It is not an
+// io.ByteReader, so compress/flate and image/gif put a bufio.Reader in front:
+// reads of 4 KiB, each a few milliseconds of inflating at most.
+type ctxReader struct {
 	ctx context.Context
-	r   *bytes.Reader
+	r   io.Reader
 }
 
-func (c imageReader) Read(p []byte) (int, error) {
+func (c ctxReader) Read(p []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
 	return c.r.Read(p)
 }
 
-// ReadAt lets tiff read its strips in place; without it tiff copies the
-// whole input into a buffer of its own first.
-func (c imageReader) ReadAt(p []byte, off int64) (int, error) {
+// ReadAt reads in place when r is an io.ReaderAt (it lets tiff read its
+// strips where they lie; without it tiff copies the whole input into a
+// buffer of its own first), and fails with errors.ErrUnsupported otherwise.
+func (c ctxReader) ReadAt(p []byte, off int64) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
-	return c.r.ReadAt(p, off)
+	ra, ok := c.r.(io.ReaderAt)
+	if !ok {
+		return 0, errors.ErrUnsupported
+	}
+	return ra.ReadAt(p, off)
 }
 
 // plan9RGB is palette.Plan9 as 8-bit RGB triples (every entry is opaque).

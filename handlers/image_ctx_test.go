@@ -1,11 +1,13 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"image"
 	"image/color/palette"
 	"image/draw"
+	"io"
 	"testing"
 	"time"
 
@@ -94,4 +96,25 @@ func blur4(img image.Image) *image.RGBA {
 		}
 	}
 	return out
+}
+
+// ctxReader stops reading once its context is done, reads in place where
+// its reader can, and says so where it cannot.
+func TestCtxReader(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := ctxReader{ctx, bytes.NewReader([]byte("abcdef"))}
+	p := make([]byte, 3)
+	if n, err := r.ReadAt(p, 2); n != 3 || err != nil || string(p) != "cde" {
+		t.Errorf("ReadAt(3, 2) = %d %q, %v; want 3 \"cde\"", n, p[:n], err)
+	}
+	if _, err := (ctxReader{ctx, io.LimitReader(bytes.NewReader(nil), 1)}).ReadAt(p, 0); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("ReadAt on a plain io.Reader = %v; want errors.ErrUnsupported", err)
+	}
+	cancel()
+	if _, err := r.Read(p); !errors.Is(err, context.Canceled) {
+		t.Errorf("Read after cancel = %v; want context.Canceled", err)
+	}
+	if _, err := r.ReadAt(p, 0); !errors.Is(err, context.Canceled) {
+		t.Errorf("ReadAt after cancel = %v; want context.Canceled", err)
+	}
 }
