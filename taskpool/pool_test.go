@@ -361,11 +361,14 @@ func TestAdmissionFollowsAChangeOfDuration(t *testing.T) {
 	}
 	defer func() { close(stop); wg.Wait() }()
 
-	// Fast: 14 × ~1 ms ÷ 2 slots ≈ 7 ms of predicted wait: all admitted.
+	// Fast: 14 × ~1 ms ÷ 2 slots ≈ 7 ms of predicted wait: all admitted
+	// (a stray refusal is tolerated: on a loaded machine a 1 ms sleep can
+	// take tens, which the p99 forecast rightly counts).
 	time.Sleep(500 * time.Millisecond)
-	if n := refused.Load(); n != 0 {
-		t.Errorf("%d refusals at 1 ms per task; want 0 (predicted wait ≈ 7 ms, bound 100 ms)", n)
+	if n, done := refused.Load(), p.Stats().Completed; float64(n) > 0.005*float64(done) {
+		t.Errorf("%d refusals in %d tasks at 1 ms per task; want none (predicted wait ≈ 7 ms, bound 100 ms)", n, done)
 	}
+	refused.Store(0)
 	// Slow: 14 × 50 ms ÷ 2 = 350 ms: refusals within a second.
 	dur.Store(int64(50 * time.Millisecond))
 	switched := time.Now()
