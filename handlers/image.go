@@ -156,6 +156,13 @@ func readHeader(input []byte, maxFrames int) (imageHeader, error) {
 		cfg, err = bmp.DecodeConfig(r)
 	case "tiff":
 		cfg, err = tiff.DecodeConfig(r)
+		if err == nil {
+			var blocks int
+			blocks, err = tiffBlocks(input)
+			if err == nil && blocks > MaxTIFFBlocks {
+				return h, unprocessable(CodeImageTooLarge, "tiff has %d strips or tiles; the limit is %d", blocks, MaxTIFFBlocks)
+			}
+		}
 	}
 	if err != nil {
 		return h, unprocessable(CodeBadImage, "corrupt or truncated %s header: %v", h.Format, err)
