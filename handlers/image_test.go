@@ -361,7 +361,7 @@ func FuzzImageHeader(f *testing.F) {
 	f.Add(sampleimages.PNGHeader(10, 10))
 	f.Add(sampleimages.JPEGHeader(10, 10))
 	f.Add(sampleimages.GIFFrames(3))
-	f.Add(scanBomb(16, 16, MaxJPEGScans+1)) // past the scan cap
+	f.Add(scanBomb(16, 16, MaxJPEGScans+1))  // past the scan cap
 	f.Add(tiffOf(24, 16, 8, 8, true, false)) // deflated 8×8 tiles
 	f.Add(tiffOf(16, 12, 0, 5, false, true)) // raw strips, one shared
 	if b, err := os.ReadFile("testdata/progressive-color.jpeg"); err == nil {
