@@ -425,16 +425,27 @@ func runResize(ctx context.Context, p Params, input []byte) ([]byte, error) {
 	return encode(ctx, dst, r)
 }
 
-// scaleInto resamples src to scaledW×scaledH, centred in an outW×outH image:
-// cropped by cover, padded by contain.
+// scaleInto resamples src to scaledW×scaledH, centred in a new outW×outH
+// image: cropped by cover, padded by contain.
 func scaleInto(src image.Image, r resizeReq, outW, outH, scaledW, scaledH int) *image.RGBA {
 	dst := image.NewRGBA(image.Rect(0, 0, outW, outH))
+	scaleOnto(dst, draw.CatmullRom, src, r, scaledW, scaledH)
+	return dst
+}
+
+// scaleOnto is scaleInto onto dst, whatever dst held, with sc, which
+// resamples with Catmull-Rom: draw.CatmullRom, or a scaler of
+// draw.CatmullRom.NewScaler for the sizes, which keeps its weights and
+// scratch buffer from one call to the next.
+func scaleOnto(dst *image.RGBA, sc draw.Scaler, src image.Image, r resizeReq, scaledW, scaledH int) {
 	if r.fit == "contain" && (r.format == "jpeg" || r.format == "gif") {
 		draw.Draw(dst, dst.Bounds(), image.NewUniform(color.White), image.Point{}, draw.Src)
+	} else {
+		clear(dst.Pix)
 	}
-	off := image.Pt((outW-scaledW)/2, (outH-scaledH)/2)
-	draw.CatmullRom.Scale(dst, image.Rect(0, 0, scaledW, scaledH).Add(off), src, src.Bounds(), draw.Over, nil)
-	return dst
+	b := dst.Bounds()
+	off := image.Pt((b.Dx()-scaledW)/2, (b.Dy()-scaledH)/2)
+	sc.Scale(dst, image.Rect(0, 0, scaledW, scaledH).Add(off), src, src.Bounds(), draw.Over, nil)
 }
 
 // resizeAnimation resizes every frame of a GIF. Frames are sub-rectangles
@@ -451,23 +462,30 @@ func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH,
 	}
 	var q plan9Ditherer
 	bounds := image.Rect(0, 0, g.Config.Width, g.Config.Height)
-	canvas := image.NewRGBA(bounds)
+	canvas, saved := image.NewRGBA(bounds), (*image.RGBA)(nil)
+	// One scaler and one output buffer serve every frame: the resampler's
+	// weights and scratch (dw×sh×32 bytes) were most of what an animation
+	// allocated, 895 MB for 1,000 frames of 200² to 100² (BenchmarkImageLargestAllowed).
+	sc := draw.CatmullRom.NewScaler(scaledW, scaledH, bounds.Dx(), bounds.Dy())
+	scaled := image.NewRGBA(image.Rect(0, 0, outW, outH))
 	out := &gif.GIF{LoopCount: g.LoopCount, Config: image.Config{Width: outW, Height: outH}}
 	for i, frame := range g.Image {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		var saved *image.RGBA
 		disposal := byte(0)
 		if i < len(g.Disposal) {
 			disposal = g.Disposal[i]
 		}
 		if disposal == gif.DisposalPrevious {
-			saved = image.NewRGBA(bounds)
+			if saved == nil {
+				saved = image.NewRGBA(bounds)
+			}
 			copy(saved.Pix, canvas.Pix)
 		}
 		draw.Draw(canvas, frame.Bounds(), frame, frame.Bounds().Min, draw.Over)
-		pal, err := q.dither(ctx, scaleInto(canvas, r, outW, outH, scaledW, scaledH))
+		scaleOnto(scaled, sc, canvas, r, scaledW, scaledH)
+		pal, err := q.dither(ctx, scaled)
 		if err != nil {
 			return nil, err
 		}
@@ -481,7 +499,7 @@ func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH,
 		case gif.DisposalBackground:
 			draw.Draw(canvas, frame.Bounds(), image.Transparent, image.Point{}, draw.Src)
 		case gif.DisposalPrevious:
-			canvas = saved
+			canvas, saved = saved, canvas
 		}
 	}
 	var buf bytes.Buffer
