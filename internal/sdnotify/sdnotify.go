@@ -1,0 +1,135 @@
+// Package sdnotify speaks the two systemd protocols a service needs, without
+// linking libsystemd: readiness notification (sd_notify(3): READY=1,
+// RELOADING=1, STOPPING=1, MAINPID=, WATCHDOG=1 over the datagram socket
+// named by $NOTIFY_SOCKET) and socket activation (sd_listen_fds(3): the
+// descriptors from 3 on that $LISTEN_PID and $LISTEN_FDS describe).
+//
+// Both are no-ops where systemd is not the parent: Notify returns nil when
+// $NOTIFY_SOCKET is unset, and Listeners returns nothing when $LISTEN_PID
+// names another process. That is how a service runs the same under systemd,
+// in a container and from a shell.
+package sdnotify
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The states of sd_notify(3) that hybrid sends.
+const (
+	Ready     = "READY=1"
+	Reloading = "RELOADING=1"
+	Stopping  = "STOPPING=1"
+	Watchdog  = "WATCHDOG=1"
+)
+
+// MainPID is the state that names the service's main process, sent by a
+// new primary after a binary upgrade (with NotifyAccess=all in the unit, so
+// systemd accepts it from a process that is not yet the main one).
+func MainPID(pid int) string { return "MAINPID=" + strconv.Itoa(pid) }
+
+// Status is a free-form status line that systemctl status shows.
+func Status(s string) string { return "STATUS=" + strings.ReplaceAll(s, "\n", " ") }
+
+// Notify sends states, newline-separated, in one datagram to
+// $NOTIFY_SOCKET. It returns nil, doing nothing, when the variable is unset.
+// A name starting with '@' is an abstract socket, as systemd documents.
+// With RELOADING=1 it adds MONOTONIC_USEC, which Type=notify-reload needs.
+func Notify(states ...string) error {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" || len(states) == 0 {
+		return nil
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:]
+	} else if path[0] != '/' {
+		return fmt.Errorf("sdnotify: NOTIFY_SOCKET=%q: want an absolute path or an abstract name", path)
+	}
+	msg := strings.Join(states, "\n")
+	for _, s := range states {
+		if s == Reloading {
+			msg += "\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10)
+		}
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("sdnotify: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte(msg)); err != nil {
+		return fmt.Errorf("sdnotify: %w", err)
+	}
+	return nil
+}
+
+// monotonicUsec is CLOCK_MONOTONIC in µs, the clock systemd compares.
+func monotonicUsec() int64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) != nil {
+		return 0
+	}
+	return ts.Nano() / 1e3
+}
+
+// WatchdogInterval is how often to send WATCHDOG=1: half of
+// $WATCHDOG_USEC, as sd_watchdog_enabled(3) advises, when the watchdog is
+// on for this process ($WATCHDOG_PID unset or ours); 0 when it is off.
+func WatchdogInterval() time.Duration {
+	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	if err != nil || usec <= 0 {
+		return 0
+	}
+	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
+		return 0
+	}
+	return time.Duration(usec) * time.Microsecond / 2
+}
+
+// listenFDsStart is SD_LISTEN_FDS_START: passed descriptors begin at 3.
+const listenFDsStart = 3
+
+// Listeners returns the listening sockets systemd passed to this process
+// (socket activation), with their names from $LISTEN_FDNAMES ("" where
+// unnamed), and unsets the variables so that no child takes them for its
+// own. It returns nothing when $LISTEN_PID is not this process.
+//
+// It must run before anything opens a descriptor, since the passed ones
+// start at 3; each is marked close-on-exec, as every inherited descriptor
+// is in hybrid.
+func Listeners() ([]*os.File, []string, error) {
+	pid, err := strconv.Atoi(os.Getenv("LISTEN_PID"))
+	if err != nil || pid != os.Getpid() {
+		return nil, nil, nil
+	}
+	defer func() {
+		os.Unsetenv("LISTEN_PID")
+		os.Unsetenv("LISTEN_FDS")
+		os.Unsetenv("LISTEN_FDNAMES")
+	}()
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if err != nil || n < 0 || n > 64 {
+		return nil, nil, errors.New("sdnotify: LISTEN_FDS is not a small count")
+	}
+	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
+	files := make([]*os.File, 0, n)
+	var fdNames []string
+	for i := range n {
+		fd := listenFDsStart + i
+		syscall.CloseOnExec(fd)
+		name := ""
+		if i < len(names) {
+			name = names[i]
+		}
+		files = append(files, os.NewFile(uintptr(fd), "systemd:"+name))
+		fdNames = append(fdNames, name)
+	}
+	return files, fdNames, nil
+}

@@ -1,0 +1,117 @@
+package sdnotify
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A fake systemd: a unixgram socket that NOTIFY_SOCKET names.
+func TestNotifySendsOneDatagram(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", path)
+	if err := Notify(Ready, MainPID(42), Status("serving\non :8080")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(buf[:n]), "READY=1\nMAINPID=42\nSTATUS=serving on :8080"; got != want {
+		t.Errorf("datagram %q; want %q", got, want)
+	}
+	if err := Notify(Reloading); err != nil {
+		t.Fatal(err)
+	}
+	n, _ = conn.Read(buf)
+	if got := string(buf[:n]); !strings.HasPrefix(got, "RELOADING=1\nMONOTONIC_USEC=") {
+		t.Errorf("reloading datagram %q; want RELOADING=1 with MONOTONIC_USEC", got)
+	}
+}
+
+func TestNotifyWithoutSystemdDoesNothing(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := Notify(Ready); err != nil {
+		t.Errorf("Notify without NOTIFY_SOCKET = %v; want nil", err)
+	}
+	t.Setenv("NOTIFY_SOCKET", "relative/path")
+	if err := Notify(Ready); err == nil {
+		t.Error("a relative NOTIFY_SOCKET was accepted")
+	}
+}
+
+func TestWatchdogInterval(t *testing.T) {
+	t.Setenv("WATCHDOG_USEC", "")
+	if d := WatchdogInterval(); d != 0 {
+		t.Errorf("no WATCHDOG_USEC: %v; want 0", d)
+	}
+	t.Setenv("WATCHDOG_USEC", "10000000")
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	if d := WatchdogInterval(); d != 5*time.Second {
+		t.Errorf("10 s watchdog: ping every %v; want 5s", d)
+	}
+	t.Setenv("WATCHDOG_PID", "1")
+	if d := WatchdogInterval(); d != 0 {
+		t.Errorf("another process's watchdog: %v; want 0", d)
+	}
+}
+
+// Socket activation: descriptors from 3 on, named, for this pid only.
+func TestListenersTakesPassedSockets(t *testing.T) {
+	if os.Getenv("SDNOTIFY_CHILD") == "1" {
+		files, names, err := Listeners()
+		if err != nil || len(files) != 1 || names[0] != "web" {
+			os.Exit(3)
+		}
+		ln, err := net.FileListener(files[0])
+		if err != nil {
+			os.Exit(4)
+		}
+		if os.Getenv("LISTEN_FDS") != "" {
+			os.Exit(5) // not unset: a child would take them too
+		}
+		c, err := ln.Accept()
+		if err != nil {
+			os.Exit(6)
+		}
+		c.Write([]byte("ok"))
+		c.Close()
+		os.Exit(0)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := ln.(*net.TCPListener).File()
+	exe, _ := os.Executable()
+	// LISTEN_PID must be the child's own pid: a shell wrapper sets it, as
+	// systemd does after fork, then execs the test binary.
+	cmd := execWithListenPID(exe, f)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2)
+	if _, err := c.Read(buf); err != nil || string(buf) != "ok" {
+		t.Errorf("read from the activated listener: %q, %v", buf, err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("child: %v", err)
+	}
+}
