@@ -132,6 +132,10 @@ func readHeader(input []byte, maxFrames int) (imageHeader, error) {
 		if err == nil && l.scans > MaxJPEGScans {
 			return h, unprocessable(CodeImageTooLarge, "jpeg has more than %d scans, the limit", MaxJPEGScans)
 		}
+		if err == nil && l.scanBlocks > MaxJPEGScanPasses*l.blocks {
+			return h, unprocessable(CodeImageTooLarge, "jpeg's scans pass over its blocks %.1f times; the limit is %d",
+				l.passes(), MaxJPEGScanPasses)
+		}
 		cfg = image.Config{Width: l.width, Height: l.height}
 		if err == nil && l.exif != nil {
 			// Only the EXIF segment is handed over: DecodeExif copies all it reads.

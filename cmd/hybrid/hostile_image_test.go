@@ -80,6 +80,9 @@ func TestHostileImage(t *testing.T) {
 	// 2,000,000 empty scans over 7000×7000, 20 MB: before the scan cap, a
 	// pool worker's core was busy for minutes past the 504.
 	scanBomb := jpegScanBomb(7000, 7000, 2_000_000)
+	// 63 scans are under the count but 64 passes over the blocks, past the
+	// budget of 10: allowed before, 1.8 s of a core.
+	passBomb := jpegScanBomb(7000, 7000, 63)
 	// 1,000 frames of 1×1 asked for at 7000×7000: 49 G output pixels.
 	gifBomb := sampleimages.GIFFrames(1000)
 	// 765,625 8×8 deflated tiles over 7000×7000, 6 MB: before the block
@@ -106,6 +109,7 @@ func TestHostileImage(t *testing.T) {
 			}{
 				{"jpeg of 2,000,000 scans (20 MB)", "resize?width=400", scanBomb, 422, "image_too_large", time.Second},
 				{"info of the same", "info", scanBomb, 422, "image_too_large", time.Second},
+				{"jpeg of 63 empty scans at 49 MP (under the count, 64 passes)", "resize?width=400", passBomb, 422, "image_too_large", time.Second},
 				{"tiff of 765,625 8×8 deflate tiles (6 MB)", "resize?width=400", tiffBomb, 422, "image_too_large", time.Second},
 				{"1,000 gif frames at 7000×7000", "resize?width=7000&height=7000&fit=fill&format=gif&frames=all", gifBomb, 422, "image_too_large", time.Second},
 				{"honest thumbnail afterwards", "resize?width=200", photo, 200, "", 2 * time.Second},
