@@ -516,7 +516,7 @@ func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH,
 // decode decodes the image upright, a JPEG at the smallest DCT scale that
 // still leaves at least the target size. Decoders that read as they go stop
 // once ctx is done; jpegn reads all first (its work is bounded by the
-// declared size and MaxJPEGScans).
+// declared size and MaxJPEGScanPasses).
 func decode(ctx context.Context, h imageHeader, input []byte, targetW, targetH int) (image.Image, error) {
 	r := ctxReader{ctx, bytes.NewReader(input)}
 	switch h.Format {
