@@ -42,6 +42,10 @@ type Config struct {
 	// Workers is the number of worker processes. Default: runtime.GOMAXPROCS(0),
 	// which honours the container's CPU limit.
 	Workers int
+	// MaxWorkers is the most workers [Supervisor.Scale] may set. Default:
+	// 8 × the CPUs, at least Workers, at most 1024. The accept board is
+	// sized for it at start, so that growth needs no new board.
+	MaxWorkers int
 	// WorkerProcs is the GOMAXPROCS of each worker. Default: the primary's
 	// GOMAXPROCS divided by Workers, at least 1, so that N workers never
 	// oversubscribe the cores they are given.
@@ -51,6 +55,12 @@ type Config struct {
 	Args []string
 	// Env is added to every worker's environment, after os.Environ().
 	Env []string
+	// Binary is what an upgrade executes as the new primary. Default: the
+	// path this process was started from (os.Args[0], made absolute at
+	// start), so that a new binary renamed over it, or a symlink flipped to
+	// a new release, is what the upgrade runs. Symlinks are not resolved:
+	// resolving them at start would pin the old release.
+	Binary string
 
 	// StartTimeout bounds a worker's start to ready; past it the worker is
 	// killed and counted as a crash.
@@ -118,6 +128,9 @@ func (c Config) withDefaults() Config {
 	if c.Workers == 0 {
 		c.Workers = d.Workers
 	}
+	if c.MaxWorkers == 0 {
+		c.MaxWorkers = max(c.Workers, min(1024, 8*runtime.NumCPU()))
+	}
 	if c.WorkerProcs == 0 {
 		c.WorkerProcs = max(1, runtime.GOMAXPROCS(0)/c.Workers)
 	}
@@ -152,6 +165,9 @@ func (c Config) Validate() error {
 	}
 	if c.Workers < 1 || c.Workers > 1024 {
 		bad("workers %d: want 1 to 1024", c.Workers)
+	}
+	if c.MaxWorkers != 0 && (c.MaxWorkers < c.Workers || c.MaxWorkers > 1024) {
+		bad("max workers %d: want 0 (auto) or workers (%d) to 1024", c.MaxWorkers, c.Workers)
 	}
 	if c.WorkerProcs < 0 {
 		bad("worker procs %d: want 0 (auto) or more", c.WorkerProcs)

@@ -49,7 +49,7 @@ func bind(addr, mode string) (*socket, error) {
 // which would switch the shared file description to blocking mode for every
 // process (golang/go#29277). os.NewFile of a non-blocking descriptor keeps it
 // non-blocking, also when os/exec later calls Fd on it.
-func dupListener(ln *net.TCPListener) (*os.File, error) {
+func dupListener(ln syscall.Conn) (*os.File, error) {
 	rc, err := ln.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("procpool: listener descriptor: %w", err)
@@ -100,18 +100,33 @@ func reserve(addr string) (*socket, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("procpool: %w", &net.OpError{Op: "listen", Net: "tcp", Addr: ta, Err: os.NewSyscallError("bind", err)})
 	}
-	got, err := unix.Getsockname(fd)
+	bound, err := boundAddr(fd)
 	if err != nil {
 		return fail("getsockname", err)
 	}
-	bound := &net.TCPAddr{IP: ta.IP}
-	switch a := got.(type) {
-	case *unix.SockaddrInet4:
-		bound.Port = a.Port
-	case *unix.SockaddrInet6:
-		bound.Port = a.Port
+	if ta.IP == nil {
+		bound.IP = nil // as asked: every address
 	}
 	return &socket{file: os.NewFile(uintptr(fd), "reservation"), addr: bound, mode: ListenReusePort}, nil
+}
+
+// boundAddr is the address socket fd is bound to.
+func boundAddr(fd int) (*net.TCPAddr, error) {
+	got, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil, err
+	}
+	switch a := got.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}, nil
+	case *unix.SockaddrInet6:
+		ip := net.IP(a.Addr[:])
+		if ip.IsUnspecified() {
+			ip = nil
+		}
+		return &net.TCPAddr{IP: ip, Port: a.Port}, nil
+	}
+	return nil, fmt.Errorf("not a TCP socket: %T", got)
 }
 
 // childEnv returns what a worker needs to find its listener.

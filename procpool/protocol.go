@@ -20,7 +20,13 @@ const (
 	listenEnv     = "HYBRID_LISTEN"       // "fd" (shared, fd 3) or "reuseport:<addr>"
 	maxRequestEnv = "HYBRID_MAX_REQUEST"  // unused by the worker; visible in /proc for debugging
 	boardEnv      = "HYBRID_ACCEPT_BOARD" // "<entry>/<entries>": the worker's accept board entry, on fd 5
+	poolSizeEnv   = "HYBRID_POOL_SIZE"    // the task-pool size set at run time (Supervisor.SetPoolSize)
 )
+
+// upgradeEnv tells a primary started by an upgrade what it inherited:
+// "mode=<listen mode>,listener=<fd>,ready=<fd>[,<name>=<fd>…]" (see
+// upgrade.go). Like [RoleEnv] it is private to the binary.
+const upgradeEnv = "HYBRID_UPGRADE"
 
 // Descriptor numbers in the worker (0-2 are stdio).
 const (
@@ -46,17 +52,23 @@ type Heartbeat struct {
 	InFlight   int64  `json:"in_flight"`
 }
 
-// message is one line on the control channel, worker to primary.
+// message is one line on the control channel: "ready" (with the worker's
+// version and build), "heartbeat" and "fatal" from worker to primary,
+// "pool" (a task-pool size) from primary to worker.
 type message struct {
-	Type    string     `json:"type"` // "ready", "heartbeat", "fatal"
+	Type    string     `json:"type"`
 	Beat    *Heartbeat `json:"beat,omitempty"`
 	Message string     `json:"message,omitempty"`
+	Version string     `json:"version,omitempty"`
+	Build   string     `json:"build,omitempty"`
+	Size    int        `json:"size,omitempty"`
 }
 
 const (
 	msgReady     = "ready"
 	msgHeartbeat = "heartbeat"
 	msgFatal     = "fatal"
+	msgPoolSize  = "pool"
 )
 
 func encodeMessage(m message) ([]byte, error) {

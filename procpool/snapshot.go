@@ -12,18 +12,27 @@ import (
 
 // Snapshot is the cluster's state, as the admin endpoint reports it.
 type Snapshot struct {
-	PrimaryPID      int          `json:"primary_pid"`
-	Addr            string       `json:"addr"`
-	ListenMode      string       `json:"listen_mode"`
-	Circuit         string       `json:"circuit"` // "closed" or "open"
-	CircuitReason   string       `json:"circuit_reason,omitempty"`
-	CrashesInWindow int          `json:"crashes_in_window"`
-	Forks           int64        `json:"forks_total"`
-	WorkersWanted   int          `json:"workers_wanted"`
-	WorkersReady    int          `json:"workers_ready"`
-	Reloading       bool         `json:"reloading"`
-	ShuttingDown    bool         `json:"shutting_down"`
-	Workers         []WorkerInfo `json:"workers"`
+	PrimaryPID      int    `json:"primary_pid"`
+	Version         string `json:"version"` // the primary's (BuildInfo)
+	Build           string `json:"build,omitempty"`
+	Binary          string `json:"binary"` // what an upgrade executes
+	Addr            string `json:"addr"`
+	ListenMode      string `json:"listen_mode"`
+	Circuit         string `json:"circuit"` // "closed" or "open"
+	CircuitReason   string `json:"circuit_reason,omitempty"`
+	CrashesInWindow int    `json:"crashes_in_window"`
+	Forks           int64  `json:"forks_total"`
+	WorkersWanted   int    `json:"workers_wanted"`
+	WorkersReady    int    `json:"workers_ready"`
+	WorkersMax      int    `json:"workers_max"`         // the most Scale takes
+	PoolSize        int    `json:"pool_size,omitempty"` // set by SetPoolSize; absent: the flags'
+	Reloading       bool   `json:"reloading"`
+	// Upgrading: an upgrade is under way (in a new primary: until it has
+	// told the old one it is ready).
+	Upgrading    bool            `json:"upgrading"`
+	LastUpgrade  *UpgradeOutcome `json:"last_upgrade,omitempty"`
+	ShuttingDown bool            `json:"shutting_down"`
+	Workers      []WorkerInfo    `json:"workers"`
 }
 
 // WorkerInfo is one worker process in a [Snapshot]. During a reload or a
@@ -38,6 +47,10 @@ type WorkerInfo struct {
 	Requests   uint64    `json:"requests"`
 	InFlight   int64     `json:"in_flight"`
 	Goroutines int       `json:"goroutines"`
+	// Version and Build are the worker's own, from its ready message;
+	// empty until then.
+	Version string `json:"version,omitempty"`
+	Build   string `json:"build,omitempty"`
 	// Conns is the worker's open connections, live from the accept board;
 	// absent without one (a single worker, reuseport, --accept-balance off).
 	Conns *int32 `json:"open_conns,omitempty"`
@@ -58,8 +71,16 @@ func (s Snapshot) Health() (ok bool, reason string) {
 
 // publish stores a fresh snapshot for readers on other goroutines.
 func (s *Supervisor) publish() {
+	version, build := BuildInfo()
 	snap := &Snapshot{
 		PrimaryPID:      os.Getpid(),
+		Version:         version,
+		Build:           build,
+		Binary:          s.cfg.Binary,
+		WorkersMax:      s.cfg.MaxWorkers,
+		PoolSize:        s.poolSize,
+		Upgrading:       s.upgrade.active && !s.upgrade.succeeded || s.handover != nil,
+		LastUpgrade:     s.lastUpgrade,
 		Addr:            s.sock.addr.String(),
 		ListenMode:      s.cfg.ListenMode,
 		Circuit:         "closed",
@@ -96,6 +117,8 @@ func (s *Supervisor) publish() {
 			Requests:   p.beat.Requests,
 			InFlight:   p.beat.InFlight,
 			Goroutines: p.beat.Goroutines,
+			Version:    p.version,
+			Build:      p.build,
 		})
 	}
 	slices.SortFunc(snap.Workers, func(a, b WorkerInfo) int {

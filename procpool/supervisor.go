@@ -60,6 +60,13 @@ type Supervisor struct {
 	circuitWhy  string
 	reload      reloadState
 	shutting    bool
+
+	upgrade     upgradeState
+	handover    *handover // a primary started by an upgrade, until it reported ready
+	lastUpgrade *UpgradeOutcome
+	handedOver  chan struct{} // closed once a new primary took over
+	passOn      []namedListener
+	poolSize    int // the task-pool size set at run time; 0: the flags'
 }
 
 type slot struct {
@@ -69,11 +76,11 @@ type slot struct {
 	spawned   int   // workers started for this slot; restarts are spawned-1
 	backoff   backoff
 	restartAt time.Time // a pending crash restart; zero if none
+	removed   bool      // scaled away: its workers drain and none starts
 }
 
 type reloadState struct {
 	active bool
-	again  bool // another reload was asked for while this one ran
 	queue  []*slot
 }
 
@@ -101,7 +108,12 @@ type proc struct {
 	reload   bool      // started by a reload: its failure stops the reload
 	fatal    string    // the worker's own message before an ExitConfig exit
 	stderr   *tail.Buffer
-	entry    int // its accept board entry; -1 for none
+	entry    int      // its accept board entry; -1 for none
+	ctrl     net.Conn // the control channel, for messages to the worker
+	version  string   // as the worker reported when ready
+	build    string
+	drainAt  time.Time // when its drain began
+	capped   bool      // stopped early by the cap on draining workers
 }
 
 // New binds the cluster's address and returns a supervisor ready to Run. A
@@ -114,27 +126,48 @@ func New(cfg Config, log *slog.Logger) (*Supervisor, error) {
 	if cfg.Args == nil && len(os.Args) > 1 {
 		cfg.Args = os.Args[1:]
 	}
+	if cfg.Binary == "" {
+		cfg.Binary = startedFrom()
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	sock, err := bind(cfg.Addr, cfg.ListenMode)
+	// A primary started by an upgrade adopts the old primary's socket; it
+	// never binds.
+	inh, err := inherited()
 	if err != nil {
 		return nil, err
 	}
-	s := &Supervisor{
-		cfg:     cfg,
-		log:     log,
-		sock:    sock,
-		exe:     "/proc/self/exe",
-		events:  make(chan func(), 64),
-		done:    make(chan struct{}),
-		kill:    make(chan struct{}),
-		procs:   make(map[*proc]struct{}),
-		crashes: crashWindow{window: cfg.CrashWindow},
+	var sock *socket
+	if inh != nil {
+		sock, err = inh.adopt(cfg.ListenMode)
+	} else {
+		sock, err = bind(cfg.Addr, cfg.ListenMode)
 	}
-	if cfg.ListenMode == ListenShared && cfg.AcceptBalance == BalanceConns && cfg.Workers > 1 {
-		if s.board, err = newBoard(boardEntries(cfg.Workers)); err != nil {
+	if err != nil {
+		inh.close()
+		return nil, err
+	}
+	s := &Supervisor{
+		cfg:        cfg,
+		log:        log,
+		sock:       sock,
+		exe:        "/proc/self/exe",
+		events:     make(chan func(), 64),
+		done:       make(chan struct{}),
+		kill:       make(chan struct{}),
+		procs:      make(map[*proc]struct{}),
+		crashes:    crashWindow{window: cfg.CrashWindow},
+		handedOver: make(chan struct{}),
+	}
+	if inh != nil {
+		s.handover = &handover{ready: inh.ready, from: os.Getppid()}
+	}
+	// Sized for MaxWorkers, so that Scale never needs a new board.
+	if cfg.ListenMode == ListenShared && cfg.AcceptBalance == BalanceConns && cfg.MaxWorkers > 1 {
+		if s.board, err = newBoard(boardEntries(cfg.MaxWorkers)); err != nil {
 			sock.Close()
+			s.handover.close()
 			return nil, err
 		}
 	}
@@ -151,8 +184,11 @@ func (s *Supervisor) Addr() net.Addr { return s.sock.addr }
 
 // Reload starts a zero-downtime rolling reload: one slot at a time, a new
 // worker is started, and once it is ready the old one drains. It also closes
-// an open circuit. It returns at once.
-func (s *Supervisor) Reload() { s.post(s.onReload) }
+// an open circuit and forgets a pool size set by SetPoolSize (the workers
+// read their flags again). It returns once the reload has started, or
+// [ErrBusy] if a reload or an upgrade is running: the request is refused,
+// not queued, so that a storm of reloads costs one.
+func (s *Supervisor) Reload() error { return s.call(s.onReload) }
 
 // Kill makes a running shutdown stop waiting: every worker gets SIGKILL.
 func (s *Supervisor) Kill() { s.killOnce.Do(func() { close(s.kill) }) }
@@ -169,6 +205,7 @@ func (s *Supervisor) Forks() int64 { return s.forks.Load() }
 func (s *Supervisor) Run(ctx context.Context) error {
 	defer close(s.done)
 	defer s.sock.Close()
+	defer func() { s.handover.close() }() // never ready: the old primary rolls back
 	if s.board != nil {
 		defer s.board.Close()
 	}
@@ -176,8 +213,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		stop := reapOrphans(s.log)
 		defer stop()
 	}
-	s.log.Info("primary starting", "addr", s.sock.addr.String(), "workers", s.cfg.Workers,
-		"worker_gomaxprocs", s.cfg.WorkerProcs, "listen_mode", s.cfg.ListenMode)
+	version, build := BuildInfo()
+	attrs := []any{"addr", s.sock.addr.String(), "workers", len(s.slots), "worker_gomaxprocs", s.cfg.WorkerProcs,
+		"listen_mode", s.cfg.ListenMode, "version", version, "build", build}
+	if s.handover != nil {
+		attrs = append(attrs, "upgrade_from_pid", s.handover.from)
+	}
+	s.log.Info("primary starting", attrs...)
 	for _, sl := range s.slots {
 		s.spawn(sl, false)
 	}
@@ -218,10 +260,32 @@ func (s *Supervisor) post(f func()) {
 	}
 }
 
+// call runs f on the loop goroutine and returns its error, once the
+// snapshot shows f's effect; [ErrStopped] once Run has returned.
+func (s *Supervisor) call(f func() error) error {
+	reply := make(chan error, 1)
+	s.post(func() {
+		err := f()
+		s.publish()
+		reply <- err
+	})
+	select {
+	case err := <-reply:
+		return err
+	case <-s.done:
+		select {
+		case err := <-reply:
+			return err
+		default:
+			return ErrStopped
+		}
+	}
+}
+
 // spawn starts a worker for sl: as its current worker, or as the successor
 // that replaces the current one once ready.
 func (s *Supervisor) spawn(sl *slot, successor bool) *proc {
-	if s.circuitOpen || s.shutting {
+	if s.circuitOpen || s.shutting || sl.removed {
 		return nil
 	}
 	p := &proc{slot: sl, state: StateStarting, started: time.Now(), stderr: &tail.Buffer{Head: 512, Max: 4096}, entry: s.freeEntry()}
@@ -326,7 +390,7 @@ func (s *Supervisor) start(p *proc) error {
 		ctrl.Close()
 		return err
 	}
-	p.pid = cmd.Process.Pid
+	p.pid, p.ctrl = cmd.Process.Pid, ctrl
 	go s.readControl(p, ctrl)
 	return nil
 }
@@ -334,7 +398,8 @@ func (s *Supervisor) start(p *proc) error {
 func (s *Supervisor) workerEnv(p *proc) []string {
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		k, _, _ := strings.Cut(kv, "=")
-		return k == RoleEnv || k == workerIDEnv || k == listenEnv || k == boardEnv || k == "GOMAXPROCS"
+		return k == RoleEnv || k == workerIDEnv || k == listenEnv || k == boardEnv || k == poolSizeEnv ||
+			k == upgradeEnv || k == "GOMAXPROCS"
 	})
 	env = append(env,
 		RoleEnv+"="+RoleWorker,
@@ -347,6 +412,9 @@ func (s *Supervisor) workerEnv(p *proc) []string {
 	}
 	if p.entry >= 0 {
 		env = append(env, fmt.Sprintf("%s=%d/%d", boardEnv, p.entry, s.board.entries()))
+	}
+	if s.poolSize > 0 {
+		env = append(env, poolSizeEnv+"="+strconv.Itoa(s.poolSize))
 	}
 	return append(env, s.cfg.Env...)
 }
@@ -364,7 +432,7 @@ func (s *Supervisor) readControl(p *proc, ctrl net.Conn) {
 		}
 		switch m.Type {
 		case msgReady:
-			s.post(func() { s.onReady(p) })
+			s.post(func() { p.version, p.build = m.Version, m.Build; s.onReady(p) })
 		case msgHeartbeat:
 			if m.Beat != nil {
 				hb := *m.Beat
@@ -395,6 +463,7 @@ func (s *Supervisor) onReady(p *proc) {
 	if p.reload {
 		s.advanceReload()
 	}
+	s.handoverIfReady()
 }
 
 func (s *Supervisor) onBeat(p *proc, hb Heartbeat) {
@@ -487,6 +556,7 @@ func (s *Supervisor) minRecycleUptime() time.Duration { return 10 * s.cfg.Heartb
 func (s *Supervisor) crashed(p *proc, why string, code int, uptime time.Duration) {
 	n := s.crashes.add(time.Now())
 	tail := p.stderr.String()
+	s.handoverFailed(fmt.Sprintf("worker %d (pid %d): %s", p.slot.id, p.pid, why))
 	attrs := []any{"worker", p.slot.id, "worker_pid", p.pid, "status", why, "crashes_in_window", n, "uptime", uptime.Round(time.Millisecond).String()}
 	switch {
 	case code == ExitConfig:
@@ -509,6 +579,9 @@ func (s *Supervisor) openCircuit(why string, attrs []any) {
 		for _, sl := range s.slots {
 			sl.restartAt = time.Time{}
 		}
+		// No worker can start: a reload under way could never end, and
+		// would refuse the next one, which is what closes the circuit.
+		s.reload = reloadState{}
 	}
 	s.log.Error("circuit open: no more worker starts until a reload (SIGHUP or POST /reload)",
 		append(attrs, "reason", why)...)
@@ -523,35 +596,41 @@ func (s *Supervisor) closeCircuit() {
 	s.log.Info("circuit closed by reload")
 }
 
-func (s *Supervisor) onReload() {
-	if s.shutting {
-		return
+func (s *Supervisor) onReload() error {
+	switch {
+	case s.shutting:
+		return ErrStopped
+	case s.reload.active:
+		return fmt.Errorf("reload refused: a reload is running: %w", ErrBusy)
+	case s.upgrade.active || s.handover != nil:
+		return fmt.Errorf("reload refused: an upgrade is running: %w", ErrBusy)
 	}
 	if s.circuitOpen {
 		s.closeCircuit()
 	}
-	if s.reload.active {
-		s.reload.again = true
-		return
+	if s.poolSize != 0 {
+		s.log.Info("reload: the pool size set at run time gives way to the flags'", "pool_size", s.poolSize)
+		s.poolSize = 0
 	}
 	s.log.Info("rolling reload started", "workers", len(s.slots))
 	s.reload = reloadState{active: true, queue: slices.Clone(s.slots)}
 	s.advanceReload()
+	return nil
 }
 
 // advanceReload replaces the next slot in the queue, or ends the reload.
 func (s *Supervisor) advanceReload() {
 	for s.reload.active {
 		if len(s.reload.queue) == 0 {
-			if !s.reload.again {
-				s.reload = reloadState{}
-				s.log.Info("rolling reload complete")
-				return
-			}
-			s.reload = reloadState{active: true, queue: slices.Clone(s.slots)}
+			s.reload = reloadState{}
+			s.log.Info("rolling reload complete")
+			return
 		}
 		sl := s.reload.queue[0]
 		s.reload.queue = s.reload.queue[1:]
+		if sl.removed {
+			continue
+		}
 		sl.restartAt = time.Time{}
 		if sl.next != nil { // a recycle is under way: let it count as this slot's reload
 			sl.next.reload = true
@@ -582,13 +661,16 @@ func (s *Supervisor) drain(p *proc, why string) {
 		return
 	}
 	p.stop, p.state = stopDrain, StateDraining
-	p.killAt = time.Now().Add(s.cfg.ShutdownTimeout)
+	p.drainAt = time.Now()
+	p.killAt = p.drainAt.Add(s.cfg.ShutdownTimeout)
 	s.log.Info("draining worker", "worker", p.slot.id, "worker_pid", p.pid, "reason", why)
 	p.signal(syscall.SIGTERM)
+	s.capDraining()
 }
 
 func (s *Supervisor) shutdown() {
 	if !s.shutting {
+		s.rollback("the old primary is shutting down")
 		s.log.Info("graceful shutdown: draining all workers", "timeout", s.cfg.ShutdownTimeout.String())
 		// Let go of the socket now: it closes when the last draining worker
 		// closes its copy, and new connections are refused from then on.
@@ -624,6 +706,7 @@ func (s *Supervisor) onTick(now time.Time) {
 			p.signal(syscall.SIGKILL)
 		}
 	}
+	s.upgradeTick(now)
 	for _, sl := range s.slots {
 		if !sl.restartAt.IsZero() && !now.Before(sl.restartAt) {
 			sl.restartAt = time.Time{}

@@ -3,7 +3,9 @@
 package procpool
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,6 +35,9 @@ type Worker struct {
 	ctrl   net.Conn
 	mu     sync.Mutex // serialises writes on ctrl
 	gone   chan struct{}
+
+	poolSize    atomic.Int64  // set at run time by the primary; 0: none
+	poolChanged chan struct{} // one pending notice of a poolSize change
 }
 
 // Attach connects to the primary through the descriptors and environment it
@@ -50,7 +56,10 @@ func Attach() (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("procpool: control channel on fd %d: %w", controlFD, err)
 	}
-	w := &Worker{ID: id, listen: os.Getenv(listenEnv), ctrl: ctrl, gone: make(chan struct{})}
+	w := &Worker{ID: id, listen: os.Getenv(listenEnv), ctrl: ctrl, gone: make(chan struct{}), poolChanged: make(chan struct{}, 1)}
+	if n, err := strconv.Atoi(os.Getenv(poolSizeEnv)); err == nil && n > 0 {
+		w.poolSize.Store(int64(n))
+	}
 	if v := os.Getenv(boardEnv); v != "" {
 		var n int
 		if _, err := fmt.Sscanf(v, "%d/%d", &w.entry, &n); err != nil || w.entry < 0 || w.entry >= n {
@@ -66,12 +75,32 @@ func Attach() (*Worker, error) {
 	return w, nil
 }
 
-// watchParent closes gone when the control channel reaches EOF: the primary
-// has exited, however it died.
+// watchParent reads the primary's messages, and closes gone when the
+// control channel reaches EOF: the primary has exited, however it died.
 func (w *Worker) watchParent() {
-	io.Copy(io.Discard, w.ctrl)
-	close(w.gone)
+	defer close(w.gone)
+	sc := bufio.NewScanner(w.ctrl)
+	for sc.Scan() {
+		var m message
+		if json.Unmarshal(sc.Bytes(), &m) != nil || m.Type != msgPoolSize || m.Size < 1 {
+			continue
+		}
+		w.poolSize.Store(int64(m.Size))
+		select {
+		case w.poolChanged <- struct{}{}:
+		default: // a notice is pending; PoolSize reads the latest
+		}
+	}
+	io.Copy(io.Discard, w.ctrl) // a line too long stops the scanner, not the channel
 }
+
+// PoolSize returns the task-pool size the primary set at run time
+// ([Supervisor.SetPoolSize]), or 0 if it set none: the flags' size holds.
+func (w *Worker) PoolSize() int { return int(w.poolSize.Load()) }
+
+// PoolSizeChanged receives once after each change of [Worker.PoolSize]
+// (changes in a quick row may come as one).
+func (w *Worker) PoolSizeChanged() <-chan struct{} { return w.poolChanged }
 
 // ParentGone is closed when the primary has gone. The worker should then stop
 // accepting and exit within [OrphanGrace].
@@ -125,7 +154,11 @@ func (w *Worker) SetBusy(busy bool) {
 
 // Ready tells the primary that this worker accepts connections. Call it once,
 // after the server's accept loop runs.
-func (w *Worker) Ready() error { return w.send(message{Type: msgReady}) }
+// It reports this binary's version and build ([BuildInfo]).
+func (w *Worker) Ready() error {
+	v, b := BuildInfo()
+	return w.send(message{Type: msgReady, Version: v, Build: b})
+}
 
 // Fatal tells the primary why this worker is about to exit with [ExitConfig].
 func (w *Worker) Fatal(msg string) error { return w.send(message{Type: msgFatal, Message: msg}) }

@@ -60,6 +60,7 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	p := &c.pool
 	fs.StringVar(&p.Addr, "addr", p.Addr, "address to serve on")
 	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:8081", `the primary's admin address ("off" disables it)`)
+	fs.StringVar(&p.Binary, "binary", "", "what an upgrade (SIGUSR2, POST /upgrade) executes as the new primary (\"\": the path this one was started from, symlinks kept)")
 	fs.IntVar(&p.Workers, "workers", p.Workers, "worker processes; the default is GOMAXPROCS, which honours the container's CPU limit")
 	fs.IntVar(&p.WorkerProcs, "worker-procs", 0, "GOMAXPROCS of each worker (0: GOMAXPROCS ÷ workers, at least 1)")
 	fs.StringVar(&p.ListenMode, "listen-mode", p.ListenMode, "shared (one socket owned by the primary) or reuseport (a SO_REUSEPORT socket per worker)")
@@ -170,8 +171,11 @@ func parseUser(s string) (*isolate.User, error) {
 	return &isolate.User{UID: uint32(uid), GID: uint32(gid)}, nil
 }
 
-// runServe is the primary: it binds the address, supervises the workers and
-// serves the admin endpoint until SIGTERM or SIGINT, then drains.
+// runServe is the primary: it binds the address (or, started by an upgrade,
+// inherits it), supervises the workers and serves the admin endpoint until
+// SIGTERM or SIGINT, then drains, or until an upgrade's new primary took
+// over. Signals: SIGHUP reloads, SIGUSR2 upgrades, SIGTTIN and SIGTTOU add
+// and remove a worker (docs/operations.md).
 func runServe(args []string) int {
 	cfg, err := parseServe(args, os.Stderr)
 	if err != nil {
@@ -189,7 +193,7 @@ func runServe(args []string) int {
 
 	// Signals are caught before any worker exists, so that none is lost.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2, syscall.SIGTTIN, syscall.SIGTTOU)
 	defer signal.Stop(sigs)
 
 	// cgroup v2: the primary moves into <own>/hybrid-procs before any worker
@@ -207,14 +211,24 @@ func runServe(args []string) int {
 	}
 	var admin *server.Admin
 	if cfg.adminAddr != "off" {
-		ln, err := net.Listen("tcp", cfg.adminAddr)
+		// After an upgrade the admin socket is the old primary's: binding
+		// again would fail, and the socket never closes.
+		ln, err := procpool.Inherited("admin")
+		if err == nil && ln == nil {
+			ln, err = net.Listen("tcp", cfg.adminAddr)
+		}
 		if err != nil {
 			log.Error("cannot start admin endpoint", "err", err.Error())
 			return 1
 		}
-		admin = server.NewAdmin(sup, log)
+		sup.PassOn("admin", ln)
+		admin = server.NewAdmin(adminCluster(sup), log)
 		go admin.Serve(ln)
 		log.Info("admin endpoint listening", "admin_addr", ln.Addr().String())
+		go func() { // the new primary answers on the admin socket from now on
+			<-sup.HandedOver()
+			stopAdmin(admin)
+		}()
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -225,8 +239,28 @@ func runServe(args []string) int {
 		for sig := range sigs {
 			switch {
 			case sig == syscall.SIGHUP:
-				log.Info("SIGHUP: rolling reload")
-				sup.Reload()
+				// A SIGHUP while a reload or upgrade runs is coalesced into
+				// it: a storm of them costs one reload.
+				if err := sup.Reload(); err != nil {
+					log.Warn("SIGHUP ignored", "err", err.Error())
+				} else {
+					log.Info("SIGHUP: rolling reload")
+				}
+			case sig == syscall.SIGUSR2:
+				log.Info("SIGUSR2: binary upgrade")
+				go func() { // Upgrade waits for the outcome; signals go on meanwhile
+					if err := sup.Upgrade(context.Background()); err != nil {
+						log.Error("SIGUSR2: upgrade failed", "err", err.Error())
+					}
+				}()
+			case sig == syscall.SIGTTIN || sig == syscall.SIGTTOU:
+				n := sup.Snapshot().WorkersWanted + 1
+				if sig == syscall.SIGTTOU {
+					n -= 2
+				}
+				if err := sup.Scale(n); err != nil {
+					log.Warn("scale signal ignored", "signal", sig.String(), "err", err.Error())
+				}
 			case !stopping:
 				log.Info("signal: graceful shutdown", "signal", sig.String())
 				stopping = true
@@ -242,7 +276,7 @@ func runServe(args []string) int {
 
 	err = sup.Run(ctx)
 	if admin != nil {
-		admin.Shutdown(context.Background())
+		stopAdmin(admin)
 	}
 	if err != nil {
 		log.Error("primary failed", "err", err)
@@ -255,3 +289,26 @@ func runServe(args []string) int {
 		return 0
 	}
 }
+
+// stopAdmin stops the admin endpoint, letting a request under way (POST
+// /upgrade's own) finish for up to 5 s. Safe to call twice.
+func stopAdmin(admin *server.Admin) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	admin.Shutdown(ctx)
+}
+
+// adminCluster gives the admin endpoint the supervisor. While server.Cluster
+// still wants the Reload of old (no error), a shim adapts it; once the admin
+// takes Reload's error, the supervisor itself. Checked at run time so that
+// this builds against either.
+func adminCluster(sup *procpool.Supervisor) server.Cluster {
+	if c, ok := any(sup).(server.Cluster); ok {
+		return c
+	}
+	return any(reloadShim{sup}).(server.Cluster)
+}
+
+type reloadShim struct{ *procpool.Supervisor }
+
+func (r reloadShim) Reload() { _ = r.Supervisor.Reload() }

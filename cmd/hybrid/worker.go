@@ -63,6 +63,9 @@ func runWorker(args []string) int {
 	if err != nil {
 		return fatal("%v", err)
 	}
+	if n := w.PoolSize(); n > 0 { // set at run time (POST /pool); outlives a restart until a reload
+		cfg.tasks.Size = n
+	}
 	st, err := newWorkerStack(cfg, log, w.ID)
 	if err != nil {
 		return fatal("%v", err)
@@ -86,6 +89,7 @@ func runWorker(args []string) int {
 	beatCtx, stopBeats := context.WithCancel(context.Background())
 	defer stopBeats()
 	go reportBusy(beatCtx, w, st.pool, st.isoPool)
+	go tunePool(beatCtx, w, st.pool, log)
 	if hooks.heartbeats() {
 		go w.Heartbeat(beatCtx, cfg.pool.HeartbeatInterval, func() procpool.Heartbeat {
 			s := st.srv.Stats()
@@ -214,5 +218,24 @@ func reportBusy(ctx context.Context, w *procpool.Worker, pools ...*taskpool.Pool
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// tunePool applies the task-pool sizes the primary sends (POST /pool) to
+// the running pool, without a restart, until ctx ends. The isolate
+// admission pool keeps its size.
+func tunePool(ctx context.Context, w *procpool.Worker, pool *taskpool.Pool, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.PoolSizeChanged():
+		}
+		n := w.PoolSize()
+		if err := pool.Tune(n); err != nil {
+			log.Warn("pool size not applied", "pool_size", n, "err", err.Error())
+			continue
+		}
+		log.Info("pool size set", "pool_size", n)
 	}
 }
