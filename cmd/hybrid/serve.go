@@ -249,7 +249,10 @@ func runServe(args []string) int {
 			case sig == syscall.SIGUSR2:
 				log.Info("SIGUSR2: binary upgrade")
 				go func() { // Upgrade waits for the outcome; signals go on meanwhile
-					if err := sup.Upgrade(context.Background()); err != nil {
+					switch err := sup.Upgrade(context.Background()); {
+					case errors.Is(err, procpool.ErrBusy):
+						log.Warn("SIGUSR2 ignored", "err", err.Error())
+					case err != nil:
 						log.Error("SIGUSR2: upgrade failed", "err", err.Error())
 					}
 				}()

@@ -1,0 +1,336 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hybrid-server/hybrid/procpool"
+)
+
+// upgradeVersion is what the second build of the upgrade tests reports
+// (-ldflags -X procpool.Version); the harness's build reports the module's.
+const upgradeVersion = "v0.0.0-upgrade-test-b"
+
+var secondBuild = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "hybrid-test-b-")
+	if err != nil {
+		return "", err
+	}
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "hybrid")
+	args := append([]string{"build", "-tags", "testhooks", "-o", bin,
+		"-ldflags", "-X github.com/hybrid-server/hybrid/procpool.Version=" + upgradeVersion}, buildFlags...)
+	build := exec.Command("go", append(args, ".")...)
+	cgo := "CGO_ENABLED=0"
+	if len(buildFlags) > 0 {
+		cgo = "CGO_ENABLED=1"
+	}
+	build.Env = append(os.Environ(), cgo)
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building the second hybrid: %v: %s", err, out)
+	}
+	return bin, nil
+})
+
+// flip points the symlink link at target, atomically, as a deploy does.
+func flip(t *testing.T, link, target string) {
+	t.Helper()
+	tmp := link + ".new"
+	os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// running reports whether pid is a live process (not gone, not a zombie).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && len(b) > i+2 && b[i+2] != 'Z'
+}
+
+// seenPIDs is every primary and worker the cluster's log names.
+func (c *cluster) seenPIDs() map[int]string {
+	pids := map[int]string{}
+	for _, m := range c.logs.find("primary starting") {
+		if pid, ok := m["pid"].(float64); ok {
+			pids[int(pid)] = "primary"
+		}
+	}
+	for _, m := range c.logs.find("worker starting") {
+		if pid, ok := m["worker_pid"].(float64); ok {
+			pids[int(pid)] = "worker"
+		}
+	}
+	return pids
+}
+
+// killSeen ends every process the cluster's log names, by pid: after an
+// upgrade the primary is no longer the harness's child.
+func (c *cluster) killSeen() {
+	for pid := range c.seenPIDs() {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// upgradeTo sends SIGUSR2 to the primary and waits until a new primary of
+// version want and its workers serve and the old primary has exited.
+func (c *cluster) upgradeTo(want string, workers int) (newPID int) {
+	c.t.Helper()
+	old := c.snapshot().PrimaryPID
+	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+		c.t.Fatalf("SIGUSR2 to %d: %v", old, err)
+	}
+	c.waitFor(30*time.Second, fmt.Sprintf("a new primary of version %s after %d", want, old), func() bool {
+		s := c.snapshotOrNil()
+		if s == nil || s.PrimaryPID == old || s.Version != want || s.Upgrading || s.WorkersReady != workers {
+			return false
+		}
+		for _, w := range s.Workers {
+			if w.Version != want {
+				return false
+			}
+		}
+		newPID = s.PrimaryPID
+		return true
+	})
+	c.waitFor(30*time.Second, fmt.Sprintf("the old primary %d to exit", old), func() bool { return !running(old) })
+	return newPID
+}
+
+// openFDs counts pid's descriptors once the harness's idle admin
+// connections are closed (they sit in whichever primary accepted them).
+func openFDs(pid int) int {
+	adminClient.CloseIdleConnections()
+	time.Sleep(100 * time.Millisecond)
+	return fdCount(pid)
+}
+
+// 20 upgrades alternating two builds, and 20 reloads, under 64 keep-alive
+// connections sending GETs and POSTs: no request fails, no process is left
+// behind, the last primary holds no more descriptors than the first, and
+// /cluster shows the last build's version. Then a build whose workers
+// crash at start, and one that exits at once, roll back: the old primary
+// keeps serving, still without a failed request.
+func TestUpgradeUnderLoad(t *testing.T) {
+	binB, err := secondBuild()
+	if err != nil {
+		t.Fatal(err)
+	}
+	upgrades := 20
+	if testing.Short() {
+		upgrades = 6
+	}
+	link := filepath.Join(t.TempDir(), "hybrid")
+	flip(t, link, binPath)
+	env, setFault := faultFile(t)
+	c := startClusterCmd(t, serveCmd(link, drainFlags...), env, 2)
+	t.Cleanup(c.killSeen)
+	first := c.snapshot()
+	versionA := first.Version
+	if versionA == upgradeVersion || first.Binary != link {
+		t.Fatalf("first primary: version %q, binary %q; want a version other than %q and binary %q", versionA, first.Binary, upgradeVersion, link)
+	}
+	fds0 := openFDs(first.PrimaryPID)
+
+	l := drainLoad(c.addr)
+	start := time.Now()
+	var upgradeTime time.Duration
+	pid := first.PrimaryPID
+	for i := range upgrades {
+		target, want := binB, upgradeVersion
+		if i%2 == 1 {
+			target, want = binPath, versionA
+		}
+		flip(t, link, target)
+		t0 := time.Now()
+		pid = c.upgradeTo(want, 2)
+		upgradeTime += time.Since(t0)
+
+		c.reloadPID(pid, 2)
+	}
+	took := time.Since(start)
+	final := c.snapshot()
+	wantFinal := upgradeVersion
+	if upgrades%2 == 0 {
+		wantFinal = versionA
+	}
+	if final.Version != wantFinal || final.PrimaryPID != pid || final.LastUpgrade == nil || final.LastUpgrade.Result != procpool.UpgradeSucceeded {
+		t.Errorf("after %d upgrades: version %q, pid %d, last upgrade %+v; want %q, %d, succeeded", upgrades, final.Version, final.PrimaryPID, final.LastUpgrade, wantFinal, pid)
+	}
+	if fds := openFDs(pid); fds > fds0 {
+		t.Errorf("the primary after %d upgrades holds %d descriptors, the first held %d: a leak", upgrades, fds, fds0)
+	} else {
+		t.Logf("descriptors: first primary %d, primary after %d upgrades %d", fds0, upgrades, fds)
+	}
+
+	// Rollbacks: workers that crash at start, then a binary that exits.
+	setFault("crash")
+	c.signal0(pid, syscall.SIGUSR2)
+	c.waitFor(30*time.Second, "the crashing build's rollback", func() bool {
+		s := c.snapshotOrNil()
+		return s != nil && s.LastUpgrade != nil && s.LastUpgrade.Result == procpool.UpgradeRolledBack && !s.Upgrading
+	})
+	setFault("")
+	broken := filepath.Join(t.TempDir(), "broken")
+	if err := os.WriteFile(broken, []byte("#!/bin/sh\necho broken build >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	flip(t, link, broken)
+	c.signal0(pid, syscall.SIGUSR2)
+	c.waitFor(30*time.Second, "the exiting build's rollback", func() bool {
+		s := c.snapshotOrNil()
+		return s != nil && s.LastUpgrade != nil && strings.Contains(s.LastUpgrade.Reason, "exit status 1") && !s.Upgrading
+	})
+	time.Sleep(200 * time.Millisecond)
+	r := l.stop()
+	after := c.snapshot()
+	t.Logf("%d upgrades (%v each on average) and %d reloads in %v under 64 keep-alive connections, then 2 rollbacks: %v",
+		upgrades, (upgradeTime / time.Duration(upgrades)).Round(time.Millisecond), upgrades, took.Round(time.Millisecond), r)
+	t.Logf("last rollback: %+v", *after.LastUpgrade)
+	if after.PrimaryPID != pid || after.WorkersReady != 2 || after.Version != wantFinal {
+		t.Errorf("after the rollbacks: primary %d, %d ready, version %q; want %d, 2, %q", after.PrimaryPID, after.WorkersReady, after.Version, pid, wantFinal)
+	}
+	if r.failed != 0 {
+		t.Errorf("%d requests failed; want 0: %v", r.failed, r.errs)
+	}
+	if r.ok < int64(upgrades)*100 {
+		t.Errorf("only %d requests succeeded; the load did not run", r.ok)
+	}
+
+	// No orphan: of every process the log names, only the last primary and
+	// its two workers run, and the primary has no other child.
+	live := map[int]bool{pid: true}
+	for _, w := range after.Workers {
+		live[w.PID] = true
+	}
+	for p, role := range c.seenPIDs() {
+		if running(p) && !live[p] {
+			t.Errorf("%s %d still runs", role, p)
+		}
+	}
+	if kids, zombies := children(pid); len(kids) != 2 || zombies != 0 {
+		t.Errorf("the primary has children %v (%d zombies); want its 2 workers", kids, zombies)
+	}
+}
+
+// reloadPID sends SIGHUP to primary pid and waits for the reload it starts
+// to complete.
+func (c *cluster) reloadPID(pid, workers int) {
+	c.t.Helper()
+	done := len(c.logs.find("rolling reload complete"))
+	c.signal0(pid, syscall.SIGHUP)
+	c.waitFor(20*time.Second, "the reload to complete", func() bool {
+		if len(c.logs.find("rolling reload complete")) == done {
+			return false
+		}
+		s := c.snapshotOrNil()
+		return s != nil && !s.Reloading && s.WorkersReady == workers && len(s.Workers) == workers
+	})
+}
+
+// signal0 signals a primary the harness did not start itself.
+func (c *cluster) signal0(pid int, sig syscall.Signal) {
+	c.t.Helper()
+	if err := syscall.Kill(pid, sig); err != nil {
+		c.t.Fatalf("signal %v to %d: %v", sig, pid, err)
+	}
+}
+
+// A second upgrade while one runs is refused; a new primary whose worker
+// is not ready within --start-timeout is rolled back; the next upgrade
+// succeeds.
+func TestUpgradeRefusesASecondAndTimesOut(t *testing.T) {
+	binB, err := secondBuild()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "hybrid")
+	flip(t, link, binB)
+	env, setFault := faultFile(t)
+	c := startClusterCmd(t, serveCmd(binPath, "--workers", "1", "--binary", link, "--start-timeout", "2s"), env, 1)
+	t.Cleanup(c.killSeen)
+	old := c.snapshot().PrimaryPID
+	setFault("slow") // the new primary's worker never becomes ready
+	c.signal(syscall.SIGUSR2)
+	c.waitLog("upgrade: new primary starting", 10*time.Second)
+	if s := c.snapshot(); !s.Upgrading {
+		t.Errorf("/cluster during an upgrade: upgrading = false")
+	}
+	c.signal(syscall.SIGUSR2)
+	if line := c.waitLog("SIGUSR2 ignored", 10*time.Second); !strings.Contains(fmt.Sprint(line["err"]), "an upgrade is running") {
+		t.Errorf("second SIGUSR2: %v; want it refused because an upgrade is running", line["err"])
+	}
+	c.waitFor(15*time.Second, "the rollback", func() bool {
+		s := c.snapshotOrNil()
+		return s != nil && !s.Upgrading && s.LastUpgrade != nil && s.LastUpgrade.Result == procpool.UpgradeRolledBack
+	})
+	s := c.snapshot()
+	t.Logf("rollback: %+v", *s.LastUpgrade)
+	if s.PrimaryPID != old || s.WorkersReady != 1 || !strings.Contains(s.LastUpgrade.Reason, "start timeout") {
+		t.Errorf("after the rollback: primary %d, %d ready, reason %q; want %d, 1, the start timeout", s.PrimaryPID, s.WorkersReady, s.LastUpgrade.Reason, old)
+	}
+	setFault("")
+	c.upgradeTo(upgradeVersion, 1)
+	if n := len(c.logs.find("upgrade: new primary starting")); n != 2 {
+		t.Errorf("%d new primaries started; want 2", n)
+	}
+}
+
+// As PID 1 (a container) the primary refuses to upgrade: it cannot exit
+// and leave the namespace to another. It says so in the log and in
+// /cluster, and keeps serving.
+func TestUpgradeRefusedAsPID1(t *testing.T) {
+	for _, tool := range []string{"unshare"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("SKIPPED LOUDLY: %s (util-linux) not found: %v", tool, err)
+		}
+	}
+	if out, err := exec.Command("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "true").CombinedOutput(); err != nil {
+		t.Skipf("SKIPPED LOUDLY: this kernel refuses an unprivileged user+PID namespace (%v: %s)", err, out)
+	}
+	cmd := exec.Command("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child",
+		binPath, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json", "--workers", "1")
+	c := launch(t, cmd, nil)
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGKILL)
+		<-c.exit
+		if t.Failed() {
+			t.Logf("hybrid log:\n%s", c.logs.String())
+		}
+	})
+	c.addr = c.waitLog("primary starting", 10*time.Second)["addr"].(string)
+	c.admin = c.waitLog("admin endpoint listening", 10*time.Second)["admin_addr"].(string)
+	c.waitFor(15*time.Second, "1 worker ready", func() bool { return len(c.readyPIDs()) == 1 })
+	var primary int
+	for pid := range hostChildren(cmd.Process.Pid) {
+		primary = pid
+	}
+	syscall.Kill(primary, syscall.SIGUSR2)
+	line := c.waitLog("upgrade refused", 10*time.Second)
+	s := c.snapshot()
+	if s.PrimaryPID != 1 || s.LastUpgrade == nil || s.LastUpgrade.Result != procpool.UpgradeRefused || s.WorkersReady != 1 {
+		t.Errorf("after SIGUSR2 as PID 1: pid %d, last upgrade %+v, %d ready; want 1, refused, 1", s.PrimaryPID, s.LastUpgrade, s.WorkersReady)
+	}
+	t.Logf("refusal: %v", line["reason"])
+	if code, err := getJSON(freshClient(), "http://"+c.addr+"/health", nil); err != nil || code != http.StatusOK {
+		t.Errorf("GET /health after the refusal = %d, %v; want 200", code, err)
+	}
+	if !strings.Contains(fmt.Sprint(line["reason"]), "rolling update") {
+		t.Errorf("refusal %q does not point to the orchestrator's rolling update", line["reason"])
+	}
+}
