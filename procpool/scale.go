@@ -5,6 +5,7 @@ package procpool
 import (
 	"fmt"
 	"slices"
+	"syscall"
 	"time"
 )
 
@@ -98,30 +99,44 @@ func (s *Supervisor) send(p *proc, m message) {
 // drainCap is the most workers left draining at once: twice the worker
 // count. Draining workers wait up to Config.ShutdownTimeout for their
 // requests, so without a cap a storm of reloads or scale changes would pile
-// them up.
+// them up. Past the cap the oldest get drainCapGrace more; past the cap
+// plus the worker count (a storm faster than that grace), the oldest get
+// SIGKILL at once. So at most workers + 1 successor + 3 × workers worker
+// processes run, whatever the rate of reloads.
 func (s *Supervisor) drainCap() int { return 2 * len(s.slots) }
 
-// capDraining gives the oldest draining workers past the cap drainCapGrace
-// more, then SIGKILL (onTick). A shutdown drains everything: no cap.
+// capDraining enforces drainCap (timers in onTick). A shutdown drains
+// everything: no cap.
 func (s *Supervisor) capDraining() {
 	if s.shutting {
 		return
 	}
 	var draining []*proc
 	for p := range s.procs {
-		if p.stop == stopDrain && !p.capped {
+		if p.stop == stopDrain {
 			draining = append(draining, p)
 		}
 	}
-	excess := len(draining) - s.drainCap()
-	if excess <= 0 {
+	soft := len(draining) - s.drainCap()
+	if soft <= 0 {
 		return
 	}
+	hard := soft - len(s.slots)
 	slices.SortFunc(draining, func(a, b *proc) int { return a.drainAt.Compare(b.drainAt) })
-	kill := time.Now().Add(drainCapGrace)
-	for _, p := range draining[:excess] {
+	now := time.Now()
+	for i, p := range draining[:soft] {
+		if i < hard {
+			s.log.Warn("too many workers draining: killing the oldest now", "worker", p.slot.id, "worker_pid", p.pid,
+				"draining", len(draining), "cap", s.drainCap())
+			p.capped, p.killAt = true, time.Time{}
+			p.signal(syscall.SIGKILL)
+			continue
+		}
+		if p.capped {
+			continue
+		}
 		p.capped = true
-		if kill.Before(p.killAt) {
+		if kill := now.Add(drainCapGrace); kill.Before(p.killAt) {
 			p.killAt = kill
 		}
 		s.log.Warn("too many workers draining: stopping the oldest", "worker", p.slot.id, "worker_pid", p.pid,
