@@ -13,19 +13,57 @@
 //     nothing (listen mode "reuseport": the worker binds its own SO_REUSEPORT
 //     socket on the address the primary reserved).
 //   - fd 4: one end of a private unix socketpair, the control channel. The worker
-//     writes newline-delimited JSON messages on it: one "ready" once its server
-//     accepts, then a "heartbeat" every interval, or one "fatal" before it exits
-//     with [ExitConfig]. The primary never writes; the worker reads only to see
-//     EOF, which means the primary is gone.
-//   - fd 5: the accept board (shared mode with more than one worker, unless
-//     Config.AcceptBalance is "off"): a memfd page where each worker keeps its
-//     open connection count, so that a worker ahead lets the others accept
-//     first. See board.go for why and the bounds.
+//     writes newline-delimited JSON messages on it: one "ready" (with its
+//     version and build) once its server accepts, then a "heartbeat" every
+//     interval, or one "fatal" before it exits with [ExitConfig]. The primary
+//     writes only "pool" (a task-pool size, [Supervisor.SetPoolSize]); EOF
+//     tells the worker the primary is gone.
+//   - fd 5: the accept board (shared mode, unless Config.AcceptBalance is
+//     "off" or Config.MaxWorkers is 1): a memfd page where each worker keeps
+//     its open connection count, so that a worker ahead lets the others accept
+//     first. It has 2 × Config.MaxWorkers entries from the start, so that
+//     [Supervisor.Scale] never needs a new one; a worker started when every
+//     entry is taken serves outside the balance. See board.go for why and the
+//     bounds.
+//
+// # Run-time controls
+//
+// [Supervisor.Reload] rolls the workers (SIGHUP), [Supervisor.Scale] sets
+// their number (SIGTTIN, SIGTTOU), [Supervisor.SetPoolSize] their task-pool
+// size, and [Supervisor.Upgrade] replaces the primary itself (SIGUSR2):
+//
+//  1. The old primary executes Config.Binary with its own arguments, handing
+//     it the cluster's socket (fd 3), a pipe (fd 4) and the listeners given
+//     to [Supervisor.PassOn] (fd 5…), named in HYBRID_UPGRADE.
+//  2. The new primary adopts the socket (it never binds), starts its own
+//     workers with its own accept board, and once every one is ready writes
+//     "ready" on the pipe; a worker that fails first makes it write "fail
+//     <why>".
+//  3. On "ready" the old primary drains its workers as on SIGTERM and exits;
+//     the new one serves on. On "fail", on the new primary's exit, or past
+//     Config.StartTimeout, the old primary stops the new one (SIGTERM, SIGKILL
+//     3 s later; its workers follow by their parent-death signal) and keeps
+//     serving: a rollback, in its log and in [Snapshot].LastUpgrade.
+//
+// The new primary has no parent-death signal: it must outlive the old one.
+// Should the old one die during the upgrade, the new one serves on.
 //
 // The worker side of that contract is [Attach] and [Worker].
 //
 // # Invariants
 //
+//   - At most one reload or upgrade runs at a time: asking for another gets
+//     [ErrBusy], never a queue, so a storm of requests costs one.
+//   - At most 2 × the worker count workers drain at once: past it the oldest
+//     gets 1 s more, then SIGKILL; past it by the worker count, SIGKILL at
+//     once. A storm of reloads therefore leaves at most 4 × workers + 1
+//     worker processes alive, whatever --shutdown-timeout is.
+//   - An upgrade never closes the listening socket: both primaries hold it
+//     until the old one has exited, and connections queued on it meanwhile
+//     are served by whichever primary's workers accept them.
+//   - As PID 1 (a container) the primary refuses an upgrade ([ErrUnsupported]):
+//     PID 1 cannot exit without ending the namespace; the orchestrator's
+//     rolling update replaces the container instead.
 //   - The primary never serves requests and never forks in a loop: every
 //     unexpected exit is a crash, restarts wait an exponential backoff, and more
 //     than Config.MaxCrashes crashes within Config.CrashWindow open a circuit

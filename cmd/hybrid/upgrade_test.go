@@ -268,9 +268,11 @@ func TestUpgradeRefusesASecondAndTimesOut(t *testing.T) {
 	setFault("slow") // the new primary's worker never becomes ready
 	c.signal(syscall.SIGUSR2)
 	c.waitLog("upgrade: new primary starting", 10*time.Second)
-	if s := c.snapshot(); !s.Upgrading {
-		t.Errorf("/cluster during an upgrade: upgrading = false")
-	}
+	// Both primaries answer on the admin socket meanwhile; both say so.
+	c.waitFor(time.Second, "/cluster to show upgrading", func() bool {
+		s := c.snapshotOrNil()
+		return s != nil && s.Upgrading
+	})
 	c.signal(syscall.SIGUSR2)
 	if line := c.waitLog("SIGUSR2 ignored", 10*time.Second); !strings.Contains(fmt.Sprint(line["err"]), "an upgrade is running") {
 		t.Errorf("second SIGUSR2: %v; want it refused because an upgrade is running", line["err"])
@@ -333,4 +335,27 @@ func TestUpgradeRefusedAsPID1(t *testing.T) {
 	if !strings.Contains(fmt.Sprint(line["reason"]), "rolling update") {
 		t.Errorf("refusal %q does not point to the orchestrator's rolling update", line["reason"])
 	}
+}
+
+// With --listen-mode reuseport the old primary hands over its reservation
+// of the port, and the new workers bind their own SO_REUSEPORT sockets on
+// it.
+func TestUpgradeReusePort(t *testing.T) {
+	binB, err := secondBuild()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "hybrid")
+	flip(t, link, binB)
+	c := startClusterCmd(t, serveCmd(binPath, "--workers", "2", "--listen-mode", "reuseport", "--binary", link), nil, 2)
+	t.Cleanup(c.killSeen)
+	pid := c.upgradeTo(upgradeVersion, 2)
+	if code, err := getJSON(freshClient(), "http://"+c.addr+"/health", nil); err != nil || code != http.StatusOK {
+		t.Errorf("GET /health after a reuseport upgrade = %d, %v", code, err)
+	}
+	c.signal0(pid, syscall.SIGUSR2) // same mode: a second upgrade works too
+	c.waitFor(30*time.Second, "the second upgrade", func() bool {
+		s := c.snapshotOrNil()
+		return s != nil && s.PrimaryPID != pid && s.WorkersReady == 2 && !s.Upgrading
+	})
 }
