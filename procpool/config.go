@@ -3,6 +3,7 @@ package procpool
 import (
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"time"
 )
@@ -55,6 +56,10 @@ type Config struct {
 	Args []string
 	// Env is added to every worker's environment, after os.Environ().
 	Env []string
+	// Listener, when set, is the cluster's socket, opened by someone else
+	// (systemd's socket activation): the supervisor adopts it instead of
+	// binding Addr. A TCP listener, in ListenShared mode only.
+	Listener net.Listener
 	// Binary is what an upgrade executes as the new primary. Default: the
 	// path this process was started from (os.Args[0], made absolute at
 	// start), so that a new binary renamed over it, or a symlink flipped to

@@ -45,6 +45,20 @@ func bind(addr, mode string) (*socket, error) {
 	return &socket{file: f, ln: ln, addr: ln.Addr().(*net.TCPAddr), mode: mode}, nil
 }
 
+// adoptListener makes a listener opened by someone else (systemd) the
+// cluster's socket.
+func adoptListener(ln net.Listener, mode string) (*socket, error) {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok || mode != ListenShared {
+		return nil, fmt.Errorf("procpool: a passed listener (%T) must be TCP, in the %s listen mode", ln, ListenShared)
+	}
+	f, err := dupListener(tl)
+	if err != nil {
+		return nil, err
+	}
+	return &socket{file: f, ln: ln, addr: tl.Addr().(*net.TCPAddr), mode: mode}, nil
+}
+
 // dupListener duplicates the listener's descriptor without (*TCPListener).File,
 // which would switch the shared file description to blocking mode for every
 // process (golang/go#29277). os.NewFile of a non-blocking descriptor keeps it

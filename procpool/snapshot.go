@@ -27,6 +27,11 @@ type Snapshot struct {
 	WorkersMax      int    `json:"workers_max"`         // the most Scale takes
 	PoolSize        int    `json:"pool_size,omitempty"` // set by SetPoolSize; absent: the flags'
 	Reloading       bool   `json:"reloading"`
+	// Reloads and Upgrades count those this primary started (an upgrade's
+	// new primary counts from zero): a reload that began and ended between
+	// two looks at the snapshot still shows.
+	Reloads  int64 `json:"reloads_total"`
+	Upgrades int64 `json:"upgrades_total"`
 	// Upgrading: an upgrade is under way (in a new primary: until it has
 	// told the old one it is ready).
 	Upgrading    bool            `json:"upgrading"`
@@ -89,6 +94,8 @@ func (s *Supervisor) publish() {
 		Forks:           s.forks.Load(),
 		WorkersWanted:   len(s.slots),
 		Reloading:       s.reload.active,
+		Reloads:         s.reloads,
+		Upgrades:        s.upgrades,
 		ShuttingDown:    s.shutting,
 		Workers:         make([]WorkerInfo, 0, len(s.procs)),
 	}

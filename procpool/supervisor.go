@@ -59,9 +59,11 @@ type Supervisor struct {
 	circuitOpen bool
 	circuitWhy  string
 	reload      reloadState
+	reloads     int64 // rolling reloads started, for the snapshot
 	shutting    bool
 
 	upgrade     upgradeState
+	upgrades    int64     // upgrades started, for the snapshot
 	handover    *handover // a primary started by an upgrade, until it reported ready
 	lastUpgrade *UpgradeOutcome
 	handedOver  chan struct{} // closed once a new primary took over
@@ -139,9 +141,12 @@ func New(cfg Config, log *slog.Logger) (*Supervisor, error) {
 		return nil, err
 	}
 	var sock *socket
-	if inh != nil {
+	switch {
+	case inh != nil:
 		sock, err = inh.adopt(cfg.ListenMode)
-	} else {
+	case cfg.Listener != nil:
+		sock, err = adoptListener(cfg.Listener, cfg.ListenMode)
+	default:
 		sock, err = bind(cfg.Addr, cfg.ListenMode)
 	}
 	if err != nil {
@@ -613,6 +618,7 @@ func (s *Supervisor) onReload() error {
 		s.poolSize = 0
 	}
 	s.log.Info("rolling reload started", "workers", len(s.slots))
+	s.reloads++
 	s.reload = reloadState{active: true, queue: slices.Clone(s.slots)}
 	s.advanceReload()
 	return nil

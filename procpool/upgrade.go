@@ -156,6 +156,7 @@ func (s *Supervisor) onUpgrade(reply chan error) {
 	}
 	now := time.Now()
 	s.upgrade = upgradeState{active: true, cmd: cmd, started: now, deadline: now.Add(s.cfg.StartTimeout), waiters: []chan error{reply}}
+	s.upgrades++
 	s.log.Info("upgrade: new primary starting", "new_primary_pid", cmd.Process.Pid, "binary", s.cfg.Binary,
 		"start_timeout", s.cfg.StartTimeout.String())
 	go func() {

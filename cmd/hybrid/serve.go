@@ -204,6 +204,16 @@ func runServe(args []string) int {
 	} else if did != "" {
 		log.Info("isolate: cgroup v2", "did", did)
 	}
+	// Started by systemd's socket activation: its sockets, not --addr.
+	sdCluster, sdAdmin, err := systemdSockets()
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	if sdCluster != nil {
+		cfg.pool.Listener = sdCluster
+		log.Info("listening on the socket systemd passed", "addr", sdCluster.Addr().String())
+	}
 	sup, err := procpool.New(cfg.pool, log)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
@@ -214,6 +224,9 @@ func runServe(args []string) int {
 		// After an upgrade the admin socket is the old primary's: binding
 		// again would fail, and the socket never closes.
 		ln, err := procpool.Inherited("admin")
+		if err == nil && ln == nil && sdAdmin != nil {
+			ln = sdAdmin
+		}
 		if err == nil && ln == nil {
 			ln, err = net.Listen("tcp", cfg.adminAddr)
 		}
@@ -233,6 +246,7 @@ func runServe(args []string) int {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	go notifySystemd(ctx, sup, log)
 	forced := make(chan struct{})
 	go func() {
 		stopping := false

@@ -1,0 +1,104 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/hybrid-server/hybrid/internal/sdnotify"
+	"github.com/hybrid-server/hybrid/procpool"
+)
+
+// systemdSockets takes the sockets systemd passed to the primary (socket
+// activation, deploy/hybrid.socket): the one named "admin" serves the admin
+// endpoint, the other (named "http", or unnamed) is the cluster's. Both are
+// nil when systemd passed none. They take the place of --addr and
+// --admin-addr, which are then only what the logs say they were.
+func systemdSockets() (cluster, admin net.Listener, err error) {
+	files, names, err := sdnotify.Listeners()
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, f := range files {
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, nil, fmt.Errorf("systemd socket %d (%q): %w", i, names[i], err)
+		}
+		switch {
+		case names[i] == "admin" && admin == nil:
+			admin = ln
+		case names[i] != "admin" && cluster == nil:
+			cluster = ln
+		default:
+			ln.Close()
+			return nil, nil, fmt.Errorf("systemd passed more than one %q socket: want one for the cluster and at most one named admin", names[i])
+		}
+	}
+	return cluster, admin, nil
+}
+
+// notifySystemd reports the primary's state to systemd (Type=notify, with
+// NotifyAccess=all for upgrades) until ctx ends or an upgrade's new
+// primary took over; without $NOTIFY_SOCKET it returns at once.
+//
+//   - READY=1 with MAINPID= once every wanted worker is ready: the main
+//     process is this one, also when it was started by an upgrade, which
+//     is how systemd learns of the new primary before the old one exits;
+//   - RELOADING=1 while a reload or an upgrade runs, READY=1 after;
+//   - STOPPING=1 when the primary starts to drain (not after a hand-over:
+//     the service goes on, in the new primary);
+//   - WATCHDOG=1 at half of $WATCHDOG_USEC while the primary runs.
+//
+// It polls the supervisor's snapshot: procpool knows nothing of systemd.
+func notifySystemd(ctx context.Context, sup *procpool.Supervisor, log *slog.Logger) {
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		return
+	}
+	send := func(states ...string) {
+		if err := sdnotify.Notify(states...); err != nil {
+			log.Warn("systemd notify failed", "err", err.Error())
+		}
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	watchdog := sdnotify.WatchdogInterval()
+	var lastPing time.Time
+	ready, busy := false, false
+	var seen int64 // reloads and upgrades seen, so that a short one is not missed
+	for {
+		select {
+		case <-sup.HandedOver():
+			return
+		case <-ctx.Done():
+			send(sdnotify.Stopping)
+			return
+		case now := <-tick.C:
+			s := sup.Snapshot()
+			status := sdnotify.Status(fmt.Sprintf("%d of %d workers ready on %s", s.WorkersReady, s.WorkersWanted, s.Addr))
+			started := s.Reloads + s.Upgrades
+			switch nowBusy := s.Reloading || s.Upgrading; {
+			case !ready:
+				if !nowBusy && s.WorkersReady >= s.WorkersWanted {
+					ready, seen = true, started
+					send(sdnotify.Ready, sdnotify.MainPID(os.Getpid()), status)
+				}
+			case !busy && (nowBusy || started > seen):
+				busy, seen = true, started
+				send(sdnotify.Reloading)
+			case busy && !nowBusy:
+				busy = false
+				send(sdnotify.Ready, status)
+			}
+			if watchdog > 0 && now.Sub(lastPing) >= watchdog {
+				lastPing = now
+				send(sdnotify.Watchdog)
+			}
+		}
+	}
+}
