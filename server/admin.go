@@ -3,9 +3,20 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/valyala/fasthttp"
@@ -14,26 +25,86 @@ import (
 // Cluster is what the admin endpoint needs of the supervisor.
 type Cluster interface {
 	Snapshot() procpool.Snapshot
-	Reload()
+	// Reload starts a rolling reload; procpool.ErrBusy while a reload or
+	// an upgrade runs.
+	Reload() error
+	// Upgrade starts a new primary and returns once it serves, or once it
+	// was rolled back (the error says why); procpool.ErrBusy while a
+	// reload or an upgrade runs.
+	Upgrade(ctx context.Context) error
+	// Scale sets the number of workers.
+	Scale(n int) error
+	// SetPoolSize sets the task pool size of every worker.
+	SetPoolSize(n int) error
 }
 
-// Admin is the primary's own small HTTP surface: GET /cluster, GET /health
-// and POST /reload. It does no request work.
+// Admin is the primary's own small HTTP surface. It does no request work.
+//
+//	GET  /health    200, or 503 when degraded
+//	GET  /cluster   the procpool.Snapshot
+//	POST /reload    202: a rolling reload started
+//	POST /upgrade   200 once a new primary serves; 502 rolled_back with the reason
+//	POST /scale     {"workers":N}: 202
+//	POST /pool      {"size":N}: 202
+//
+// A POST that is busy (a reload or an upgrade runs) is a 409 busy.
+//
+// Security. A browser page can send a cross-site form POST to any address,
+// loopback included, and cannot be told not to. So every POST, which changes
+// the cluster, must carry either the admin token or [AdminHeader]: "1"
+// and no Origin. A form cannot set a header, and a script on another origin
+// that sets one must first ask by a CORS preflight, which the admin never
+// grants (it sends no CORS header, ever); a browser sends Origin with every
+// POST it makes, so a request with Origin is refused even with the header.
+// Without a token, a TCP admin answers only requests whose Host is a
+// loopback address or localhost, so that a page whose name was rebound to
+// 127.0.0.1 (DNS rebinding) cannot reach it as its own origin. With a token
+// (WithToken), every route but /health wants it as "Authorization: Bearer
+// <token>"; it is compared in constant time. A refused call is a JSON 403
+// (401 for a missing or wrong token).
 type Admin struct {
 	cluster Cluster
 	log     *slog.Logger
 	fs      *fasthttp.Server
+	token   [sha256.Size]byte // the token's hash; zero without a token
+	hasTok  bool
 }
 
+// AdminHeader is the header that marks a state-changing admin call as not
+// coming from a browser form.
+const AdminHeader = "X-Hybrid-Admin"
+
+// An AdminOption configures an [Admin].
+type AdminOption func(*Admin)
+
+// WithToken makes the admin endpoint want token as a bearer token on every
+// route but /health. An empty token is none.
+func WithToken(token string) AdminOption {
+	return func(a *Admin) {
+		if token != "" {
+			a.token, a.hasTok = sha256.Sum256([]byte(token)), true
+		}
+	}
+}
+
+// maxAdminBody bounds an admin request's body: {"workers":64} is 14 bytes.
+const maxAdminBody = 1 << 10
+
 // NewAdmin returns the admin server of cluster.
-func NewAdmin(cluster Cluster, log *slog.Logger) *Admin {
+func NewAdmin(cluster Cluster, log *slog.Logger, opts ...AdminOption) *Admin {
 	a := &Admin{cluster: cluster, log: log}
+	for _, o := range opts {
+		o(a)
+	}
 	r := NewRouter(log)
-	r.Handle(fasthttp.MethodGet, "/cluster", a.snapshot)
-	r.Handle(fasthttp.MethodGet, "/health", a.health)
-	r.Handle(fasthttp.MethodPost, "/reload", a.reload)
+	r.Handle(fasthttp.MethodGet, "/health", a.guard(a.health, false, false))
+	r.Handle(fasthttp.MethodGet, "/cluster", a.guard(a.snapshot, true, false))
+	r.Handle(fasthttp.MethodPost, "/reload", a.guard(a.reload, true, true))
+	r.Handle(fasthttp.MethodPost, "/upgrade", a.guard(a.upgrade, true, true))
+	r.Handle(fasthttp.MethodPost, "/scale", a.guard(a.scale, true, true))
+	r.Handle(fasthttp.MethodPost, "/pool", a.guard(a.pool, true, true))
 	cfg := DefaultConfig()
-	cfg.MaxBody = 64 << 10
+	cfg.MaxBody = maxAdminBody
 	a.fs = newFastServer(cfg, r.Serve, log)
 	return a
 }
@@ -43,6 +114,62 @@ func (a *Admin) Serve(ln net.Listener) error { return a.fs.Serve(ln) }
 
 // Shutdown stops the admin server.
 func (a *Admin) Shutdown(ctx context.Context) error { return a.fs.ShutdownWithContext(ctx) }
+
+// guard wraps h with the checks of the Admin doc: the Host (without a
+// token), the token where tokened, and, where mutating, the proof that no
+// browser form sent the request.
+func (a *Admin) guard(h fasthttp.RequestHandler, tokened, mutating bool) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if err := a.check(ctx, tokened, mutating); err != nil {
+			a.log.Warn("admin call refused", "path", string(ctx.Path()), "remote", ctx.RemoteAddr().String(), "why", err.Message)
+			if err.Status == fasthttp.StatusUnauthorized {
+				ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="hybrid admin"`)
+			}
+			WriteError(ctx, err)
+			return
+		}
+		h(ctx)
+	}
+}
+
+func (a *Admin) check(ctx *fasthttp.RequestCtx, tokened, mutating bool) *Error {
+	if a.hasTok {
+		if !tokened {
+			return nil
+		}
+		auth := string(ctx.Request.Header.Peek("Authorization"))
+		tok, ok := strings.CutPrefix(auth, "Bearer ")
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || subtle.ConstantTimeCompare(sum[:], a.token[:]) != 1 {
+			return Errorf(fasthttp.StatusUnauthorized, "unauthorized", "this admin endpoint wants its token: Authorization: Bearer <--admin-token>")
+		}
+		return nil
+	}
+	if _, tcp := ctx.LocalAddr().(*net.TCPAddr); tcp && !loopbackHost(string(ctx.Host())) {
+		return Errorf(fasthttp.StatusForbidden, "forbidden", "Host must be a loopback address or localhost")
+	}
+	if !mutating {
+		return nil
+	}
+	if string(ctx.Request.Header.Peek(AdminHeader)) != "1" || len(ctx.Request.Header.Peek("Origin")) > 0 {
+		return Errorf(fasthttp.StatusForbidden, "forbidden", "a state-changing admin call needs the header %s: 1 and no Origin (browsers cannot send it); use the hybrid client", AdminHeader)
+	}
+	return nil
+}
+
+// loopbackHost reports whether host (a Host header: name or address, with
+// or without a port) names this machine's loopback.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
 
 func (a *Admin) snapshot(ctx *fasthttp.RequestCtx) {
 	WriteJSON(ctx, fasthttp.StatusOK, a.cluster.Snapshot())
@@ -68,6 +195,147 @@ func (a *Admin) health(ctx *fasthttp.RequestCtx) {
 
 func (a *Admin) reload(ctx *fasthttp.RequestCtx) {
 	a.log.Info("reload requested over the admin endpoint", "remote", ctx.RemoteAddr().String())
-	a.cluster.Reload()
+	if err := a.cluster.Reload(); err != nil {
+		WriteError(ctx, clusterError("reload", err))
+		return
+	}
 	WriteJSON(ctx, fasthttp.StatusAccepted, map[string]string{"status": "reloading"})
+}
+
+func (a *Admin) upgrade(ctx *fasthttp.RequestCtx) {
+	a.log.Info("upgrade requested over the admin endpoint", "remote", ctx.RemoteAddr().String())
+	if err := a.cluster.Upgrade(ctx); err != nil {
+		WriteError(ctx, clusterError("upgrade", err))
+		return
+	}
+	WriteJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "upgraded"})
+}
+
+// maxAdminCount bounds the numbers /scale and /pool take.
+const maxAdminCount = 1 << 12
+
+func (a *Admin) scale(ctx *fasthttp.RequestCtx) {
+	n, err := decodeCount(ctx.PostBody(), "workers", 1)
+	if err != nil {
+		WriteError(ctx, err)
+		return
+	}
+	a.log.Info("scale requested over the admin endpoint", "workers", n, "remote", ctx.RemoteAddr().String())
+	if err := a.cluster.Scale(n); err != nil {
+		WriteError(ctx, clusterError("scale", err))
+		return
+	}
+	WriteJSON(ctx, fasthttp.StatusAccepted, map[string]any{"status": "scaling", "workers": n})
+}
+
+func (a *Admin) pool(ctx *fasthttp.RequestCtx) {
+	n, err := decodeCount(ctx.PostBody(), "size", 0)
+	if err != nil {
+		WriteError(ctx, err)
+		return
+	}
+	a.log.Info("pool size requested over the admin endpoint", "size", n, "remote", ctx.RemoteAddr().String())
+	if err := a.cluster.SetPoolSize(n); err != nil {
+		WriteError(ctx, clusterError("pool", err))
+		return
+	}
+	WriteJSON(ctx, fasthttp.StatusAccepted, map[string]any{"status": "resizing", "size": n})
+}
+
+// clusterError is the admin's answer to err from the cluster's op (reload,
+// upgrade, scale, pool), one place for every procpool error: 409 busy, 400
+// for an argument out of range, 502 rolled_back, 501 for an upgrade a PID 1
+// primary cannot do, 503 while shutting down; an *Error as it is; else 500.
+// Each message is the error's text: the admin's caller is the operator,
+// and the text is the reason.
+func clusterError(op string, err error) *Error {
+	var e *Error
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, procpool.ErrBusy):
+		return Errorf(fasthttp.StatusConflict, "busy", "a reload or upgrade is already running")
+	case errors.Is(err, procpool.ErrInvalid):
+		return Errorf(fasthttp.StatusBadRequest, CodeBadRequest, "%s: %v", op, err)
+	case errors.Is(err, procpool.ErrRolledBack):
+		return Errorf(fasthttp.StatusBadGateway, "rolled_back", "%v", err)
+	case errors.Is(err, procpool.ErrUnsupported):
+		return Errorf(fasthttp.StatusNotImplemented, "unsupported", "%s: %v", op, err)
+	case errors.Is(err, procpool.ErrStopped):
+		return Errorf(fasthttp.StatusServiceUnavailable, "shutting_down", "%s: %v", op, err)
+	}
+	return Errorf(fasthttp.StatusInternalServerError, CodeInternal, "%s: %v", op, err)
+}
+
+// decodeCount reads body, exactly {"<key>": N} with N an integer from least
+// to maxAdminCount, and nothing else: no other key, no repeat, no trailing
+// data. Anything else is a 400 bad_request.
+func decodeCount(body []byte, key string, least int) (int, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	next := func() any {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		return tok
+	}
+	ok := next() == json.Delim('{') && next() == key
+	num, isNum := next().(json.Number)
+	ok = ok && isNum && next() == json.Delim('}') && next() == io.EOF
+	n, err := strconv.Atoi(string(num))
+	if !ok || err != nil || n < least || n > maxAdminCount {
+		return 0, Errorf(fasthttp.StatusBadRequest, CodeBadRequest, `want the body {"%s": N}, N from %d to %d`, key, least, maxAdminCount)
+	}
+	return n, nil
+}
+
+// CheckAdminAddr refuses an admin address that would expose the endpoint
+// without a token: an address not on loopback (a wildcard, another
+// interface, a host name) wants one. "off" and a unix socket
+// ("unix:/path", created 0600) do not.
+func CheckAdminAddr(addr, token string) error {
+	if addr == "off" || strings.HasPrefix(addr, "unix:") || token != "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("admin-addr %q: want host:port, unix:/path or off", addr)
+	}
+	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		return nil
+	}
+	return fmt.Errorf("admin-addr %s is not on loopback: set --admin-token (HYBRID_ADMIN_TOKEN), or use 127.0.0.1:port or unix:/path", addr)
+}
+
+// ListenAdmin listens on addr: host:port (TCP), or unix:/path, a unix
+// socket created with mode 0600 (a stale socket file left by a killed
+// primary is replaced; a live one is an error). Closing a unix listener
+// removes its file.
+func ListenAdmin(addr string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, "unix:")
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	if path == "" {
+		return nil, fmt.Errorf("admin-addr %q: want unix:/path", addr)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("admin socket %s: another process serves it", path)
+		}
+		os.Remove(path)
+	}
+	// The umask makes the socket 0600 from its creation: a chmod after the
+	// bind would leave a moment in which anyone could connect. The umask
+	// is the process's: call ListenAdmin while no other goroutine creates
+	// files (the primary does, before it starts its workers).
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, err
+	}
+	return ln, nil
 }
