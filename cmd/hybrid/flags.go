@@ -17,8 +17,10 @@ func envName(flagName string) string {
 }
 
 // parseFlags parses args, then fills every flag not given on the command line
-// from its environment variable. The command line wins over the environment,
-// which wins over the default.
+// from its environment variable, and those not in the environment from the
+// configuration file (--config or HYBRID_CONFIG, where fs has that flag;
+// see config.go). The command line wins over the environment, which wins
+// over the file, which wins over the default.
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -28,6 +30,15 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	// Each source is applied over the one below it: the file sets every
+	// flag it names (so that each of its lines is checked), the environment
+	// the flags not given, and the command line, parsed again, its own.
+	path := configPath(fs, given)
+	if path != "" {
+		if err := applyConfigFile(fs, path); err != nil {
+			return err
+		}
+	}
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
 		if given[f.Name] {
@@ -40,7 +51,29 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 			}
 		}
 	})
+	if path != "" {
+		_ = fs.Parse(args) // parsed once already: cannot fail
+	}
 	return errors.Join(errs...)
+}
+
+// parseFlagsArgs is parseFlags for a command that also takes positional
+// arguments, before, between or after its flags (hybrid scale 4
+// --admin-addr …): it returns them, in order.
+func parseFlagsArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var flags, pos []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		flags = append(flags, args[:len(args)-len(rest)]...)
+		if len(rest) > 0 {
+			pos, rest = append(pos, rest[0]), rest[1:]
+		}
+		args = rest
+	}
+	return pos, parseFlags(fs, flags)
 }
 
 // sizeFlag is a byte size: 1048576, 512KiB, 32MiB, 1GiB, 10MB (decimal).

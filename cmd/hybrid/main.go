@@ -3,7 +3,9 @@
 //
 //	hybrid serve [flags]   run the server (see hybrid serve -h)
 //	hybrid bench [flags]   benchmark modes and worker counts (see hybrid bench -h)
-//	hybrid version         print the version
+//	hybrid status          the running cluster's workers (and reload, upgrade,
+//	                       scale N: see client.go)
+//	hybrid version         print the version and build
 //
 // The same binary plays every role: a process re-executed by its primary with
 // HYBRID_ROLE=worker in its environment is a worker, and one re-executed by a
@@ -14,7 +16,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"runtime/debug"
 
 	"github.com/hybrid-server/hybrid/internal/fds"
 	"github.com/hybrid-server/hybrid/isolate"
@@ -26,8 +27,15 @@ const usage = `hybrid: a multi-core compute server
 usage:
   hybrid serve [flags]   run the server: a primary and its worker processes
   hybrid bench [flags]   measure workloads × modes × worker counts (hybrid bench -h)
-  hybrid version         print the version
+  hybrid version         print the version and build
   hybrid help            print this help
+
+control a running primary, through its admin endpoint (--admin-addr,
+HYBRID_ADMIN_ADDR; --admin-token, HYBRID_ADMIN_TOKEN):
+  hybrid status [--json] [--watch]   its workers, pm2 ls style
+  hybrid reload                      rolling reload: new workers, re-read --config
+  hybrid upgrade                     start the binary now at its path as the new primary
+  hybrid scale N                     run N workers
 
 Every flag of serve also reads an environment variable: --max-body is
 HYBRID_MAX_BODY. Run "hybrid serve -h" for the flags.
@@ -68,12 +76,16 @@ func run(args []string) int {
 		return runServe(args[1:])
 	case "bench":
 		return runBench(args[1:])
+	case "status":
+		return runStatus(args[1:])
+	case "reload":
+		return runReload(args[1:])
+	case "upgrade":
+		return runUpgrade(args[1:])
+	case "scale":
+		return runScale(args[1:])
 	case "version", "--version", "-version":
-		race := ""
-		if raceEnabled {
-			race = " (race detector)"
-		}
-		fmt.Printf("hybrid %s %s %s/%s%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH, race)
+		fmt.Println(versionLine())
 		return 0
 	case "help", "-h", "--help", "-help":
 		fmt.Print(usage)
@@ -84,9 +96,24 @@ func run(args []string) int {
 	}
 }
 
+// version is this binary's version (procpool.BuildInfo).
 func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
+	v, _ := procpool.BuildInfo()
+	return v
+}
+
+// versionLine is what hybrid version prints: the version, the build (the
+// VCS revision, where the binary knows it), the Go version and the platform:
+//
+//	hybrid v1.4.0 build 0123456789ab go1.26.8 linux/amd64
+func versionLine() string {
+	v, build := procpool.BuildInfo()
+	if build != "" {
+		v += " build " + build
 	}
-	return "(devel)"
+	race := ""
+	if raceEnabled {
+		race = " (race detector)"
+	}
+	return fmt.Sprintf("hybrid %s %s %s/%s%s", v, runtime.Version(), runtime.GOOS, runtime.GOARCH, race)
 }

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hybrid-server/hybrid/procpool"
+)
+
+// runHybrid runs the binary with args and env (added to the test's) and
+// returns its stdout, stderr and exit code.
+func runHybrid(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(binPath, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("hybrid %q: %v", args, err)
+	}
+	return out.String(), errOut.String(), cmd.ProcessState.ExitCode()
+}
+
+func TestWriteStatus(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	conns := int32(7)
+	s := procpool.Snapshot{
+		PrimaryPID: 100, Addr: "[::]:8080", ListenMode: "shared", Circuit: "open", CircuitReason: "6 crashes",
+		WorkersWanted: 2, WorkersReady: 1, Reloading: true,
+		Workers: []procpool.WorkerInfo{
+			{ID: 0, PID: 101, State: "ready", Restarts: 2, StartedAt: start, RSS: 23 << 20, Requests: 1234, InFlight: 3, Conns: &conns},
+			{ID: 1, PID: 102, State: "starting", StartedAt: start.Add(3*time.Hour + 59*time.Minute)},
+		},
+	}
+	var b strings.Builder
+	if err := writeStatus(&b, s, start.Add(4*time.Hour+5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	want := `primary 100  addr [::]:8080  listen shared  workers 1/2 ready  circuit open (6 crashes)  reloading
+id  pid  state     uptime  restarts  rss      requests  in flight  conns
+0   101  ready     4h0m    2         23.0MiB  1234      3          7
+1   102  starting  1m5s    0         0KiB     0         0          -
+`
+	if got := b.String(); got != want {
+		t.Errorf("writeStatus =\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestFormatUptime(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		-time.Second: "-", 0: "0s", 45 * time.Second: "45s", 12*time.Minute + 3*time.Second: "12m3s",
+		5*time.Hour + 12*time.Minute: "5h12m", 76 * time.Hour: "3d4h",
+	} {
+		if got := formatUptime(d); got != want {
+			t.Errorf("formatUptime(%v) = %q; want %q", d, got, want)
+		}
+	}
+}
+
+// hybrid status, status --json, reload and version through the real
+// binary, finding the primary by --admin-addr and by HYBRID_ADMIN_ADDR.
+func TestClientCommands(t *testing.T) {
+	c := startCluster(t, nil, 2, "--workers", "2")
+	s := c.snapshot()
+	out, errOut, code := runHybrid(t, []string{"HYBRID_ADMIN_ADDR=" + c.admin}, "status")
+	if code != 0 || !strings.HasPrefix(out, "primary "+strconv.Itoa(s.PrimaryPID)) || strings.Count(out, "  ready  ") != 2 || errOut != "" {
+		t.Errorf("hybrid status: exit %d, stdout:\n%s\nstderr %q; want 0 and a table of 2 ready workers", code, out, errOut)
+	}
+	for _, w := range s.Workers {
+		if !strings.Contains(out, " "+strconv.Itoa(w.PID)+" ") {
+			t.Errorf("hybrid status lacks worker pid %d:\n%s", w.PID, out)
+		}
+	}
+	out, _, code = runHybrid(t, nil, "status", "--json", "--admin-addr", c.admin)
+	var js procpool.Snapshot
+	if err := json.Unmarshal([]byte(out), &js); code != 0 || err != nil || js.PrimaryPID != s.PrimaryPID {
+		t.Errorf("hybrid status --json: exit %d, %v, %q; want the snapshot", code, err, out)
+	}
+	out, errOut, code = runHybrid(t, nil, "reload", "--admin-addr", c.admin)
+	if code != 0 || errOut != "" || !strings.HasPrefix(out, "reloading") {
+		t.Errorf("hybrid reload: exit %d, %q, %q; want 0", code, out, errOut)
+	}
+	c.waitLog("rolling reload started", 5*time.Second)
+
+	out, _, code = runHybrid(t, nil, "version")
+	if code != 0 || !strings.HasPrefix(out, "hybrid ") || !strings.Contains(out, runtime.Version()) {
+		t.Errorf("hybrid version: exit %d, %q; want the version and %s", code, out, runtime.Version())
+	}
+}
+
+// A reload asked while one runs gets 409, and hybrid reload one line.
+func TestClientReloadBusy(t *testing.T) {
+	env, setFault := faultFile(t)
+	c := startCluster(t, env, 1, "--workers", "1", "--start-timeout", "10s")
+	setFault("slow") // the reload's new worker never becomes ready: the reload lasts 10 s
+	if _, errOut, code := runHybrid(t, nil, "reload", "--admin-addr", c.admin); code != 0 {
+		t.Fatalf("first hybrid reload: exit %d, %q; want 0", code, errOut)
+	}
+	out, errOut, code := runHybrid(t, nil, "reload", "--admin-addr", c.admin)
+	if code != 1 || out != "" || errOut != "hybrid: a reload or upgrade is already running\n" {
+		t.Errorf("second hybrid reload: exit %d, stdout %q, stderr %q; want 1 and one line", code, out, errOut)
+	}
+}
+
+// With no primary at the address, one line says so, for TCP and unix.
+func TestClientNoPrimary(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	sock := "unix:" + filepath.Join(t.TempDir(), "none.sock")
+	for _, a := range []string{addr, sock} {
+		for _, cmd := range []string{"status", "reload", "upgrade"} {
+			_, errOut, code := runHybrid(t, nil, cmd, "--admin-addr", a)
+			want := "hybrid: no primary at " + a + " (is hybrid serve running? set --admin-addr)\n"
+			if code != 1 || errOut != want {
+				t.Errorf("hybrid %s --admin-addr %s: exit %d, %q; want 1, %q", cmd, a, code, errOut, want)
+			}
+		}
+	}
+	if _, errOut, code := runHybrid(t, nil, "scale", "--admin-addr", addr); code != 2 || !strings.Contains(errOut, "want 1 argument") {
+		t.Errorf("hybrid scale without N: exit %d, %q; want 2, a usage line", code, errOut)
+	}
+	if _, errOut, code := runHybrid(t, nil, "scale", "zero", "--admin-addr", addr); code != 1 || !strings.Contains(errOut, "want a number of workers") {
+		t.Errorf("hybrid scale zero: exit %d, %q; want 1", code, errOut)
+	}
+}
+
+// hybrid scale N sets the worker count.
+func TestClientScale(t *testing.T) {
+	c := startCluster(t, nil, 1, "--workers", "1")
+	if out, errOut, code := runHybrid(t, nil, "scale", "2", "--admin-addr", c.admin); code != 0 || out != "scaling to 2 workers\n" {
+		t.Fatalf("hybrid scale 2: exit %d, %q, %q; want 0", code, out, errOut)
+	}
+	c.waitFor(15*time.Second, "2 workers ready", func() bool { return len(c.readyPIDs()) == 2 })
+}
