@@ -339,3 +339,12 @@ func ListenAdmin(addr string) (net.Listener, error) {
 	}
 	return ln, nil
 }
+
+// KeepAdminSocket makes closing ln, an admin listener handed over to an
+// upgrade's new primary, leave its unix socket file in place: the new
+// primary serves on it now. A TCP listener is left as it is.
+func KeepAdminSocket(ln net.Listener) {
+	if ul, ok := ln.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+	}
+}

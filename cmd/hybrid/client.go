@@ -1,6 +1,6 @@
 package main
 
-// The client subcommands (status, reload, upgrade, scale) speak to a running
+// The client subcommands (status, reload, upgrade, scale, pool) speak to a running
 // primary's admin endpoint, found as hybrid serve would listen on it:
 // --admin-addr or HYBRID_ADMIN_ADDR, with serve's default; "unix:/path" for
 // a unix socket. They send the admin header always (server.AdminHeader) and
@@ -172,6 +172,20 @@ func runScale(args []string) int {
 			return err
 		}
 		fmt.Printf("scaling to %d workers\n", n)
+		return nil
+	})
+}
+
+func runPool(args []string) int {
+	return runClient("pool", args, 1, 10*time.Second, func(ctx context.Context, c *primaryClient, pos []string) error {
+		n, err := strconv.Atoi(pos[0])
+		if err != nil || n < 0 {
+			return fmt.Errorf("pool %q: want a task-pool size per worker, 0 for the flags'", pos[0])
+		}
+		if _, err := c.call(ctx, http.MethodPost, "/pool", fmt.Sprintf(`{"size":%d}`, n)); err != nil {
+			return err
+		}
+		fmt.Printf("pool size %d on every worker\n", n)
 		return nil
 	})
 }

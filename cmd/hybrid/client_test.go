@@ -141,11 +141,14 @@ func TestClientNoPrimary(t *testing.T) {
 	}
 }
 
-// hybrid scale N sets the worker count.
+// hybrid scale N sets the worker count, and hybrid pool N the pool size.
 func TestClientScale(t *testing.T) {
 	c := startCluster(t, nil, 1, "--workers", "1")
 	if out, errOut, code := runHybrid(t, nil, "scale", "2", "--admin-addr", c.admin); code != 0 || out != "scaling to 2 workers\n" {
 		t.Fatalf("hybrid scale 2: exit %d, %q, %q; want 0", code, out, errOut)
 	}
 	c.waitFor(15*time.Second, "2 workers ready", func() bool { return len(c.readyPIDs()) == 2 })
+	if out, errOut, code := runHybrid(t, nil, "pool", "3", "--admin-addr", c.admin); code != 0 || c.snapshot().PoolSize != 3 {
+		t.Errorf("hybrid pool 3: exit %d, %q, %q, pool size %d; want 0, 3", code, out, errOut, c.snapshot().PoolSize)
+	}
 }

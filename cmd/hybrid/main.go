@@ -36,6 +36,7 @@ HYBRID_ADMIN_ADDR; --admin-token, HYBRID_ADMIN_TOKEN):
   hybrid reload                      rolling reload: new workers, re-read --config
   hybrid upgrade                     start the binary now at its path as the new primary
   hybrid scale N                     run N workers
+  hybrid pool N                      set every worker's task-pool size
 
 Every flag of serve also reads an environment variable: --max-body is
 HYBRID_MAX_BODY. Run "hybrid serve -h" for the flags.
@@ -84,6 +85,8 @@ func run(args []string) int {
 		return runUpgrade(args[1:])
 	case "scale":
 		return runScale(args[1:])
+	case "pool":
+		return runPool(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println(versionLine())
 		return 0
