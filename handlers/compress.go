@@ -20,9 +20,8 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// shortInput is the input size under which a hash or a compression at a
-// level that is not slow takes at most ~40 ms here, whatever the bytes
-// (Workload.Short).
+// shortInput is the input size under which a hash takes at most a few ms
+// here, whatever the bytes (Workload.Short).
 const shortInput = 1 << 20
 
 // DefaultMaxOutput bounds a decompressed body unless --max-output says
@@ -41,23 +40,59 @@ type codec struct {
 	hasLevel         bool
 	compress         func(in []byte, level int) ([]byte, error)
 	reader           func(r io.Reader, maxOutput int) (io.Reader, func(), error)
-	// slowLevels bounds the input of the levels whose cost per byte is
-	// far above the codec's others: level → the most bytes it takes.
-	slowLevels map[int]int
+	// worst is the most CPU a MiB of input has cost at each level (index:
+	// the level), over the data shapes tried: random bytes, log text, and
+	// random letters from alphabets of 2, 4 and 16, which is what makes
+	// gzip 9 and zstd's best encoder slow. It sets each level's input cap
+	// (inputCap) and whether a task is short (Workload.Short).
+	worst []time.Duration
 }
 
-// Compression costs about the same per byte at every level of gzip, zstd,
-// s2 and snappy (zstd's levels map onto klauspost's four encoders, and 11
-// to 22 are all its best: 20–40 ms per MiB of log text here, less on
-// random bytes), so --max-body bounds them. brotli's 10 and 11 are 10× and
-// 30× its level 9 (0.45 and 1.3 s per MiB of log text here, the worst of
-// the inputs tried; the issue saw 3.4 s on another day): they take at most
-// 1 MiB and 256 KiB, which keeps a request under about half a second of a
-// core, and are 422 param_out_of_range beyond.
+// Measured on the 2-core box, 2026-11-28 (bench/RESULTS.md, issue 11),
+// rounded up: ms of CPU per MiB of input at the worst data shape tried.
+// gzip 9 spends ~4 s on a MiB of two-letter random text, zstd's best
+// encoder (levels 10–22) ~0.45 s, brotli 10 and 11 ~1 and ~1.9 s.
+func msPerMiB(ms ...int) []time.Duration {
+	d := make([]time.Duration, len(ms))
+	for i, v := range ms {
+		d[i] = time.Duration(v) * time.Millisecond
+	}
+	return d
+}
+
+// compressBudget is the most CPU one compression may cost at its level's
+// worst rate: a level a request names can make it cost this much, and no
+// more, whatever its bytes. Around what the default levels cost on a
+// --max-body input (gzip 6 of 32 MiB: ~0.5 s).
+const compressBudget = time.Second
+
+// inputCap is the largest input level takes within compressBudget at its
+// worst rate: a power of two, at least 64 KiB; 0 for no cap beyond
+// --max-body.
+func (c codec) inputCap(level int) int {
+	if level >= len(c.worst) || c.worst[level] <= 0 {
+		return 0
+	}
+	n := int(int64(compressBudget) * (1 << 20) / int64(c.worst[level]))
+	if n >= 32<<20 {
+		return 0
+	}
+	p := 64 << 10
+	for p*2 <= n {
+		p *= 2
+	}
+	return p
+}
+
+// shortCompression is the worst-case cost under which a compression is
+// short (Workload.Short): run on the request's goroutine, its 504 can be
+// late by at most this.
+const shortCompression = 20 * time.Millisecond
 
 var codecs = map[string]codec{
 	"gzip": {
 		contentType: "application/gzip", minLevel: 1, maxLvl: 9, defLevel: 6, hasLevel: true,
+		worst: msPerMiB(0, 5, 5, 5, 15, 20, 20, 60, 160, 4000),
 		compress: func(in []byte, level int) ([]byte, error) {
 			var buf bytes.Buffer
 			w, err := gzip.NewWriterLevel(&buf, level)
@@ -76,6 +111,8 @@ var codecs = map[string]codec{
 	},
 	"zstd": {
 		contentType: "application/zstd", minLevel: 1, maxLvl: 22, defLevel: 3, hasLevel: true,
+		// klauspost's encoders: 1–2 fastest, 3–5 default, 6–9 better, 10– best.
+		worst: msPerMiB(0, 10, 10, 10, 10, 10, 20, 20, 20, 20, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500),
 		compress: func(in []byte, level int) ([]byte, error) {
 			return zstdEncoder(level).EncodeAll(in, make([]byte, 0, len(in)/2+64)), nil
 		},
@@ -92,6 +129,7 @@ var codecs = map[string]codec{
 	},
 	"s2": {
 		contentType: "application/x-s2", minLevel: 1, maxLvl: 3, defLevel: 1, hasLevel: true,
+		worst: msPerMiB(0, 5, 10, 100),
 		compress: func(in []byte, level int) ([]byte, error) {
 			opts := []s2.WriterOption{s2.WriterConcurrency(1)}
 			switch level {
@@ -108,7 +146,7 @@ var codecs = map[string]codec{
 		},
 	},
 	"snappy": {
-		contentType: "application/x-snappy-framed",
+		contentType: "application/x-snappy-framed", worst: msPerMiB(5),
 		compress: func(in []byte, _ int) ([]byte, error) {
 			var buf bytes.Buffer
 			return finish(&buf, snappy.NewBufferedWriter(&buf), in)
@@ -119,7 +157,7 @@ var codecs = map[string]codec{
 	},
 	"brotli": {
 		contentType: "application/x-brotli", minLevel: 0, maxLvl: 11, defLevel: 5, hasLevel: true,
-		slowLevels: map[int]int{10: 1 << 20, 11: 256 << 10},
+		worst: msPerMiB(5, 5, 10, 10, 25, 30, 30, 50, 70, 100, 1000, 2000),
 		compress: func(in []byte, level int) ([]byte, error) {
 			return brrr.Compress(in, level)
 		},
@@ -165,8 +203,7 @@ func init() {
 	Register(&Workload{Name: "compress", Estimate: 10 * time.Millisecond, Group: "compress", CheckParams: checkCompress, Check: checkCompressInput, Run: runCompress,
 		Short: func(p Params, n int) bool {
 			c, level, err := compressArgs(p, n)
-			_, slow := c.slowLevels[level]
-			return err == nil && !slow && n < shortInput
+			return err == nil && level < len(c.worst) && c.worst[level]*time.Duration(n)/(1<<20) <= shortCompression
 		},
 		ContentTypeOf: func(p Params) string { return codecs[p["codec"]].contentType }})
 	Register(&Workload{Name: "decompress", Estimate: 5 * time.Millisecond, Group: "compress", CheckParams: checkDecompress, Run: runDecompress,
@@ -212,7 +249,7 @@ func compressArgs(p Params, n int) (codec, int, error) {
 	if err != nil {
 		return c, 0, err
 	}
-	if limit, slow := c.slowLevels[level]; slow && n > limit {
+	if limit := c.inputCap(level); limit > 0 && n > limit {
 		return c, 0, unprocessable(CodeParamOutOfRange,
 			"%s level %d takes at most %d bytes of input, got %d; use a lower level for larger inputs",
 			p["codec"], level, limit, n)
@@ -271,11 +308,9 @@ func runDecompress(ctx context.Context, p Params, input []byte) ([]byte, error) 
 		return nil, corrupt(p["codec"], err)
 	}
 	defer closeFn()
-	var out bytes.Buffer
-	out.Grow(min(limit, 4*len(input)+512))
-	n, err := io.Copy(&out, ctxReader{ctx, io.LimitReader(r, int64(limit)+1)})
+	out, err := readAtMost(ctxReader{ctx, r}, limit, 4*len(input)+512)
 	switch {
-	case n > int64(limit):
+	case len(out) > limit:
 		return nil, server.Errorf(fasthttp.StatusRequestEntityTooLarge, CodeOutputTooLarge,
 			"decompressed output exceeds the limit of %d bytes", limit)
 	case errors.Is(err, zstd.ErrDecoderSizeExceeded), errors.Is(err, zstd.ErrWindowSizeExceeded):
@@ -286,7 +321,33 @@ func runDecompress(ctx context.Context, p Params, input []byte) ([]byte, error) 
 	case err != nil:
 		return nil, corrupt(p["codec"], err)
 	}
-	return out.Bytes(), nil
+	return out, nil
+}
+
+// readAtMost reads r to its end or to limit+1 bytes, whichever is first,
+// into a buffer that starts at guess and doubles, but never past limit+1:
+// a bytes.Buffer would double to twice the limit for the byte that tells
+// a bomb, so the memory a decompression holds follows --max-output.
+func readAtMost(r io.Reader, limit, guess int) ([]byte, error) {
+	buf := make([]byte, 0, min(limit+1, max(guess, 512)))
+	for {
+		if len(buf) == cap(buf) {
+			if len(buf) > limit {
+				return buf, nil
+			}
+			grown := make([]byte, len(buf), min(2*cap(buf), limit+1))
+			copy(grown, buf)
+			buf = grown
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		switch {
+		case err == io.EOF:
+			return buf, nil
+		case err != nil:
+			return buf, err
+		}
+	}
 }
 
 func corrupt(codec string, err error) error {

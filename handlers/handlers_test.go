@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/hybrid-server/hybrid/server"
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -357,5 +359,85 @@ func TestJSONBodyIsStrictAndNeverEchoed(t *testing.T) {
 		if err == nil || len(err.Error()) > 300 {
 			t.Errorf("%s %.60s…: error %d bytes (%.80s); want a short error", name, body, len(fmt.Sprint(err)), err)
 		}
+	}
+}
+
+// Each level's input cap follows its worst measured cost per MiB: what a
+// request can name costs at most compressBudget, whatever its bytes.
+func TestCompressInputCaps(t *testing.T) {
+	want := map[string]map[int]int{
+		"gzip":   {6: 0, 7: 16 << 20, 8: 4 << 20, 9: 256 << 10},
+		"zstd":   {3: 0, 9: 0, 10: 2 << 20, 22: 2 << 20},
+		"brotli": {5: 0, 6: 0, 7: 16 << 20, 8: 8 << 20, 9: 8 << 20, 10: 1 << 20, 11: 512 << 10},
+		"s2":     {1: 0, 2: 0, 3: 8 << 20},
+		"snappy": {0: 0},
+	}
+	for name, levels := range want {
+		for level, cap := range levels {
+			if got := codecs[name].inputCap(level); got != cap {
+				t.Errorf("%s level %d: cap %d; want %d", name, level, got, cap)
+			}
+		}
+	}
+	// Two-letter random text: gzip 9 spent ~4 s on a MiB of it.
+	ab := make([]byte, 1<<20)
+	for i := range ab {
+		ab[i] = 'a' + byte(i*7919%13%2)
+	}
+	if _, err := run(t, "compress", Params{"codec": "gzip", "level": "9"}, ab); !hasStatus(err, 422, CodeParamOutOfRange) {
+		t.Errorf("gzip 9 of 1 MiB: %v; want 422 param_out_of_range", err)
+	}
+	w, _ := Lookup("compress")
+	for _, tc := range []struct {
+		p     Params
+		n     int
+		short bool
+	}{
+		{Params{"codec": "gzip"}, 1 << 20, true},
+		{Params{"codec": "gzip", "level": "9"}, 1 << 10, true},
+		{Params{"codec": "gzip", "level": "9"}, 64 << 10, false},
+		{Params{"codec": "zstd", "level": "22"}, 64 << 10, false},
+		{Params{"codec": "snappy"}, 1 << 20, true},
+	} {
+		if got := w.Short(tc.p, tc.n); got != tc.short {
+			t.Errorf("Short(%v, %d) = %v; want %v", tc.p, tc.n, got, tc.short)
+		}
+	}
+}
+
+// A stored hash's parameters are read exactly: a second "m=" that another
+// parser would take, a sign or a leading zero is a bad hash.
+func TestStoredHashParamsAreExact(t *testing.T) {
+	for _, h := range []string{
+		"$argon2id$v=19$m=19456,t=2,p=1,m=1$c2FsdHNhbHQ$aKYGoKS5Dl1OzlEn1ZIXi7M2XGdxu5fG6AtewZsq6nE",
+		"$argon2id$v=19$m=+19456,t=2,p=1$c2FsdHNhbHQ$aKYGoKS5Dl1OzlEn1ZIXi7M2XGdxu5fG6AtewZsq6nE",
+		"$argon2id$v=019$m=19456,t=2,p=1$c2FsdHNhbHQ$aKYGoKS5Dl1OzlEn1ZIXi7M2XGdxu5fG6AtewZsq6nE",
+		"$scrypt$ln=17,r=8,p=1,ln=1$c2FsdHNhbHQ$aKYGoKS5Dl1OzlEn1ZIXi7M2XGdxu5fG6AtewZsq6nE",
+	} {
+		body, _ := json.Marshal(map[string]string{"password": "x", "hash": h})
+		if _, err := run(t, "password-verify", Params{}, body); !hasStatus(err, 422, CodeBadInput) {
+			t.Errorf("verify against %s = %v; want 422 bad_input", h, err)
+		}
+	}
+}
+
+// A decompression bomb holds at most about the output limit: the buffer
+// never doubles past it for the byte that tells the bomb.
+func TestDecompressionBombMemoryFollowsTheLimit(t *testing.T) {
+	var bomb bytes.Buffer
+	zw := gzip.NewWriter(&bomb)
+	zw.Write(make([]byte, 64<<20))
+	zw.Close()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := run(t, "decompress", Params{"codec": "gzip", "max_output": strconv.Itoa(8 << 20)}, bomb.Bytes())
+	runtime.ReadMemStats(&after)
+	if !hasStatus(err, 413, CodeOutputTooLarge) {
+		t.Fatalf("bomb: %v; want 413", err)
+	}
+	// Doubling to the limit allocates ~2× it in all; a buffer past it 4×.
+	if got := after.TotalAlloc - before.TotalAlloc; got > 3*(8<<20) {
+		t.Errorf("a bomb against an 8 MiB limit allocated %d MiB", got>>20)
 	}
 }

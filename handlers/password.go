@@ -297,10 +297,10 @@ func parseStoredHash(h string) (parsedHash, error) {
 		if len(parts) != 6 {
 			return ph, badHash("argon2id: want $argon2id$v=19$m=…,t=…,p=…$salt$key")
 		}
-		if _, err := fmt.Sscanf(parts[2], "v=%d", &v); err != nil || v != argon2.Version {
+		if !scanExactly(parts[2], "v=%d", &v) || v != argon2.Version {
 			return ph, badHash("argon2id: unsupported version %s", server.Quote(parts[2]))
 		}
-		if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &ph.cp.memKiB, &ph.cp.iter, &ph.cp.par); err != nil {
+		if !scanExactly(parts[3], "m=%d,t=%d,p=%d", &ph.cp.memKiB, &ph.cp.iter, &ph.cp.par) {
 			return ph, badHash("argon2id: bad parameters %s", server.Quote(parts[3]))
 		}
 		if err := ph.saltAndKey(parts[4], parts[5]); err != nil {
@@ -319,7 +319,7 @@ func parseStoredHash(h string) (parsedHash, error) {
 		if len(parts) != 5 {
 			return ph, badHash("scrypt: want $scrypt$ln=…,r=…,p=…$salt$key")
 		}
-		if _, err := fmt.Sscanf(parts[2], "ln=%d,r=%d,p=%d", &ph.cp.logN, &ph.cp.r, &ph.cp.p); err != nil {
+		if !scanExactly(parts[2], "ln=%d,r=%d,p=%d", &ph.cp.logN, &ph.cp.r, &ph.cp.p) {
 			return ph, badHash("scrypt: bad parameters %s", server.Quote(parts[2]))
 		}
 		if err := ph.saltAndKey(parts[3], parts[4]); err != nil {
@@ -329,6 +329,23 @@ func parseStoredHash(h string) (parsedHash, error) {
 		return ph, badHash("unrecognised format; supported: $argon2id$…, $2a$/$2b$/$2y$… (bcrypt), $scrypt$…")
 	}
 	return ph, boundCost(ph.algo, ph.cp, false)
+}
+
+// scanExactly parses s with format (of %d verbs only) and reports whether s
+// is exactly what format prints for the values read: no trailing field (a
+// second "m=" that another parser would read), no sign, no leading zero.
+func scanExactly(s, format string, vals ...*int) bool {
+	args := make([]any, len(vals))
+	for i, v := range vals {
+		args[i] = v
+	}
+	if _, err := fmt.Sscanf(s, format, args...); err != nil {
+		return false
+	}
+	for i, v := range vals {
+		args[i] = *v
+	}
+	return fmt.Sprintf(format, args...) == s
 }
 
 // saltAndKey decodes the base64 salt and key of a stored hash.

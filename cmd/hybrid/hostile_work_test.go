@@ -58,8 +58,8 @@ func TestHostileWorkPasswordsAndJSON(t *testing.T) {
 	c.sameWorker(t, pid, 150<<20)
 }
 
-// brotli's slow levels take small inputs only: level 11 of 1 MiB of log
-// text is 1.3–3.4 s of a core.
+// The slow levels take small inputs only: each level's cap keeps its worst
+// data shape under about a second of a core (handlers: inputCap).
 func TestHostileWorkCompressLevels(t *testing.T) {
 	c, pid := hostileCluster(t)
 	client := keptAlive()
@@ -74,6 +74,16 @@ func TestHostileWorkCompressLevels(t *testing.T) {
 		expect(t, "brotli 11 of 1 MiB", 422, "param_out_of_range", 500*time.Millisecond)
 	send(t, client, "POST", base+"/v1/compress/brotli?level=10", append(in, 'x'), nil).
 		expect(t, "brotli 10 of 1 MiB + 1", 422, "param_out_of_range", 500*time.Millisecond)
+	// Two-letter random text: gzip 9 spent ~4 s of a core per MiB of it,
+	// zstd's best encoder ~0.45 s (the review's finding).
+	ab := make([]byte, 4<<20)
+	for i := range ab {
+		ab[i] = 'a' + byte(rng.Intn(2))
+	}
+	send(t, client, "POST", base+"/v1/compress/gzip?level=9", ab[:1<<20], nil).
+		expect(t, "gzip 9 of 1 MiB of two-letter text", 422, "param_out_of_range", 500*time.Millisecond)
+	send(t, client, "POST", base+"/v1/compress/zstd?level=22", ab, nil).
+		expect(t, "zstd 22 of 4 MiB of two-letter text", 422, "param_out_of_range", 500*time.Millisecond)
 	c.sameWorker(t, pid, 100<<20) // the refusals cost no more than their bodies
 	// Honest requests within the bounds still work (small: -race slows
 	// compression ten times; zstd's best encoder alone takes ~100 MiB of
