@@ -226,6 +226,7 @@ func postPool(t *testing.T, admin string, n int) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, "http://"+admin+"/pool", bytes.NewReader([]byte(fmt.Sprintf(`{"size":%d}`, n))))
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Hybrid-Admin", "1")
 	resp, err := adminClient.Do(req)
 	if err != nil {
 		t.Fatalf("POST /pool: %v", err)

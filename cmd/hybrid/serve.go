@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -28,10 +27,14 @@ type serveConfig struct {
 	pool      procpool.Config
 	server    server.Config
 	adminAddr string
-	logFormat string
-	logLevel  string
-	maxRSS    uint64
-	maxBody   uint64
+	// adminToken is the bearer token the admin endpoint wants (server.WithToken).
+	adminToken string
+	// configFile is --config, which parseFlags reads.
+	configFile string
+	logFormat  string
+	logLevel   string
+	maxRSS     uint64
+	maxBody    uint64
 
 	maxInflightBody uint64
 
@@ -59,7 +62,9 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.SetOutput(out)
 	p := &c.pool
 	fs.StringVar(&p.Addr, "addr", p.Addr, "address to serve on")
-	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:8081", `the primary's admin address ("off" disables it)`)
+	fs.StringVar(&c.configFile, "config", "", "a file of settings, one name = value a line, named as these flags; the environment and the command line win over it")
+	fs.StringVar(&c.adminAddr, "admin-addr", defaultAdminAddr, `the primary's admin address: host:port, unix:/path (a 0600 socket), or "off"`)
+	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token the admin endpoint wants; required for an --admin-addr not on loopback (prefer HYBRID_ADMIN_TOKEN or --config: a command line is visible to every user)")
 	fs.StringVar(&p.Binary, "binary", "", "what an upgrade (SIGUSR2, POST /upgrade) executes as the new primary (\"\": the path this one was started from, symlinks kept)")
 	fs.IntVar(&p.Workers, "workers", p.Workers, "worker processes; the default is GOMAXPROCS, which honours the container's CPU limit")
 	fs.IntVar(&p.WorkerProcs, "worker-procs", 0, "GOMAXPROCS of each worker (0: GOMAXPROCS ÷ workers, at least 1)")
@@ -115,6 +120,9 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	fs, c := serveFlagSet(out)
 	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if err := server.CheckAdminAddr(c.adminAddr, c.adminToken); err != nil {
 		return nil, err
 	}
 	if c.maxBody > 1<<40 {
@@ -219,6 +227,12 @@ func runServe(args []string) int {
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
+	// SIGHUP and POST /reload check the configuration first.
+	cluster, err := newReloadChecker(sup, args, log)
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
 	var admin *server.Admin
 	if cfg.adminAddr != "off" {
 		// After an upgrade the admin socket is the old primary's: binding
@@ -228,18 +242,19 @@ func runServe(args []string) int {
 			ln = sdAdmin
 		}
 		if err == nil && ln == nil {
-			ln, err = net.Listen("tcp", cfg.adminAddr)
+			ln, err = server.ListenAdmin(cfg.adminAddr)
 		}
 		if err != nil {
 			log.Error("cannot start admin endpoint", "err", err.Error())
 			return 1
 		}
 		sup.PassOn("admin", ln)
-		admin = server.NewAdmin(adminCluster(sup), log)
+		admin = server.NewAdmin(cluster, log, server.WithToken(cfg.adminToken))
 		go admin.Serve(ln)
 		log.Info("admin endpoint listening", "admin_addr", ln.Addr().String())
 		go func() { // the new primary answers on the admin socket from now on
 			<-sup.HandedOver()
+			server.KeepAdminSocket(ln)
 			stopAdmin(admin)
 		}()
 	}
@@ -255,7 +270,7 @@ func runServe(args []string) int {
 			case sig == syscall.SIGHUP:
 				// A SIGHUP while a reload or upgrade runs is coalesced into
 				// it: a storm of them costs one reload.
-				if err := sup.Reload(); err != nil {
+				if err := cluster.Reload(); err != nil {
 					log.Warn("SIGHUP ignored", "err", err.Error())
 				} else {
 					log.Info("SIGHUP: rolling reload")
@@ -314,18 +329,3 @@ func stopAdmin(admin *server.Admin) {
 	defer cancel()
 	admin.Shutdown(ctx)
 }
-
-// adminCluster gives the admin endpoint the supervisor. While server.Cluster
-// still wants the Reload of old (no error), a shim adapts it; once the admin
-// takes Reload's error, the supervisor itself. Checked at run time so that
-// this builds against either.
-func adminCluster(sup *procpool.Supervisor) server.Cluster {
-	if c, ok := any(sup).(server.Cluster); ok {
-		return c
-	}
-	return any(reloadShim{sup}).(server.Cluster)
-}
-
-type reloadShim struct{ *procpool.Supervisor }
-
-func (r reloadShim) Reload() { _ = r.Supervisor.Reload() }

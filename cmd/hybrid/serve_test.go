@@ -349,11 +349,9 @@ func TestFailedReloadKeepsOldWorkers(t *testing.T) {
 	c := startCluster(t, env, 2, "--workers", "2", "--start-timeout", "1s")
 	before := c.readyPIDs()
 	setFault("slow")
-	resp, err := adminClient.Post("http://"+c.admin+"/reload", "", nil)
-	if err != nil || resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST /reload = %v, %v; want 202", resp, err)
+	if status := adminPost(t, c.admin, "/reload", "", "", "X-Hybrid-Admin", "1"); status != http.StatusAccepted {
+		t.Fatalf("POST /reload = %d; want 202", status)
 	}
-	resp.Body.Close()
 	c.waitLog("rolling reload stopped", 10*time.Second)
 	c.waitFor(5*time.Second, "the reload to end with 2 workers", func() bool {
 		s := c.snapshot()
