@@ -120,7 +120,8 @@ func openFDs(pid int) int {
 	return fdCount(pid)
 }
 
-// 20 upgrades alternating two builds, and 20 reloads, under 64 keep-alive
+// 20 upgrades alternating two builds, and 20 config reloads (each changes
+// the pool size in the --config file), under 64 keep-alive
 // connections sending GETs and POSTs: no request fails, no process is left
 // behind, the last primary holds no more descriptors than the first, and
 // /cluster shows the last build's version. Then a build whose workers
@@ -138,7 +139,16 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	link := filepath.Join(t.TempDir(), "hybrid")
 	flip(t, link, binPath)
 	env, setFault := faultFile(t)
-	c := startClusterCmd(t, serveCmd(link, drainFlags...), env, 2)
+	// The reloads are config reloads: each changes a worker-level setting
+	// in the --config file, which the new workers take.
+	conf := filepath.Join(t.TempDir(), "hybrid.conf")
+	setPool := func(n int) {
+		if err := os.WriteFile(conf, []byte(fmt.Sprintf("# written by the test\npool-size = %d\n", n)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setPool(2)
+	c := startClusterCmd(t, serveCmd(link, append([]string{"--config", conf}, drainFlags...)...), env, 2)
 	t.Cleanup(c.killSeen)
 	first := c.snapshot()
 	versionA := first.Version
@@ -161,9 +171,23 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		pid = c.upgradeTo(want, 2)
 		upgradeTime += time.Since(t0)
 
+		setPool(2 + i%2)
 		c.reloadPID(pid, 2)
 	}
 	took := time.Since(start)
+	// Every worker now runs with the last file's pool size.
+	wantPool := 2 + (upgrades-1)%2 // 3: the file at start said 2
+	for range 10 {
+		var h struct {
+			Pool struct {
+				Capacity int `json:"capacity"`
+			} `json:"pool"`
+		}
+		if _, err := getJSON(freshClient(), "http://"+c.addr+"/health", &h); err != nil || h.Pool.Capacity != wantPool {
+			t.Errorf("after the last config reload a worker's pool capacity is %d (%v); want %d", h.Pool.Capacity, err, wantPool)
+			break
+		}
+	}
 	final := c.snapshot()
 	wantFinal := upgradeVersion
 	if upgrades%2 == 0 {
@@ -199,7 +223,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	r := l.stop()
 	after := c.snapshot()
-	t.Logf("%d upgrades (%v each on average) and %d reloads in %v under 64 keep-alive connections, then 2 rollbacks: %v",
+	t.Logf("%d upgrades (%v each on average) and %d config reloads in %v under 64 keep-alive connections, then 2 rollbacks: %v",
 		upgrades, (upgradeTime / time.Duration(upgrades)).Round(time.Millisecond), upgrades, took.Round(time.Millisecond), r)
 	t.Logf("last rollback: %+v", *after.LastUpgrade)
 	if after.PrimaryPID != pid || after.WorkersReady != 2 || after.Version != wantFinal {
@@ -358,4 +382,35 @@ func TestUpgradeReusePort(t *testing.T) {
 		s := c.snapshotOrNil()
 		return s != nil && s.PrimaryPID != pid && s.WorkersReady == 2 && !s.Upgrading
 	})
+}
+
+// hybrid upgrade, the client: exit 0 once the new primary serves, and 1
+// with the rollback's reason on one line when the new build cannot start.
+func TestClientUpgrade(t *testing.T) {
+	binB, err := secondBuild()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "hybrid")
+	flip(t, link, binPath)
+	c := startClusterCmd(t, serveCmd(link, "--workers", "1"), nil, 1)
+	t.Cleanup(c.killSeen)
+	flip(t, link, binB)
+	out, errOut, code := runHybrid(t, nil, "upgrade", "--admin-addr", c.admin)
+	if s := c.snapshot(); code != 0 || s.Version != upgradeVersion {
+		t.Fatalf("hybrid upgrade: exit %d, stdout %q, stderr %q, now version %q; want 0 and %q", code, out, errOut, s.Version, upgradeVersion)
+	}
+	pid := c.snapshot().PrimaryPID
+	broken := filepath.Join(t.TempDir(), "broken")
+	if err := os.WriteFile(broken, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	flip(t, link, broken)
+	out, errOut, code = runHybrid(t, nil, "upgrade", "--admin-addr", c.admin)
+	if code != 1 || out != "" || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, "exit status 1") {
+		t.Errorf("hybrid upgrade to a broken build: exit %d, stdout %q, stderr %q; want 1 and one line with the reason", code, out, errOut)
+	}
+	if s := c.snapshot(); s.PrimaryPID != pid || s.WorkersReady != 1 {
+		t.Errorf("after the rollback: primary %d with %d ready; want %d serving", s.PrimaryPID, s.WorkersReady, pid)
+	}
 }
