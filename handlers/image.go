@@ -10,6 +10,7 @@ import (
 	"image/gif"
 	"image/jpeg"
 	"image/png"
+	"math"
 	"strconv"
 	"time"
 
@@ -80,6 +81,11 @@ type imageHeader struct {
 	Height      int    `json:"height"`
 	Frames      int    `json:"frames"`
 	Orientation int    `json:"orientation"`
+	// bytesPerPixel is what the decoder's image type holds per pixel (a
+	// 16-bit RGBA PNG decodes to image.NRGBA64, 8 bytes), times 2 for an
+	// interlaced PNG, whose Adam7 passes are images of their own beside
+	// the full one.
+	bytesPerPixel int
 }
 
 // imageLimits are the server's bounds on an image (--image-max-pixels,
@@ -104,7 +110,7 @@ func parseImageLimits(p Params) (imageLimits, error) {
 		}
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
-			return l, server.Errorf(fasthttp.StatusInternalServerError, server.CodeInternal, "image limit %s=%q is not a positive integer", f.key, s)
+			return l, server.Errorf(fasthttp.StatusInternalServerError, server.CodeInternal, "image limit %s=%s is not a positive integer", f.key, server.Quote(s))
 		}
 		*f.v = n
 	}
@@ -114,7 +120,7 @@ func parseImageLimits(p Params) (imageLimits, error) {
 // readHeader reads an image's header: its format, size, orientation, and
 // frames (GIF), counted up to one past maxFrames and refused beyond it.
 func readHeader(input []byte, maxFrames int) (imageHeader, error) {
-	h := imageHeader{Format: sniff(input), Frames: 1, Orientation: 1}
+	h := imageHeader{Format: sniff(input), Frames: 1, Orientation: 1, bytesPerPixel: 4}
 	if h.Format == "" {
 		if len(input) == 0 {
 			return h, server.Errorf(fasthttp.StatusUnsupportedMediaType, CodeUnsupportedFormat, "empty body: want an image")
@@ -146,8 +152,12 @@ func readHeader(input []byte, maxFrames int) (imageHeader, error) {
 		}
 	case "png":
 		cfg, err = png.DecodeConfig(r)
+		if err == nil {
+			h.bytesPerPixel = pngBytesPerPixel(input)
+		}
 	case "gif":
 		cfg, err = gif.DecodeConfig(r)
+		h.bytesPerPixel = 1 // image.Paletted
 		if err == nil {
 			h.Frames, err = gifFrames(input, maxFrames+1)
 			if err == nil && h.Frames > maxFrames {
@@ -166,6 +176,7 @@ func readHeader(input []byte, maxFrames int) (imageHeader, error) {
 			if err == nil && blocks > MaxTIFFBlocks {
 				return h, unprocessable(CodeImageTooLarge, "tiff has %d strips or tiles; the limit is %d", blocks, MaxTIFFBlocks)
 			}
+			h.bytesPerPixel = tiffBytesPerPixel(input)
 		}
 	}
 	if err != nil {
@@ -288,13 +299,13 @@ func parseResize(p Params) (resizeReq, error) {
 		r.fit = "inside"
 	case "inside", "cover", "fill", "contain":
 	default:
-		return r, badParam("fit=%q: want inside, cover, fill or contain", r.fit)
+		return r, badParam("fit=%s: want inside, cover, fill or contain", server.Quote(r.fit))
 	}
 	r.format = outputFormat(p)
 	switch r.format {
 	case "jpeg", "png", "gif", "webp":
 	default:
-		return r, badParam("format=%q: want jpeg, png, gif or webp", r.format)
+		return r, badParam("format=%s: want jpeg, png, gif or webp", server.Quote(r.format))
 	}
 	if r.quality, err = intParam(p, "quality", 82, 1, 100); err != nil {
 		return r, err
@@ -307,7 +318,7 @@ func parseResize(p Params) (resizeReq, error) {
 		}
 		r.allFrames = true
 	default:
-		return r, badParam("frames=%q: want first or all", p["frames"])
+		return r, badParam("frames=%s: want first or all", server.Quote(p["frames"]))
 	}
 	l, err := parseImageLimits(p)
 	if err != nil {
@@ -317,27 +328,101 @@ func parseResize(p Params) (resizeReq, error) {
 	return r, nil
 }
 
-// plan checks the declared size against the bounds and returns the output
-// size and the scaled size before cropping or padding.
-func (r resizeReq) plan(h imageHeader) (outW, outH, scaledW, scaledH int, err error) {
+// MaxDecodedBytesPerPixel bounds the memory a decoded image may take, per
+// pixel of --image-max-pixels: the pixel budget is sized for 8-bit RGBA (4
+// bytes), and a 16-bit or interlaced PNG of the same declared pixels takes
+// 2 to 4 times that (a 7000×7000 interlaced 16-bit RGBA PNG of 407 KB
+// peaked at 786 MB on the pool, and passed the isolate's memory limit).
+const MaxDecodedBytesPerPixel = 4
+
+// Resampler scratch. x/image/draw's Catmull-Rom resamples columns first,
+// into a scratch of dst width × SOURCE height × 32 bytes, then rows: a
+// shape that widens while it shrinks rows (1×50,000 to 20,000×1, a
+// 178-byte PNG) asked for 32 GB and killed the worker. The scratch is
+// bounded by what an honest resize between the same decoded and scaled
+// sizes needs: one that keeps the aspect ratio scales both sides by one
+// factor s, and its scratch is s·decoded = scaled/s = √(decoded·scaled)
+// entries. Any resize may take twice that (an aspect change of up to 4×),
+// or MinScratch (8 Mi entries, 256 MiB), so that no thumbnail, conversion
+// or ordinary stretch is touched: a 4000×3000 photo to 400 px needs 0.3 M
+// entries (a JPEG at 1/4 scale), a 12 MP photo to 3000 px 9 M, a
+// 1080×30,000 screenshot to 400 px wide 12 M, all exactly their √. Past
+// the budget the rows are first averaged in boxes of k (libvips's
+// shrink-then-reduce: one pass over the source), down to twice the scaled
+// height or as far as the budget needs, never below the scaled height; a
+// shape that cannot be brought under (its scaled image alone is past the
+// budget: an upscale of more than 4× that also changes the aspect ratio
+// more than 4×) is refused, and so is an animation past it (one scaler
+// serves every frame; nothing is shrunk).
+const (
+	MinScratch = 8 << 20 // entries of 32 bytes
+	maxScratch = 1 << 30 // x/image computes dw·sh in int32
+	// A source side longer than JPEG's longest (a PNG may declare 2^31) is
+	// box-shrunk to at most twice its scaled side first: the resampler's
+	// weights cost 64 bytes per source column or row (3.2 GB for a
+	// 50,000,000×1 PNG).
+	maxResampledSide = 1 << 16
+)
+
+// resizePlan is how an image becomes its output, decided once from the
+// declared sizes before anything is decoded.
+type resizePlan struct {
+	outW, outH       int // the output
+	scaledW, scaledH int // the resampled image, before cropping or padding
+	denom            int // JPEG's IDCT scale: 1, 2, 4 or 8
+	decW, decH       int // the decoded image, upright (a GIF's canvas)
+	boxW, boxH       int // box-shrink factors before the resampler; 1: none
+}
+
+// copies says the scaled size is the decoded size (a format conversion):
+// the image is drawn onto the output, not resampled.
+func (p resizePlan) copies() bool { return p.scaledW == p.decW && p.scaledH == p.decH }
+
+// scratch is the resampler's scratch, in entries of 32 bytes.
+func (p resizePlan) scratch() int64 {
+	if p.copies() {
+		return 0
+	}
+	return int64(p.scaledW) * int64(max(1, p.decH/p.boxH)) // the rows boxShrink keeps
+}
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+// scratchBudget is the resampler's scratch allowed between decoded and
+// scaled images of these sizes, in entries of 32 bytes.
+func scratchBudget(decW, decH, scaledW, scaledH int) int64 {
+	honest := 2 * math.Sqrt(float64(decW)*float64(decH)*float64(scaledW)*float64(scaledH))
+	return int64(min(max(honest, MinScratch), maxScratch))
+}
+
+// plan checks the declared size against the bounds and decides the output
+// size, the scaled size before cropping or padding, JPEG's DCT scale, and
+// whether the source is box-shrunk first or refused for its resampler's
+// scratch.
+func (r resizeReq) plan(h imageHeader) (p resizePlan, err error) {
 	// The frame cap holds whatever is decoded (a 10,000-frame GIF is hostile);
 	// the pixel budget counts the frames that will be decoded.
 	if h.Frames > r.maxFrames {
-		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "%s has %d frames; the limit is %d", h.Format, h.Frames, r.maxFrames)
+		return p, unprocessable(CodeImageTooLarge, "%s has %d frames; the limit is %d", h.Format, h.Frames, r.maxFrames)
 	}
 	frames := 1
 	if r.allFrames && h.Format == "gif" {
 		frames = h.Frames
 	}
-	if px := int64(h.Width) * int64(h.Height) * int64(frames); px > int64(r.maxPixels) {
-		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "%s declares %d×%d×%d frames = %d pixels; the limit is %d",
+	px := int64(h.Width) * int64(h.Height) * int64(frames)
+	if px > int64(r.maxPixels) {
+		return p, unprocessable(CodeImageTooLarge, "%s declares %d×%d×%d frames = %d pixels; the limit is %d",
 			h.Format, h.Width, h.Height, frames, px, r.maxPixels)
+	}
+	if bpp := max(h.bytesPerPixel, 1); px*int64(bpp) > MaxDecodedBytesPerPixel*int64(r.maxPixels) {
+		return p, unprocessable(CodeImageTooLarge, "%s of %d×%d×%d frames decodes to %d bytes per pixel, %d MB; the limit is %d MB (%d bytes per pixel of %d)",
+			h.Format, h.Width, h.Height, frames, bpp, px*int64(bpp)/1e6, MaxDecodedBytesPerPixel*int64(r.maxPixels)/1e6, MaxDecodedBytesPerPixel, r.maxPixels)
 	}
 	srcW, srcH := h.Width, h.Height
 	if h.Orientation >= 5 { // rotated by 90°: the upright image is transposed
 		srcW, srcH = srcH, srcW
 	}
-	outW, outH = r.width, r.height
+	outW, outH := r.width, r.height
 	ratio := float64(srcW) / float64(srcH)
 	switch {
 	case outW == 0:
@@ -345,7 +430,7 @@ func (r resizeReq) plan(h imageHeader) (outW, outH, scaledW, scaledH int, err er
 	case outH == 0:
 		outH = max(1, int(float64(outW)/ratio+0.5))
 	}
-	scaledW, scaledH = outW, outH
+	scaledW, scaledH := outW, outH
 	switch r.fit {
 	case "inside", "contain": // fit within the box, keep the aspect ratio
 		if float64(outW)/float64(outH) > ratio {
@@ -368,17 +453,63 @@ func (r resizeReq) plan(h imageHeader) (outW, outH, scaledW, scaledH int, err er
 		maxSide = 16383
 	}
 	if outW > maxSide || outH > maxSide {
-		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "output of %d×%d pixels exceeds %s's limit of %d per side",
+		return p, unprocessable(CodeImageTooLarge, "output of %d×%d pixels exceeds %s's limit of %d per side",
 			outW, outH, r.format, maxSide)
 	}
 	// Every output frame is resampled, dithered and encoded: the output
 	// budget counts them all, as the input budget does (1,000 frames of 1×1
 	// asked for at 7000×7000 are 49 billion output pixels).
 	if px := int64(outW) * int64(outH) * int64(frames); px > int64(r.maxOut) || int64(scaledW)*int64(scaledH)*int64(frames) > 4*int64(r.maxOut) {
-		return 0, 0, 0, 0, unprocessable(CodeImageTooLarge, "output of %d×%d pixels × %d frames exceeds the limit of %d pixels",
+		return p, unprocessable(CodeImageTooLarge, "output of %d×%d pixels × %d frames exceeds the limit of %d pixels",
 			outW, outH, frames, r.maxOut)
 	}
-	return outW, outH, scaledW, scaledH, nil
+	p = resizePlan{outW: outW, outH: outH, scaledW: scaledW, scaledH: scaledH, denom: 1, decW: srcW, decH: srcH, boxW: 1, boxH: 1}
+	if h.Format == "jpeg" {
+		// The smallest DCT scale that still leaves at least the scaled
+		// size; jpegn rounds the scaled sides up.
+		for _, d := range []int{8, 4, 2} {
+			if srcW/d >= scaledW && srcH/d >= scaledH {
+				p.denom, p.decW, p.decH = d, ceilDiv(srcW, d), ceilDiv(srcH, d)
+				break
+			}
+		}
+	}
+	if p.copies() {
+		return p, nil
+	}
+	budget := scratchBudget(p.decW, p.decH, scaledW, scaledH)
+	if frames > 1 {
+		// One scaler serves every frame of an animation, composited on the
+		// canvas: its scratch is scaledW × canvas height; no box shrink.
+		if s := p.scratch(); s > budget {
+			return p, scratchError(p, s, budget)
+		}
+		return p, nil
+	}
+	if p.decW > maxResampledSide && p.decW > 2*scaledW {
+		p.boxW = p.decW / (2 * scaledW)
+	}
+	if p.decH > maxResampledSide && p.decH > 2*scaledH {
+		p.boxH = p.decH / (2 * scaledH)
+	}
+	if s := int64(scaledW) * int64(p.decH); s > budget {
+		// Rows averaged k at a time, into at least twice the scaled
+		// height (libvips's gap of 2) or fewer if the budget needs it, but
+		// never fewer than the scaled height: Catmull-Rom still reduces.
+		k := max(p.boxH, p.decH/(2*scaledH), int(ceilDiv64(s, budget)))
+		if k > p.decH/scaledH {
+			return p, scratchError(p, s, budget)
+		}
+		p.boxH = k
+	}
+	return p, nil
+}
+
+func ceilDiv64(a, b int64) int64 { return (a + b - 1) / b }
+
+func scratchError(p resizePlan, entries, budget int64) error {
+	return unprocessable(CodeImageTooLarge, "resampling %d×%d to %d×%d needs %d MiB of scratch (%d entries of 32 bytes); the limit for these sizes is %d MiB",
+		p.decW, p.decH, p.scaledW, p.scaledH, entries>>15, entries, budget>>15)
 }
 
 func checkResizeParams(p Params) error {
@@ -395,7 +526,7 @@ func checkResize(p Params, input []byte) error {
 	if err != nil {
 		return err
 	}
-	_, _, _, _, err = r.plan(h)
+	_, err = r.plan(h)
 	return err
 }
 
@@ -408,21 +539,26 @@ func runResize(ctx context.Context, p Params, input []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	outW, outH, scaledW, scaledH, err := r.plan(h)
+	pl, err := r.plan(h)
 	if err != nil {
 		return nil, err
 	}
 	if r.allFrames && h.Format == "gif" {
-		return resizeAnimation(ctx, input, r, outW, outH, scaledW, scaledH)
+		return resizeAnimation(ctx, input, r, pl)
 	}
-	src, err := decode(ctx, h, input, scaledW, scaledH)
+	src, err := decode(ctx, h, input, pl.denom)
 	if cerr := ctx.Err(); cerr != nil { // the decoder's error is ctx's, or moot
 		return nil, cerr
 	}
 	if err != nil {
 		return nil, unprocessable(CodeBadImage, "corrupt or truncated %s: %v", h.Format, err)
 	}
-	dst := scaleInto(src, r, outW, outH, scaledW, scaledH)
+	if pl.boxW > 1 || pl.boxH > 1 {
+		if src, err = boxShrink(ctx, src, pl.boxW, pl.boxH); err != nil {
+			return nil, err
+		}
+	}
+	dst := scaleInto(src, r, pl.outW, pl.outH, pl.scaledW, pl.scaledH)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -440,7 +576,9 @@ func scaleInto(src image.Image, r resizeReq, outW, outH, scaledW, scaledH int) *
 // scaleOnto is scaleInto onto dst, whatever dst held, with sc, which
 // resamples with Catmull-Rom: draw.CatmullRom, or a scaler of
 // draw.CatmullRom.NewScaler for the sizes, which keeps its weights and
-// scratch buffer from one call to the next.
+// scratch buffer from one call to the next. A src of the scaled size is
+// drawn as it is (Catmull-Rom at scale 1 weighs one pixel by 1), with no
+// scratch.
 func scaleOnto(dst *image.RGBA, sc draw.Scaler, src image.Image, r resizeReq, scaledW, scaledH int) {
 	if r.fit == "contain" && (r.format == "jpeg" || r.format == "gif") {
 		draw.Draw(dst, dst.Bounds(), image.NewUniform(color.White), image.Point{}, draw.Src)
@@ -449,14 +587,20 @@ func scaleOnto(dst *image.RGBA, sc draw.Scaler, src image.Image, r resizeReq, sc
 	}
 	b := dst.Bounds()
 	off := image.Pt((b.Dx()-scaledW)/2, (b.Dy()-scaledH)/2)
-	sc.Scale(dst, image.Rect(0, 0, scaledW, scaledH).Add(off), src, src.Bounds(), draw.Over, nil)
+	dr := image.Rect(0, 0, scaledW, scaledH).Add(off)
+	if src.Bounds().Size() == dr.Size() {
+		draw.Draw(dst, dr, src, src.Bounds().Min, draw.Over)
+		return
+	}
+	sc.Scale(dst, dr, src, src.Bounds(), draw.Over, nil)
 }
 
 // resizeAnimation resizes every frame of a GIF. Frames are sub-rectangles
 // drawn over what the previous frame's disposal method left, so each is
 // composited on a full canvas first, then resampled and re-quantised (Plan 9
 // palette, Floyd-Steinberg), keeping delays and the loop count.
-func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH, scaledW, scaledH int) ([]byte, error) {
+func resizeAnimation(ctx context.Context, input []byte, r resizeReq, pl resizePlan) ([]byte, error) {
+	outW, outH, scaledW, scaledH := pl.outW, pl.outH, pl.scaledW, pl.scaledH
 	g, err := gif.DecodeAll(ctxReader{ctx, bytes.NewReader(input)})
 	if cerr := ctx.Err(); cerr != nil {
 		return nil, cerr
@@ -470,6 +614,8 @@ func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH,
 	// One scaler and one output buffer serve every frame: the resampler's
 	// weights and scratch (dw×sh×32 bytes) were most of what an animation
 	// allocated, 895 MB for 1,000 frames of 200² to 100² (BenchmarkImageLargestAllowed).
+	// plan bounded the scratch (scaledW × canvas height) from the
+	// declared canvas, which is g.Config's.
 	sc := draw.CatmullRom.NewScaler(scaledW, scaledH, bounds.Dx(), bounds.Dy())
 	scaled := image.NewRGBA(image.Rect(0, 0, outW, outH))
 	out := &gif.GIF{LoopCount: g.LoopCount, Config: image.Config{Width: outW, Height: outH}}
@@ -513,25 +659,14 @@ func resizeAnimation(ctx context.Context, input []byte, r resizeReq, outW, outH,
 	return buf.Bytes(), nil
 }
 
-// decode decodes the image upright, a JPEG at the smallest DCT scale that
-// still leaves at least the target size. Decoders that read as they go stop
-// once ctx is done; jpegn reads all first (its work is bounded by the
-// declared size and MaxJPEGScanPasses).
-func decode(ctx context.Context, h imageHeader, input []byte, targetW, targetH int) (image.Image, error) {
+// decode decodes the image upright, a JPEG at 1/denom scale in the IDCT
+// (plan's choice). Decoders that read as they go stop once ctx is done;
+// jpegn reads all first (its work is bounded by the declared size and
+// MaxJPEGScanPasses).
+func decode(ctx context.Context, h imageHeader, input []byte, denom int) (image.Image, error) {
 	r := ctxReader{ctx, bytes.NewReader(input)}
 	switch h.Format {
 	case "jpeg":
-		w, hh := h.Width, h.Height
-		if h.Orientation >= 5 {
-			w, hh = hh, w
-		}
-		denom := 1
-		for _, d := range []int{8, 4, 2} {
-			if w/d >= targetW && hh/d >= targetH {
-				denom = d
-				break
-			}
-		}
 		// A *bytes.Reader, which jpegn sizes its copy of the input by.
 		return jpegn.Decode(bytes.NewReader(input), &jpegn.Options{ScaleDenom: denom, AutoRotate: true, UpsampleMethod: jpegn.CatmullRom})
 	case "png":

@@ -361,9 +361,11 @@ func FuzzImageHeader(f *testing.F) {
 	f.Add(sampleimages.PNGHeader(10, 10))
 	f.Add(sampleimages.JPEGHeader(10, 10))
 	f.Add(sampleimages.GIFFrames(3))
-	f.Add(scanBomb(16, 16, MaxJPEGScans+1))  // past the scan cap
-	f.Add(tiffOf(24, 16, 8, 8, true, false)) // deflated 8×8 tiles
-	f.Add(tiffOf(16, 12, 0, 5, false, true)) // raw strips, one shared
+	f.Add(scanBomb(16, 16, MaxJPEGScans+1))      // past the scan cap
+	f.Add(tiffOf(24, 16, 8, 8, true, false))     // deflated 8×8 tiles
+	f.Add(tiffOf(16, 12, 0, 5, false, true))     // raw strips, one shared
+	f.Add(pngRaw(f, 1, 5000, 0, 8, false, true)) // tall: its rows are box-shrunk for a wide output
+	f.Add(pngRaw(f, 70, 70, 6, 16, true, false)) // 16-bit RGBA, interlaced, header only
 	if b, err := os.ReadFile("testdata/progressive-color.jpeg"); err == nil {
 		f.Add(b)
 	}

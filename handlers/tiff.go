@@ -54,3 +54,54 @@ func tiffBlocks(b []byte) (int, error) {
 	}
 	return blocks, nil
 }
+
+// tiffBytesPerPixel is what x/image/tiff's decoder holds per pixel of a
+// TIFF's first image, from its first IFD: 16 bits per sample decode to
+// Gray16 (grey) or RGBA64/NRGBA64 (colour, 8 bytes); 8 bits or fewer to
+// Gray or Paletted (1 byte) or RGBA/NRGBA (4). 4 when the IFD cannot say.
+func tiffBytesPerPixel(b []byte) int {
+	if len(b) < 8 {
+		return 4
+	}
+	var order binary.ByteOrder = binary.LittleEndian
+	if b[0] == 'M' {
+		order = binary.BigEndian
+	}
+	off := int64(order.Uint32(b[4:8]))
+	if off+2 > int64(len(b)) {
+		return 4
+	}
+	n := int64(order.Uint16(b[off:]))
+	entries := off + 2
+	if entries+12*n > int64(len(b)) {
+		return 4
+	}
+	bits, photometric := 1, -1
+	for i := range n {
+		e := b[entries+12*i:]
+		switch order.Uint16(e) {
+		case 258: // BitsPerSample, SHORTs: the decoder reads the first
+			v := e[8:10]
+			if count := order.Uint32(e[4:8]); count > 2 {
+				at := int64(order.Uint32(e[8:12]))
+				if at < 0 || at+2 > int64(len(b)) {
+					return 4
+				}
+				v = b[at : at+2]
+			}
+			bits = int(order.Uint16(v))
+		case 262: // PhotometricInterpretation
+			photometric = int(order.Uint16(e[8:10]))
+		}
+	}
+	grey := photometric == 0 || photometric == 1 || photometric == 3 // or paletted
+	switch {
+	case bits > 8 && grey:
+		return 2
+	case bits > 8:
+		return 8
+	case grey:
+		return 1
+	}
+	return 4
+}
