@@ -5,6 +5,7 @@ import (
 	"compress/zlib"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"net/http"
 	"os"
 	"strconv"
@@ -72,6 +73,35 @@ func tiffTileBomb(w, h int) []byte {
 	return b
 }
 
+// pngOf is a w×h PNG of the given colour type and bit depth, every sample
+// 0x80; header only (an empty IDAT) unless rows, and never interlaced
+// with rows (handlers' pngRaw, which this package cannot import).
+func pngOf(w, h int, colour, depth byte, interlaced, rows bool) []byte {
+	chunk := func(b []byte, typ string, data []byte) []byte {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+		c := append([]byte(typ), data...)
+		return binary.BigEndian.AppendUint32(append(b, c...), crc32.ChecksumIEEE(c))
+	}
+	ihdr := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, uint32(w)), uint32(h))
+	il := byte(0)
+	if interlaced {
+		il = 1
+	}
+	b := chunk([]byte("\x89PNG\r\n\x1a\n"), "IHDR", append(ihdr, depth, colour, 0, 0, il))
+	var z bytes.Buffer
+	if rows {
+		samples := map[byte]int{0: 1, 2: 3, 4: 2, 6: 4}[colour]
+		row := bytes.Repeat([]byte{0x80}, 1+w*samples*int(depth)/8)
+		row[0] = 0
+		zw := zlib.NewWriter(&z)
+		for range h {
+			zw.Write(row)
+		}
+		zw.Close()
+	}
+	return chunk(chunk(b, "IDAT", z.Bytes()), "IEND", nil)
+}
+
 // Hostile images through the binary, on the worker's pool and isolated (the
 // default): each is refused from its header in well under a second, with
 // the typed error, the worker's memory bounded and the worker the same; an
@@ -88,6 +118,16 @@ func TestHostileImage(t *testing.T) {
 	// 765,625 8×8 deflated tiles over 7000×7000, 6 MB: before the block
 	// cap, 4.3 s of a core and 34 GB allocated.
 	tiffBomb := tiffTileBomb(7000, 7000)
+	// 1×50,000 grey, 178 bytes: asked for 20,000×1, x/image's scratch was
+	// 20,000 × 50,000 × 32 bytes; the worker died of it (fatal out of
+	// memory), and 1,000 wide peaked at 1.5 GB. Now its rows are averaged
+	// 25,000 at a time first.
+	tall := pngOf(1, 50000, 0, 8, false, true)
+	// 7000×7000 16-bit RGBA decodes to 392 MB (8 bytes a pixel), twice that
+	// interlaced: 410 and 762 MB peaks before, for a 400 KB file. The
+	// refusal is from the header, so the header is all that is sent.
+	rgba16 := pngOf(7000, 7000, 6, 16, false, false)
+	rgba16i := pngOf(7000, 7000, 6, 16, true, false)
 	photo := jpegOf(t, sampleimages.Photo(800, 600))
 	for _, mode := range []struct {
 		name string
@@ -112,6 +152,12 @@ func TestHostileImage(t *testing.T) {
 				{"jpeg of 63 empty scans at 49 MP (under the count, 64 passes)", "resize?width=400", passBomb, 422, "image_too_large", time.Second},
 				{"tiff of 765,625 8×8 deflate tiles (6 MB)", "resize?width=400", tiffBomb, 422, "image_too_large", time.Second},
 				{"1,000 gif frames at 7000×7000", "resize?width=7000&height=7000&fit=fill&format=gif&frames=all", gifBomb, 422, "image_too_large", time.Second},
+				{"1×50,000 png to 20,000×1 (32 GB of resampler scratch before)", "resize?width=20000&height=1&fit=fill&format=png", tall, 200, "", time.Second},
+				{"1×50,000 png to 1000×1", "resize?width=1000&height=1&fit=fill&format=png", tall, 200, "", time.Second},
+				{"1×50,000 png to 500×1", "resize?width=500&height=1&fit=fill&format=png", tall, 200, "", time.Second},
+				{"1×50,000 png to 7000×7000 (no shrink brings it under)", "resize?width=7000&height=7000&fit=fill&format=png", tall, 422, "image_too_large", time.Second},
+				{"16-bit RGBA png 7000×7000 (392 MB decoded)", "resize?width=100", rgba16, 422, "image_too_large", time.Second},
+				{"16-bit RGBA png 7000×7000 interlaced (784 MB)", "resize?width=100", rgba16i, 422, "image_too_large", time.Second},
 				{"honest thumbnail afterwards", "resize?width=200", photo, 200, "", 2 * time.Second},
 			} {
 				send(t, client, http.MethodPost, base+tc.path, tc.body, nil).expect(t, tc.what, tc.status, tc.code, tc.within)
