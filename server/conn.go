@@ -89,6 +89,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 // requests on them are held to.
 type conns struct {
 	readTimeout time.Duration // what a connection's read deadline returns to when a drain's expiry is undone
+	bodyIdle    time.Duration // how long a body read may wait for a byte (Config.BodyIdleTimeout)
 	lingerBytes int           // what one lingering close discards at most
 	lingering   atomic.Int32  // lingering closes under way, at most lingerMax
 	bodies      *bodyBudget   // what the requests' bodies reserve from (body.go)
@@ -120,6 +121,8 @@ type conn struct {
 	linger    bool // an early error response was written: close by lingering
 
 	served    int        // requests answered; only fasthttp's goroutine for c uses it
+	deadline  time.Time  // the read deadline fasthttp set last; only its goroutine for c uses it
+	bodyDead  bool       // a body read set a shorter deadline (readBody); same goroutine
 	counted   bool       // counted in set.serving (and set.perIP under ip); set once, under set.mu
 	ip        netip.Addr // the client's address; zero if not counted per address
 	closeOnce sync.Once
@@ -286,6 +289,49 @@ func (c *conn) Read(p []byte) (int, error) {
 			c.set.closedIdle.Add(1)
 			return 0, io.EOF
 		}
+	}
+}
+
+// SetReadDeadline is fasthttp's: the request's read timeout, or the idle
+// timeout between requests. c keeps it, for the body reads that set a
+// shorter one (readBody).
+func (c *conn) SetReadDeadline(t time.Time) error {
+	c.deadline = t
+	return c.Conn.SetReadDeadline(t)
+}
+
+// readBody reads from r, a request body on c, with c's read deadline
+// brought forward to Config.BodyIdleTimeout from now if that is earlier
+// than fasthttp's: a body that sends nothing for that long ends (body.go).
+// idle reports that the read failed at that deadline. It runs on
+// fasthttp's goroutine for c, as the handler does.
+func (c *conn) readBody(r io.Reader, p []byte) (n int, idle bool, err error) {
+	d := c.set.bodyIdle
+	if d <= 0 {
+		n, err = r.Read(p)
+		return n, false, err
+	}
+	at := time.Now().Add(d)
+	short := c.deadline.IsZero() || at.Before(c.deadline)
+	switch {
+	case short:
+		c.Conn.SetReadDeadline(at)
+		c.bodyDead = true
+	case c.bodyDead:
+		c.Conn.SetReadDeadline(c.deadline)
+		c.bodyDead = false
+	}
+	n, err = r.Read(p)
+	// fasthttp may wrap the timeout (a chunk's size line): go by the clock.
+	return n, err != nil && short && !time.Now().Before(at), err
+}
+
+// endBodyReads gives c back the read deadline fasthttp set, once a body
+// has been read.
+func (c *conn) endBodyReads() {
+	if c.bodyDead {
+		c.bodyDead = false
+		c.Conn.SetReadDeadline(c.deadline)
 	}
 }
 

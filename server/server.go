@@ -25,6 +25,13 @@ type Config struct {
 	MaxBody int
 	// ReadTimeout bounds reading one request, headers and body.
 	ReadTimeout time.Duration
+	// BodyIdleTimeout ends a request body that sends nothing for this
+	// long with 408 (body.go): what a client that stalls holds of the
+	// worker's budget of bodies in flight, it holds this long at most.
+	// Zero is 10 s (nginx's client_body_timeout, the same bound between
+	// two reads, defaults to 60 s); ReadTimeout still bounds the whole
+	// request.
+	BodyIdleTimeout time.Duration
 	// WriteTimeout bounds writing one response.
 	WriteTimeout time.Duration
 	// IdleTimeout bounds the wait for the next request on a keep-alive
@@ -34,8 +41,9 @@ type Config struct {
 	// a drain before the drain closes it (see [Server.Shutdown]).
 	DrainGrace time.Duration
 	// MaxInflightBody is the worker's budget of request-body bytes in
-	// flight: read, being read, or held by a handler (see body.go).
-	// A body that does not fit gets 503 overloaded before it is read. Zero
+	// flight: read, being read, or held by a handler (see body.go). A
+	// body reserves its buffer as its bytes arrive, and one whose next
+	// step does not fit gets 503 overloaded. Zero
 	// is 4 × MaxBody (128 MiB by default): bodies of the largest size for
 	// the tasks a worker runs at once (one or two cores' worth) and as
 	// many uploading behind them, so that the worker's memory is its
@@ -66,12 +74,13 @@ const DefaultMaxConns = 4096
 // DefaultConfig returns the limits hybrid serve uses without flags.
 func DefaultConfig() Config {
 	return Config{
-		MaxBody:      32 << 20,
-		ReadTimeout:  30 * time.Second,
-		WriteTimeout: 30 * time.Second,
-		IdleTimeout:  60 * time.Second,
-		DrainGrace:   DefaultDrainGrace,
-		MaxConns:     DefaultMaxConns,
+		MaxBody:         32 << 20,
+		ReadTimeout:     30 * time.Second,
+		BodyIdleTimeout: 10 * time.Second,
+		WriteTimeout:    30 * time.Second,
+		IdleTimeout:     60 * time.Second,
+		DrainGrace:      DefaultDrainGrace,
+		MaxConns:        DefaultMaxConns,
 	}
 }
 
@@ -88,7 +97,7 @@ func (c Config) Validate() error {
 	switch d := c.withDefaults(); {
 	case c.MaxBody < 0:
 		return fmt.Errorf("server: max body %d: want a positive size", c.MaxBody)
-	case c.ReadTimeout < 0 || c.WriteTimeout < 0 || c.IdleTimeout < 0 || c.DrainGrace < 0:
+	case c.ReadTimeout < 0 || c.WriteTimeout < 0 || c.IdleTimeout < 0 || c.DrainGrace < 0 || c.BodyIdleTimeout < 0:
 		return fmt.Errorf("server: timeouts must be positive")
 	case c.MaxInflightBody < 0 || (c.MaxInflightBody > 0 && c.MaxInflightBody < 2*d.MaxBody):
 		return fmt.Errorf("server: max in-flight body %d: want at least twice the max body (%d), or 0 for 4 times it",
@@ -106,6 +115,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ReadTimeout == 0 {
 		c.ReadTimeout = d.ReadTimeout
+	}
+	if c.BodyIdleTimeout == 0 {
+		c.BodyIdleTimeout = d.BodyIdleTimeout
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = d.WriteTimeout
@@ -176,6 +188,7 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 		grace:     cfg.DrainGrace,
 	}
 	s.conns.readTimeout = cfg.ReadTimeout
+	s.conns.bodyIdle = cfg.BodyIdleTimeout
 	s.conns.lingerBytes = 2 * cfg.MaxBody
 	s.conns.bodies = &bodyBudget{limit: int64(cfg.MaxInflightBody)}
 	s.conns.maxConns, s.conns.maxPerIP = cfg.MaxConns, cfg.MaxConnsPerIP
@@ -284,6 +297,7 @@ func (s *Server) wontFit(ctx *fasthttp.RequestCtx) bool {
 	if s.conns.bodies.fits(ctx.Request.Header.ContentLength()) {
 		return false
 	}
+	s.conns.bodies.refused.Add(1)
 	WriteError(ctx, overBudget(ctx, s.conns.bodies))
 	return true
 }
