@@ -3,8 +3,10 @@
 package server
 
 import (
+	"bufio"
 	"encoding/json"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/hybrid-server/hybrid/internal/jsonw"
@@ -37,5 +39,23 @@ func TestHealthChecksDoNotAllocate(t *testing.T) {
 		if n := testing.AllocsPerRun(200, serve); n != 0 {
 			t.Errorf("GET %s: %v allocations per request; want 0", path, n)
 		}
+	}
+}
+
+// The framing check that runs on every request scans the raw header block
+// without allocating.
+func TestFramingCheckDoesNotAllocate(t *testing.T) {
+	var h fasthttp.RequestHeader
+	err := h.Read(bufio.NewReader(strings.NewReader("POST /v1/hash/sha256 HTTP/1.1\r\nHost: t\r\n" +
+		"User-Agent: curl/8\r\nAccept: */*\r\nContent-Type: application/octet-stream\r\n" +
+		"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n")))
+	if err != nil || len(h.RawHeaders()) == 0 {
+		t.Fatalf("parse: %v, %d raw bytes", err, len(h.RawHeaders()))
+	}
+	if e := framingError(&h); e != nil {
+		t.Fatalf("framingError = %v; want nil", e)
+	}
+	if n := testing.AllocsPerRun(200, func() { framingError(&h) }); n != 0 {
+		t.Errorf("framingError: %v allocations; want 0", n)
 	}
 }

@@ -37,6 +37,7 @@ const (
 	CodeBodyTooLarge    = "body_too_large"       // 413
 	CodeHeadersTooLarge = "headers_too_large"    // 431
 	CodeInternal        = "internal"             // 500
+	CodeNotImplemented  = "not_implemented"      // 501
 	CodeDraining        = "draining"             // 503
 	CodeOverloaded      = "overloaded"           // 503
 	CodeTooManyConns    = "too_many_connections" // 503, 429 per client address
@@ -112,9 +113,19 @@ func WriteJSON(ctx *fasthttp.RequestCtx, status int, v any) {
 // whatever it sent.
 func transportErrors(maxBody int) func(*fasthttp.RequestCtx, error) {
 	return func(ctx *fasthttp.RequestCtx, err error) {
-		WriteError(ctx, transportError(err, maxBody))
+		e := transportError(err, maxBody)
+		if errors.Is(err, fasthttp.ErrUnsupportedTransferEncoding) && ctx.Request.Header.IsHTTP11() {
+			// A transfer coding fasthttp does not know (RFC 9112 section
+			// 6.1: 501), as framingError answers "identity".
+			e = notImplementedTE
+		}
+		WriteError(ctx, e)
 	}
 }
+
+// notImplementedTE answers a Transfer-Encoding other than chunked.
+var notImplementedTE = &Error{Status: fasthttp.StatusNotImplemented, Code: CodeNotImplemented,
+	Message: "Transfer-Encoding other than chunked is not implemented"}
 
 // transportError is the *Error answering err, an error fasthttp met while
 // reading a request.

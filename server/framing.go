@@ -10,9 +10,13 @@ import (
 // way of making two parsers disagree about a request: a proxy in front and
 // this server, or the router and a handler.
 //
-//   - Framing (RFC 9112 section 6.3): a request with both Content-Length
-//     and Transfer-Encoding is refused with 400, and its connection closed
-//     after the answer. fasthttp 1.74 frames it by Transfer-Encoding, drops
+//   - Framing (RFC 9112 sections 5.2, 6.1, 6.3): a request with both
+//     Content-Length and Transfer-Encoding is refused with 400, one with a
+//     Transfer-Encoding other than exactly "chunked" with 501
+//     not_implemented, and one with a folded header line (a line that
+//     starts with a space or a tab, which fasthttp joins to the line
+//     before and a proxy may read as a header of its own) with 400; each
+//     connection is closed after the answer. fasthttp 1.74 frames it by Transfer-Encoding, drops
 //     the Content-Length and keeps the connection, so a proxy that framed
 //     it by Content-Length would see a different next request on the same
 //     connection (request smuggling). The RFC allows refusing or
@@ -36,39 +40,85 @@ import (
 // handful, and the duplicate check is quadratic in their number.
 const maxQueryArgs = 64
 
-// bothLengths reports whether the request came with both Content-Length
-// and Transfer-Encoding. fasthttp keeps Transfer-Encoding (the length is
-// then -1, chunked) and forgets the Content-Length, so it is looked for in
-// the raw header block; only chunked requests pay for the scan.
-func bothLengths(h *fasthttp.RequestHeader) bool {
-	if h.ContentLength() != -1 {
-		return false
-	}
+// framingError returns the error for a request whose header block frames
+// its body in a way this server refuses (see the notes above), or nil. It
+// looks at the raw header block, on every request, since fasthttp forgets
+// what it does not use: a Content-Length beside a chunked
+// Transfer-Encoding, and any Transfer-Encoding that is not chunked
+// (fasthttp 1.74 accepts "identity", reads the body as empty and parses
+// what follows as the next request). The scan is a byte search per line
+// and allocates nothing.
+func framingError(h *fasthttp.RequestHeader) *Error {
 	raw := h.RawHeaders()
+	var cl, te, chunked bool
 	for len(raw) > 0 {
 		line := raw
 		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
-			line, raw = raw[:i+1], raw[i+1:]
+			line, raw = raw[:i], raw[i+1:]
 		} else {
 			raw = nil
 		}
-		const cl = "content-length:"
-		if len(line) >= len(cl) && bytes.EqualFold(line[:len(cl)], []byte(cl)) {
-			return true
+		if len(line) == 0 {
+			continue
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return &Error{Status: fasthttp.StatusBadRequest, Code: CodeBadRequest,
+				Message: "malformed request: obsolete line folding in a header"}
+		}
+		switch line[0] | 0x20 {
+		case 'c':
+			cl = cl || hasPrefixFold(line, "content-length:")
+		case 't':
+			if v, ok := cutPrefixFold(line, "transfer-encoding:"); ok {
+				te = true
+				chunked = bytes.EqualFold(bytes.Trim(v, " \t\r"), []byte("chunked"))
+			}
 		}
 	}
-	return false
+	switch {
+	case te && cl:
+		return &Error{Status: fasthttp.StatusBadRequest, Code: CodeBadRequest,
+			Message: "malformed request: both Content-Length and Transfer-Encoding"}
+	case te && !chunked:
+		return notImplementedTE
+	}
+	return nil
 }
 
-// refuseFraming answers a request that frames its body two ways with 400,
-// and closes its connection after the answer; it reports whether it did.
+// hasPrefixFold reports whether line begins with prefix, a lower-case
+// ASCII string, in any case.
+func hasPrefixFold(line []byte, prefix string) bool {
+	_, ok := cutPrefixFold(line, prefix)
+	return ok
+}
+
+// cutPrefixFold returns line after prefix, a lower-case ASCII string
+// matched in any case, and whether line began with it.
+func cutPrefixFold(line []byte, prefix string) ([]byte, bool) {
+	if len(line) < len(prefix) {
+		return nil, false
+	}
+	for i := range len(prefix) {
+		c := line[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != prefix[i] {
+			return nil, false
+		}
+	}
+	return line[len(prefix):], true
+}
+
+// refuseFraming answers a request whose framing framingError refuses,
+// and closes its connection after the answer (by lingering: its body may
+// still be on its way); it reports whether it did.
 func refuseFraming(ctx *fasthttp.RequestCtx) bool {
-	if !bothLengths(&ctx.Request.Header) {
+	e := framingError(&ctx.Request.Header)
+	if e == nil {
 		return false
 	}
-	// The body may still be on its way: close by lingering.
-	WriteError(ctx, endEarly(ctx, &Error{Status: fasthttp.StatusBadRequest, Code: CodeBadRequest,
-		Message: "malformed request: both Content-Length and Transfer-Encoding"}))
+	WriteError(ctx, endEarly(ctx, e))
 	return true
 }
 

@@ -122,9 +122,10 @@ func TestRouterRefusesAmbiguousTargets(t *testing.T) {
 	}
 }
 
-// A request framed by both Content-Length and Transfer-Encoding is answered
-// 400, and its connection closed after the answer, kept alive or not.
-func TestBothLengthsCloseTheConnection(t *testing.T) {
+// A request framed two ways, with a transfer coding other than chunked,
+// or with a folded header line is refused, and its connection closed after
+// the answer, kept alive or not: nothing after it is read as a request.
+func TestFramingIsRefused(t *testing.T) {
 	srv := New(Config{}, slog.New(slog.DiscardHandler), 1)
 	srv.Router.Handle(fasthttp.MethodPost, "/echo", func(ctx *fasthttp.RequestCtx) {
 		body, release, err := Body(ctx, 1<<20)
@@ -136,9 +137,22 @@ func TestBothLengthsCloseTheConnection(t *testing.T) {
 		ctx.SetBody(body)
 	})
 	addr, _ := serveTCP(t, srv)
-	for _, headers := range []string{
-		"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
-		"Transfer-Encoding: chunked\r\ncontent-length: 5\r\n",
+	const chunkedBody = "5\r\nhello\r\n0\r\n\r\n"
+	const next = "GET /health HTTP/1.1\r\nHost: t\r\n\r\n" // what a proxy might take for the next request
+	for _, tc := range []struct {
+		headers, body string
+		status        int
+		code          string
+	}{
+		{"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", chunkedBody, 400, CodeBadRequest},
+		{"Transfer-Encoding: chunked\r\ncontent-length: 5\r\n", chunkedBody, 400, CodeBadRequest},
+		{"Transfer-Encoding: identity\r\nContent-Length: 5\r\n", "hello", 400, CodeBadRequest},
+		{"Transfer-Encoding: identity\r\n", next, 501, CodeNotImplemented},
+		{"transfer-encoding:  Identity \r\n", next, 501, CodeNotImplemented},
+		{"Transfer-Encoding: gzip\r\n", next, 501, CodeNotImplemented},
+		{"Transfer-Encoding: gzip, chunked\r\n", chunkedBody, 501, CodeNotImplemented},
+		{"X-A: b\r\n Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "hello", 400, CodeBadRequest},
+		{"X-A: b\r\n\tc\r\nContent-Length: 5\r\n", "hello", 400, CodeBadRequest},
 	} {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -152,14 +166,19 @@ func TestBothLengthsCloseTheConnection(t *testing.T) {
 		if resp := readResponse(t, br); resp.StatusCode != 200 || resp.Close {
 			t.Fatalf("a plain request: %d close=%v", resp.StatusCode, resp.Close)
 		}
-		io.WriteString(c, "POST /echo HTTP/1.1\r\nHost: t\r\n"+headers+"\r\n5\r\nhello\r\n0\r\n\r\n")
-		resp := readResponse(t, br)
-		if resp.StatusCode != 400 || !resp.Close {
-			t.Errorf("%q: %d close=%v; want 400 and Connection: close", headers, resp.StatusCode, resp.Close)
+		io.WriteString(c, "POST /echo HTTP/1.1\r\nHost: t\r\n"+tc.headers+"\r\n"+tc.body)
+		resp, code := errorOf(t, br)
+		if resp.StatusCode != tc.status || code != tc.code || !resp.Close {
+			t.Errorf("%q: %d %s close=%v; want %d %s and Connection: close", tc.headers, resp.StatusCode, code, resp.Close, tc.status, tc.code)
 		}
 		if _, err := br.ReadByte(); err != io.EOF {
-			t.Errorf("%q: after the answer: %v; want EOF", headers, err)
+			t.Errorf("%q: after the answer: %v; want EOF", tc.headers, err)
 		}
+	}
+	// Chunked in any case is chunked.
+	_, br := dialSend(t, addr, "POST /echo HTTP/1.1\r\nHost: t\r\nTRANSFER-ENCODING: Chunked\r\n\r\n"+chunkedBody)
+	if resp := readResponse(t, br); resp.StatusCode != 200 || resp.Close {
+		t.Errorf("Transfer-Encoding: Chunked: %d close=%v; want 200, kept alive", resp.StatusCode, resp.Close)
 	}
 }
 
