@@ -7,7 +7,7 @@
 //
 // Every error response, on every endpoint, is
 //
-//	{"error":{"code":"not_found","message":"no route for GET \"/nope\""}}
+//	{"error":{"code":"not_found","message":"no route for \"GET\" \"/nope\""}}
 //
 // with the HTTP status that matches the code (see [Error]). Codes are stable
 // identifiers for programs; messages are for people and may change.

@@ -98,7 +98,7 @@ func (r *Router) resolve(ctx *fasthttp.RequestCtx) (route, bool) {
 	methods := r.lookup(ctx.Path())
 	if methods == nil {
 		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "no route for %s %s",
-			ctx.Method(), Quote(string(ctx.Path()))))
+			Quote(string(ctx.Method())), Quote(string(ctx.Path()))))
 		return route{}, false
 	}
 	method := string(ctx.Method())
@@ -114,7 +114,7 @@ func (r *Router) resolve(ctx *fasthttp.RequestCtx) (route, bool) {
 		slices.Sort(allow)
 		ctx.Response.Header.Set(fasthttp.HeaderAllow, strings.Join(allow, ", "))
 		WriteError(ctx, Errorf(fasthttp.StatusMethodNotAllowed, CodeMethodNotAllow,
-			"%s %s: method not allowed; allowed: %s", ctx.Method(), Quote(string(ctx.Path())),
+			"%s %s: method not allowed; allowed: %s", Quote(string(ctx.Method())), Quote(string(ctx.Path())),
 			strings.Join(allow, ", ")))
 		return route{}, false
 	}

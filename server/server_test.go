@@ -73,6 +73,16 @@ func TestRouterErrorsAndPanics(t *testing.T) {
 			t.Errorf("405 Allow = %q; want GET", resp.Header.Peek("Allow"))
 		}
 	}
+	// A method is named quoted and cut, as any client value (MaxMessage).
+	long := strings.Repeat("M", 200)
+	for _, path := range []string{"/health", "/missing"} {
+		_, body, _ := do(t, c, long, path, "")
+		var e errorBody
+		json.Unmarshal(body, &e)
+		if want := `"` + strings.Repeat("M", 40) + `…"`; !strings.HasPrefix(e.Error.Message, want) && !strings.Contains(e.Error.Message, " "+want) {
+			t.Errorf("a 200-byte method on %s: message %q; want it quoted and cut: %s", path, e.Error.Message, want)
+		}
+	}
 	// The panic did not stop the server.
 	if status, _, _ := do(t, c, "GET", "/health", ""); status != 200 {
 		t.Errorf("GET /health after a panic = %d; want 200", status)
