@@ -415,7 +415,7 @@ func (r resizeReq) plan(h imageHeader) (p resizePlan, err error) {
 			h.Format, h.Width, h.Height, frames, px, r.maxPixels)
 	}
 	if bpp := max(h.bytesPerPixel, 1); px*int64(bpp) > MaxDecodedBytesPerPixel*int64(r.maxPixels) {
-		return p, unprocessable(CodeImageTooLarge, "%s of %d×%d×%d frames decodes to %d bytes per pixel, %d MB; the limit is %d MB (%d bytes per pixel of %d)",
+		return p, unprocessable(CodeImageTooLarge, "%s of %d×%d pixels × %d frames decodes to %d bytes a pixel, %d MB; the limit is %d MB (%d bytes a pixel of %d)",
 			h.Format, h.Width, h.Height, frames, bpp, px*int64(bpp)/1e6, MaxDecodedBytesPerPixel*int64(r.maxPixels)/1e6, MaxDecodedBytesPerPixel, r.maxPixels)
 	}
 	srcW, srcH := h.Width, h.Height

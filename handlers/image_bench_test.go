@@ -69,6 +69,9 @@ func BenchmarkImageLargestAllowed(b *testing.B) {
 		{"resize/jpeg-49MP-progressive-to-400", "image-resize", Params{"width": "400"}, progressive},
 		{"resize/gif-1000-frames-to-100", "image-resize", Params{"width": "100", "format": "gif", "frames": "all"}, gbuf.Bytes()},
 		{"resize/gif-to-one-49MP-frame", "image-resize", Params{"width": "7000", "height": "7000", "fit": "fill", "format": "gif"}, sampleimages.GIFFrames(1)},
+		// 1×50,000 grey to 20,000×1: its rows are box-averaged 25,000 at a
+		// time first (32 GB of resampler scratch before, a dead worker).
+		{"resize/png-1x50000-to-20000x1", "image-resize", Params{"width": "20000", "height": "1", "fit": "fill", "format": "png"}, pngRaw(b, 1, 50000, 0, 8, false, true)},
 		{"resize/gif-to-49MP-jpeg", "image-resize", Params{"width": "7000", "height": "7000", "fit": "fill"}, sampleimages.GIFFrames(1)},
 	} {
 		b.Run(bc.name, func(b *testing.B) {

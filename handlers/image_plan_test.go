@@ -12,6 +12,8 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"testing"
+
+	"golang.org/x/image/tiff"
 )
 
 // pngRaw is a w×h PNG of the given colour type, bit depth and interlace,
@@ -278,6 +280,28 @@ func TestDecodedBytesAreBounded(t *testing.T) {
 		_, err = planOf(t, h, Params{"width": "100"})
 		if refused := hasStatus(err, 422, CodeImageTooLarge); refused != (tc.bpp > MaxDecodedBytesPerPixel) {
 			t.Errorf("%s at 7000×7000 (%d B/px): %v", tc.what, tc.bpp, err)
+		}
+	}
+	// What x/image/tiff really makes, for the types it writes.
+	for _, img := range []image.Image{
+		image.NewGray(image.Rect(0, 0, 3, 3)), image.NewGray16(image.Rect(0, 0, 3, 3)),
+		image.NewRGBA(image.Rect(0, 0, 3, 3)), image.NewNRGBA64(image.Rect(0, 0, 3, 3)),
+		image.NewRGBA64(image.Rect(0, 0, 3, 3)), image.NewPaletted(image.Rect(0, 0, 3, 3), palette.Plan9),
+	} {
+		var buf bytes.Buffer
+		if err := tiff.Encode(&buf, img, nil); err != nil {
+			t.Fatal(err)
+		}
+		dec, err := tiff.Decode(bytes.NewReader(buf.Bytes()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		px, _ := dec.(interface{ PixOffset(int, int) int })
+		if px == nil {
+			t.Fatalf("%T has no PixOffset", dec)
+		}
+		if got, want := px.PixOffset(1, 0), tiffBytesPerPixel(buf.Bytes()); got != want {
+			t.Errorf("tiff: %T written, %T decoded: %d bytes per pixel; tiffBytesPerPixel says %d", img, dec, got, want)
 		}
 	}
 	// What image/png really makes, for the types it writes.
