@@ -46,7 +46,10 @@ const (
 // and GIF by the standard library; WebP, BMP and TIFF by golang.org/x/image.
 // Resampling is Catmull-Rom (x/image/draw): no nearest-neighbour or plain
 // bilinear at large ratios, so a 12 MP photo makes a 400 px thumbnail without
-// aliasing. WebP output is lossless (github.com/HugoSmits86/nativewebp, pure
+// aliasing; a source with many more rows than its output needs has them
+// box-averaged first when the resampler's scratch would pass its budget
+// (plan), and one of the output's size is drawn, not resampled. WebP
+// output is lossless (github.com/HugoSmits86/nativewebp, pure
 // Go; quality is ignored).
 func init() {
 	Register(&Workload{Name: "image-resize", Estimate: 150 * time.Millisecond, Group: "image", BigHeap: true, CheckParams: checkResizeParams, Check: checkResize, Run: runResize,

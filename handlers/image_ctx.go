@@ -14,9 +14,9 @@ import (
 // progressively reads it through ctxReader; the loops that are ours check
 // ctx per row or per frame. jpegn reads the whole input before decoding and
 // x/image/draw's resampler cannot be interrupted: their work is bounded by
-// the caps instead (declared pixels, output pixels × frames,
-// MaxJPEGScanPasses, MaxJPEGScans, MaxTIFFBlocks), and ctx is checked
-// before and after them.
+// the caps instead (declared pixels and decoded bytes, output pixels ×
+// frames, the resampler's scratch, MaxJPEGScanPasses, MaxJPEGScans,
+// MaxTIFFBlocks), and ctx is checked before and after them.
 
 // ctxReader reads r until ctx is done, then fails with ctx's error: the one
 // way a task's reads stop at its deadline. A decoder that reads as it
