@@ -347,15 +347,15 @@ const MaxDecodedBytesPerPixel = 4
 // factor s, and its scratch is s·decoded = scaled/s = √(decoded·scaled)
 // entries. Any resize may take twice that (an aspect change of up to 4×),
 // or MinScratch (8 Mi entries, 256 MiB), so that no thumbnail, conversion
-// or ordinary stretch is touched: a 4000×3000 photo to 400 px needs 0.3 M
-// entries (a JPEG at 1/4 scale), a 12 MP photo to 3000 px 9 M, a
+// or ordinary stretch is touched: a 4000×3000 photo to 400 px needs 0.15
+// M entries (a JPEG at 1/8 scale), a 12 MP photo to 3000 px 9 M, a
 // 1080×30,000 screenshot to 400 px wide 12 M, all exactly their √. Past
 // the budget the rows are first averaged in boxes of k (libvips's
 // shrink-then-reduce: one pass over the source), down to twice the scaled
 // height or as far as the budget needs, never below the scaled height; a
 // shape that cannot be brought under (its scaled image alone is past the
-// budget: an upscale of more than 4× that also changes the aspect ratio
-// more than 4×) is refused, and so is an animation past it (one scaler
+// budget: over 8 Mi pixels and 4× the decoded area, with the aspect ratio
+// changed more than 4×) is refused, and so is an animation past it (one scaler
 // serves every frame; nothing is shrunk).
 const (
 	MinScratch = 8 << 20 // entries of 32 bytes
