@@ -86,6 +86,7 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.IntVar(&s.MaxConns, "max-conns", s.MaxConns, "connections one worker serves at once; more get 503")
 	fs.IntVar(&s.MaxConnsPerIP, "max-conns-per-ip", 0, "connections one worker serves at once from one client address; more get 429 (0: no limit; keep it behind a load balancer or NAT, where clients share an address)")
 	fs.DurationVar(&s.ReadTimeout, "read-timeout", s.ReadTimeout, "time to read one request")
+	fs.DurationVar(&s.BodyIdleTimeout, "body-idle-timeout", s.BodyIdleTimeout, "a request body that sends nothing for this long gets 408 (--read-timeout still bounds the whole request)")
 	fs.DurationVar(&s.WriteTimeout, "write-timeout", s.WriteTimeout, "time to write one response")
 	fs.DurationVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "keep-alive idle time between requests")
 	fs.DurationVar(&s.DrainGrace, "drain-grace", s.DrainGrace, "during a drain, a keep-alive connection idle this long is closed (one with an unread request byte never is)")
