@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"io"
+	"math/bits"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -29,17 +30,34 @@ import (
 // itself reads the first 8 KiB of a body, into the connection's own
 // buffer, before any handler runs.)
 //
-// A body reserves as it arrives, never ahead of it: its buffer starts at
-// [minBodyBuf] (or its declared length, if smaller) and doubles each time
-// it fills, up to the declared length (or one byte over the limit, for a
-// chunked body, which tells a body over it). A body therefore holds at
-// most twice what its client has sent, plus the first step, whatever
-// length it declared: a client that declares 32 MiB and stalls holds
-// 16 KiB, not 32 MiB. (Reserving the declared length up front, as this
-// did before, let ~260 stalled connections that had sent 15 MB in all
-// hold a worker's whole 128 MiB, and every body after them got 503.) The
-// reservation is the buffer's capacity, since that is what the heap
-// holds, not the bytes in it.
+// A body reserves as it arrives, never ahead of it. Its first buffer
+// starts at [minBodyBuf] (or its declared length, if smaller) and doubles
+// each time it fills, up to [bodyChunk]; past that the body is read into
+// chunks of bodyChunk, each reserved as it is taken. A body that declared
+// its length moves, once it has sent half of it, into one buffer of that
+// length, reserving the rest of it (the chunks return to their pool once
+// copied); a chunked body is copied into one buffer of its length once it
+// is whole. A handler gets one contiguous []byte either way. (The move at
+// half is what lets large uploads at once finish one after another: a
+// body in its one buffer needs no more room. Reading to the end in
+// chunks, four 32 MiB uploads at once each held 28 MiB of the 112 they
+// may use, and three got 503.) A body therefore holds at most twice what its client has sent, plus the first
+// step, whatever length it declared: a client that declares 32 MiB and
+// stalls holds 16 KiB, not 32 MiB. (Reserving the declared length up
+// front, as this did before, let ~260 stalled connections that had sent
+// 15 MB in all hold a worker's whole 128 MiB, and every body after them
+// got 503.)
+//
+// The chunks, and every buffer up to [maxPooledBody], come from pools by
+// powers of two ([getBuf]), so that a large body leaves no garbage behind
+// but its one final buffer. (Doubling one buffer to the body's length, as
+// this did before, left a chain of dead buffers, 1+2+4+8+16 MiB for a 32
+// MiB body, for the garbage collector: ten uploads refused part-way took a
+// worker from 111 MiB to 290 MiB.) The reservation is the bytes a body may
+// hold; a pooled buffer's capacity is the power of two at or above them.
+// While a body's chunks are copied into its final buffer both are
+// counted, but only the final buffer's growth must fit: a body is never
+// refused for bytes it is about to return.
 //
 // A body whose next step does not fit waits up to [budgetWait] for room
 // (a body finishing, or refused, frees its share), then gets 503
@@ -150,6 +168,15 @@ func (b *bodyBudget) give(n int) {
 	}
 }
 
+// hold counts n bytes that a body holds for a moment without the room
+// for them: its chunks while they are copied into its whole buffer, which
+// it has reserved. They are never refused: they return at once.
+func (b *bodyBudget) hold(n int) {
+	if b != nil && n > 0 {
+		b.used.Add(int64(n))
+	}
+}
+
 // fits reports whether a body of n bytes would fit now, without reserving
 // it.
 func (b *bodyBudget) fits(n int) bool {
@@ -163,109 +190,217 @@ func (b *bodyBudget) fits(n int) bool {
 	return b.used.Load()+int64(n) <= limit
 }
 
-var bodyBufs = sync.Pool{New: func() any { return new([]byte) }}
-
 const (
-	// maxPooledBody is the largest body buffer kept for reuse: a pool of
-	// buffers as large as the body limit would hold that much per worker
-	// after one burst of large uploads.
-	maxPooledBody = 4 << 20
 	// minBodyBuf is a body's first step: what a body reserves, and
 	// its buffer holds, before the first byte past fasthttp's 8 KiB
 	// arrives. With --max-conns 4096, all of them stalled at once hold
 	// 64 MiB of the budget.
 	minBodyBuf = 16 << 10
+	// bodyChunk is the size of the chunks a body past its first buffer
+	// is read into: what a body holds beyond what it has sent, and what
+	// a body's reservation grows by.
+	bodyChunk = 256 << 10
+	// maxPooledBody is the largest body buffer kept for reuse: a pool of
+	// buffers as large as the body limit would hold that much per worker
+	// after one burst of large uploads.
+	maxPooledBody = 4 << 20
 )
 
-// nextStep is what a body that has reserved held bytes reserves next:
-// as much again (at least minBodyBuf), up to end, its declared length or
-// one byte over the limit.
+// bodyBufs pools body buffers by capacity: bodyBufs[i] holds buffers of
+// minBodyBuf<<i bytes, up to maxPooledBody (16 KiB to 4 MiB).
+var bodyBufs [9]sync.Pool
+
+func init() {
+	bodyStates.New = func() any {
+		s := new(bodyState)
+		s.release = s.free
+		return s
+	}
+	for i := range bodyBufs {
+		size := minBodyBuf << i
+		bodyBufs[i].New = func() any {
+			b := make([]byte, 0, size)
+			return &b
+		}
+	}
+}
+
+// bufClass is the index in bodyBufs of the smallest buffer of at least n
+// bytes, n at most maxPooledBody.
+func bufClass(n int) int {
+	if n <= minBodyBuf {
+		return 0
+	}
+	return bits.Len(uint(n-1)) - bits.Len(minBodyBuf-1)
+}
+
+// getBuf returns an empty buffer of at least n bytes: from the pools up
+// to maxPooledBody, of the power of two at or above n; else new, of n.
+func getBuf(n int) *[]byte {
+	if n > maxPooledBody {
+		b := make([]byte, 0, n)
+		return &b
+	}
+	return bodyBufs[bufClass(n)].Get().(*[]byte)
+}
+
+// putBuf returns a buffer from getBuf to its pool, if it has one.
+func putBuf(bp *[]byte) {
+	if bp == nil {
+		return
+	}
+	c := cap(*bp)
+	if c < minBodyBuf || c > maxPooledBody || c&(c-1) != 0 {
+		return
+	}
+	*bp = (*bp)[:0]
+	bodyBufs[bufClass(c)].Put(bp)
+}
+
+// nextStep is what a body that has reserved held bytes reserves next, up
+// to end, its declared length or one byte over the limit: as much again
+// (at least minBodyBuf) while it fits its first buffer, then a chunk.
 func nextStep(held, end int) int {
+	if held >= bodyChunk {
+		return min(bodyChunk, end-held)
+	}
 	return min(max(held, minBodyBuf), end-held)
 }
 
+// bodyState is what a body being read, or held by its handler, holds: its
+// reservation and its buffers. It is pooled, with its release func bound
+// once, so that Body allocates nothing for a body that fits the pools.
+type bodyState struct {
+	budget  *bodyBudget
+	held    int       // what the body has reserved, and the most its buffers hold
+	bp      *[]byte   // the buffer being filled, or the whole body
+	chunks  []*[]byte // full chunks before bp
+	release func()    // s.free
+}
+
+var bodyStates sync.Pool // of *bodyState; New set in init
+
+// free returns s's reservation and buffers, and s to its pool.
+func (s *bodyState) free() {
+	s.budget.give(s.held)
+	for i, cp := range s.chunks {
+		putBuf(cp)
+		s.chunks[i] = nil
+	}
+	putBuf(s.bp)
+	s.budget, s.held, s.bp, s.chunks = nil, 0, nil, s.chunks[:0]
+	bodyStates.Put(s)
+}
+
+// whole copies the body, s's chunks and then b, size bytes in all, into
+// one buffer of at least n bytes, returns the chunks to their pool, and
+// returns the new buffer. Both are counted while the copy runs.
+func (s *bodyState) whole(b []byte, size, n int) []byte {
+	s.budget.hold(size)
+	nbp := getBuf(n)
+	nb := (*nbp)[:0]
+	for i, cp := range s.chunks {
+		nb = append(nb, (*cp)[:bodyChunk]...) // full
+		putBuf(cp)
+		s.chunks[i] = nil
+	}
+	nb = append(nb, b...)
+	putBuf(s.bp)
+	s.budget.give(size)
+	s.bp, s.chunks = nbp, s.chunks[:0]
+	return nb
+}
+
+func noRelease() {}
+
 // Body returns the request's body, at most limit bytes, and release, which
-// the caller calls once it no longer uses the body (the buffer is reused
-// and its bytes return to the worker's budget). A body over limit is a 413
-// body_too_large, one that does not fit the worker's budget of bodies in
-// flight a 503 overloaded (with Retry-After), a malformed chunked body a
-// 400 bad_request, a body not received within the read timeout, or that
-// sends nothing for Config.BodyIdleTimeout, a 408; each *Error also closes
-// the connection by lingering, since the rest of the body may still be on
-// its way.
+// the caller calls once, when it no longer uses the body (the buffer is
+// reused and its bytes return to the worker's budget); release may come
+// after the response is sent. A body over limit is a 413 body_too_large,
+// one that does not fit the worker's budget of bodies in flight a 503
+// overloaded (with Retry-After), a malformed chunked body a 400
+// bad_request, a body not received within the read timeout, or that sends
+// nothing for Config.BodyIdleTimeout, a 408; each *Error also closes the
+// connection by lingering, since the rest of the body may still be on its
+// way.
 func Body(ctx *fasthttp.RequestCtx, limit int) (body []byte, release func(), err error) {
 	if !ctx.Request.IsBodyStream() { // not a streaming server (a test's RequestCtx)
-		return ctx.Request.Body(), func() {}, nil
+		return ctx.Request.Body(), noRelease, nil
 	}
 	defer ctx.Request.CloseBodyStream()
 	n := ctx.Request.Header.ContentLength()
 	if n > limit {
-		return nil, func() {}, endEarly(ctx, tooLargeError(limit))
+		return nil, noRelease, endEarly(ctx, tooLargeError(limit))
 	}
-	var budget *bodyBudget
+	s := bodyStates.Get().(*bodyState)
 	c, _ := ctx.Conn().(*conn)
 	if c != nil {
-		budget = c.set.bodies
+		s.budget = c.set.bodies
 		defer c.endBodyReads()
 	}
-	// held is what the body has reserved, and the most its buffer holds;
-	// end is the most it may reserve.
-	held, end := 0, n
+	fail := func(e *Error) ([]byte, func(), error) {
+		s.free()
+		return nil, noRelease, endEarly(ctx, e)
+	}
+	// end is the most the body may reserve; size is what it has read: the
+	// full chunks, then b, the buffer being filled (s.bp).
+	end, size := n, 0
 	if n < 0 { // chunked
 		end = limit + 1
 	}
-	bp := bodyBufs.Get().(*[]byte)
-	b := (*bp)[:0]
-	release = func() {
-		budget.give(held)
-		if cap(b) <= maxPooledBody {
-			*bp = b[:0]
-			bodyBufs.Put(bp)
-		}
-	}
-	fail := func(e *Error) ([]byte, func(), error) {
-		release()
-		return nil, func() {}, endEarly(ctx, e)
-	}
+	var b []byte
 	r := ctx.RequestBodyStream()
-	for n < 0 || len(b) < n {
-		if len(b) == held { // reserve the next step
-			if held == end { // chunked, one byte over the limit
+	for n < 0 || size < n {
+		if size == s.held { // reserve the next step
+			if s.held == end { // chunked, one byte over the limit
 				return fail(tooLargeError(limit))
 			}
-			step, total := nextStep(held, end), n
-			wait := budgetWait
+			step, total := nextStep(s.held, end), n
 			if n < 0 {
-				total = held + step
+				total = s.held + step
 			}
-			if held == 0 {
+			wait := budgetWait
+			if s.held == 0 {
 				wait = 0 // a body not started is refused at once
 			}
-			if !budget.take(step, total, wait) {
-				release()
-				return nil, func() {}, overBudget(ctx, budget)
+			// Half a declared body is in: the rest goes into one buffer.
+			half := n > 0 && s.held >= bodyChunk && 2*size >= n
+			if half {
+				step = n - s.held
 			}
-			held += step
+			if !s.budget.take(step, total, wait) {
+				budget := s.budget
+				s.free()
+				return nil, noRelease, overBudget(ctx, budget)
+			}
+			s.held += step
+			if half {
+				b = s.whole(b, size, n)
+			}
 		}
 		if len(b) == cap(b) {
-			nb := make([]byte, len(b), held)
-			copy(nb, b)
-			if cap(b) > 0 && cap(b) <= maxPooledBody {
-				*bp = b[:0]
-				bodyBufs.Put(bp)
-				bp = new([]byte)
+			if cap(b) < bodyChunk { // the first buffer grows
+				nbp := getBuf(min(s.held, bodyChunk))
+				nb := append((*nbp)[:0], b...)
+				putBuf(s.bp)
+				s.bp, b = nbp, nb
+			} else { // a chunk is full: the next
+				s.chunks = append(s.chunks, s.bp)
+				s.bp = getBuf(bodyChunk)
+				b = (*s.bp)[:0]
 			}
-			b = nb
 		}
 		var m int
 		var err error
 		idle := false
+		p := b[len(b):min(cap(b), len(b)+s.held-size)]
 		if c != nil {
-			m, idle, err = c.readBody(r, b[len(b):min(cap(b), held)])
+			m, idle, err = c.readBody(r, p)
 		} else {
-			m, err = r.Read(b[len(b):min(cap(b), held)])
+			m, err = r.Read(p)
 		}
 		b = b[:len(b)+m]
+		size += m
 		if err == io.EOF {
 			break
 		}
@@ -283,12 +418,17 @@ func Body(ctx *fasthttp.RequestCtx, limit int) (body []byte, release func(), err
 		}
 	}
 	switch {
-	case len(b) > limit:
+	case size > limit:
 		return fail(tooLargeError(limit))
-	case n >= 0 && len(b) != n:
+	case n >= 0 && size != n:
 		return fail(Errorf(fasthttp.StatusBadRequest, CodeBadRequest, "request body shorter than its Content-Length"))
 	}
-	return b, release, nil
+	if len(s.chunks) > 0 { // a chunked body past its first buffer
+		b = s.whole(b, size, size)
+		s.budget.give(s.held - size)
+		s.held = size
+	}
+	return b, s.release, nil
 }
 
 func tooLargeError(limit int) *Error {

@@ -4,10 +4,13 @@ package server
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -75,5 +78,102 @@ func TestBodyStreamedAndBounded(t *testing.T) {
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Errorf("after a body left unread: %v; want EOF, not a response to the body's bytes", err)
+	}
+}
+
+// Bodies arrive byte-exact whatever their size and framing: within the
+// first buffer, across chunks into a declared length's one buffer, and
+// across chunks copied whole at the end of a chunked body, pooled or not
+// (past maxPooledBody); and each returns all it reserved.
+func TestBodyBytesExact(t *testing.T) {
+	const maxBody = 6 << 20
+	srv := New(Config{MaxBody: maxBody}, slog.New(slog.DiscardHandler), 1)
+	srv.Router.Handle(fasthttp.MethodPost, "/sum", func(ctx *fasthttp.RequestCtx) {
+		body, release, err := Body(ctx, maxBody)
+		if err != nil {
+			WriteError(ctx, err)
+			return
+		}
+		defer release()
+		sum := sha256.Sum256(body)
+		fmt.Fprintf(ctx, "%d %x", len(body), sum)
+	})
+	addr, _ := serveTCP(t, srv)
+	client := &http.Client{Timeout: 10 * time.Second}
+	for _, n := range []int{0, 1000, minBodyBuf + 1, bodyChunk, bodyChunk + 1, 3*bodyChunk + 7, maxPooledBody + 3, maxBody} {
+		body := make([]byte, n)
+		for i := range body {
+			body[i] = byte(i*7 + i>>13)
+		}
+		want := fmt.Sprintf("%d %x", n, sha256.Sum256(body))
+		for _, chunked := range []bool{false, true} {
+			var r io.Reader = bytes.NewReader(body)
+			if chunked {
+				r = io.MultiReader(r) // no length: Transfer-Encoding: chunked
+			}
+			resp, err := client.Post("http://"+addr+"/sum", "application/octet-stream", r)
+			if err != nil {
+				t.Fatalf("%d bytes, chunked=%v: %v", n, chunked, err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(got) != want {
+				t.Errorf("%d bytes, chunked=%v: %d %q; want %q", n, chunked, resp.StatusCode, got, want)
+			}
+		}
+	}
+	waitFor(t, "the budget to empty", func() bool { return srv.conns.bodies.used.Load() == 0 })
+}
+
+// The pools' classes run from minBodyBuf to maxPooledBody by powers of
+// two, and a buffer goes back to the pool of its capacity.
+func TestBodyBufClasses(t *testing.T) {
+	if got := bufClass(maxPooledBody); got != len(bodyBufs)-1 {
+		t.Fatalf("bufClass(maxPooledBody) = %d; want the last of %d pools", got, len(bodyBufs))
+	}
+	for _, tc := range []struct{ n, cap int }{
+		{0, minBodyBuf}, {1, minBodyBuf}, {minBodyBuf, minBodyBuf}, {minBodyBuf + 1, 2 * minBodyBuf},
+		{40 << 10, 64 << 10}, {bodyChunk, bodyChunk}, {maxPooledBody, maxPooledBody}, {maxPooledBody + 1, maxPooledBody + 1},
+	} {
+		bp := getBuf(tc.n)
+		if len(*bp) != 0 || cap(*bp) != tc.cap {
+			t.Errorf("getBuf(%d): len %d cap %d; want 0, %d", tc.n, len(*bp), cap(*bp), tc.cap)
+		}
+		putBuf(bp)
+	}
+}
+
+// A small body through a real connection: what Body costs per request
+// beside fasthttp's own (the pooled buffers and state allocate nothing).
+func BenchmarkBody64KiB(b *testing.B) {
+	srv := New(Config{}, slog.New(slog.DiscardHandler), 1)
+	srv.Router.Handle(fasthttp.MethodPost, "/sum", func(ctx *fasthttp.RequestCtx) {
+		body, release, err := Body(ctx, 1<<20)
+		if err != nil {
+			WriteError(ctx, err)
+			return
+		}
+		sum := sha256.Sum256(body)
+		release()
+		ctx.Write(sum[:4])
+	})
+	addr, _ := serveTCP(b, srv)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	req := append([]byte(fmt.Sprintf("POST /sum HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n", 64<<10)), make([]byte, 64<<10)...)
+	var resp fasthttp.Response
+	br := bufio.NewReader(c)
+	b.SetBytes(64 << 10)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if err := resp.Read(br); err != nil || resp.StatusCode() != 200 {
+			b.Fatalf("%v %d", err, resp.StatusCode())
+		}
 	}
 }

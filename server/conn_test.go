@@ -18,7 +18,7 @@ import (
 
 // serveTCP runs srv on a loopback TCP listener: lingering and FIONREAD need
 // real sockets, which the in-memory listener is not.
-func serveTCP(t *testing.T, srv *Server) (addr string, shutdown func(time.Duration) error) {
+func serveTCP(t testing.TB, srv *Server) (addr string, shutdown func(time.Duration) error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
