@@ -219,6 +219,14 @@ func runServe(args []string) int {
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
+	// A passed admin socket is held to --admin-addr's rule, by the address
+	// it is bound to: off loopback, only with a token.
+	if sdAdmin != nil && sdAdmin.Addr().Network() == "tcp" {
+		if err := server.CheckAdminAddr(sdAdmin.Addr().String(), cfg.adminToken); err != nil {
+			log.Error("cannot start: the admin socket systemd passed", "err", err.Error())
+			return 2
+		}
+	}
 	if sdCluster != nil {
 		cfg.pool.Listener = sdCluster
 		log.Info("listening on the socket systemd passed", "addr", sdCluster.Addr().String())

@@ -60,9 +60,11 @@ func notifySystemd(ctx context.Context, sup *procpool.Supervisor, log *slog.Logg
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		return
 	}
+	warned := false // once: a broken NOTIFY_SOCKET must not flood the log at every watchdog tick
 	send := func(states ...string) {
-		if err := sdnotify.Notify(states...); err != nil {
-			log.Warn("systemd notify failed", "err", err.Error())
+		if err := sdnotify.Notify(states...); err != nil && !warned {
+			warned = true
+			log.Warn("systemd notify failed; further failures are not logged", "err", err.Error())
 		}
 	}
 	tick := time.NewTicker(100 * time.Millisecond)

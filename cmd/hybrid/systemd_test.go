@@ -120,3 +120,23 @@ func TestSystemdSocketActivation(t *testing.T) {
 		}
 	}
 }
+
+// An admin socket systemd passed is held to --admin-addr's rule by the
+// address it is bound to: on every address, not loopback, it needs a token.
+func TestSystemdAdminSocketOffLoopbackNeedsToken(t *testing.T) {
+	admin, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	adminFile, _ := admin.(*net.TCPListener).File()
+	sc := serveCmd(binPath, "--workers", "1")
+	cmd := exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`}, sc.Args...)...)
+	cmd.ExtraFiles = []*os.File{adminFile}
+	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "LISTEN_FDNAMES=admin")
+	out, err := cmd.CombinedOutput()
+	adminFile.Close()
+	if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "not on loopback") {
+		t.Errorf("an admin socket on 0.0.0.0 without a token: exit %d (%v), output %s; want 2 and the refusal", code, err, out)
+	}
+}
