@@ -206,7 +206,10 @@ func (s *Supervisor) Forks() int64 { return s.forks.Load() }
 
 // Run starts the workers and supervises them until ctx is done, then drains
 // them: each gets SIGTERM and Config.ShutdownTimeout to finish its in-flight
-// requests before SIGKILL. Run returns once every worker has exited.
+// requests before SIGKILL. An upgrade's new primary that is not ready yet is
+// rolled back (its process group gets SIGTERM, SIGKILL after 3 s, at once
+// after Kill). Run returns once every worker, and such a new primary, has
+// exited: nothing it started holds the sockets any more.
 func (s *Supervisor) Run(ctx context.Context) error {
 	defer close(s.done)
 	defer s.sock.Close()
@@ -248,9 +251,16 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				s.log.Warn("forced shutdown: killing worker", "worker", p.slot.id, "worker_pid", p.pid)
 				p.signal(syscall.SIGKILL)
 			}
+			if u := &s.upgrade; u.active && !u.succeeded {
+				s.log.Warn("forced shutdown: killing the new primary's process group", "new_primary_pid", u.cmd.Process.Pid)
+				u.killAt = time.Time{}
+				signalGroup(u.cmd, syscall.SIGKILL)
+			}
 		}
 		s.publish()
-		if s.shutting && len(s.procs) == 0 {
+		// A new primary being rolled back is waited for too: it holds the
+		// sockets, and once this process is gone nobody would stop it.
+		if s.shutting && len(s.procs) == 0 && !(s.upgrade.active && !s.upgrade.succeeded) {
 			s.log.Info("primary stopped: all workers exited")
 			return nil
 		}

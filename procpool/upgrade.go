@@ -31,8 +31,11 @@ const (
 )
 
 // upgradeKillGrace is how long a new primary being rolled back has to stop
-// its workers after SIGTERM, before SIGKILL (its workers then follow through
-// their parent-death signal and control channel within OrphanGrace).
+// its workers after SIGTERM, before SIGKILL to its process group (its
+// workers, each in a group of its own, then follow through their control
+// channel's EOF: at once while starting, within OrphanGrace once serving).
+// It is also what a shutdown of this primary waits at most, besides its own
+// drain, for a new primary still starting.
 const upgradeKillGrace = 3 * time.Second
 
 // UpgradeOutcome is the last upgrade's result, as /cluster shows it: in the
@@ -205,7 +208,9 @@ func (s *Supervisor) startPrimary() (*exec.Cmd, *os.File, error) {
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = files
 	// Its own process group, as the workers: a terminal's signals reach
-	// one primary. No parent-death signal: it must outlive this process.
+	// one primary, and a rollback stops the whole group (signalGroup): a
+	// wrapper script's children too, which hold the sockets as well. No
+	// parent-death signal: it must outlive this process.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		r.Close()
@@ -240,8 +245,9 @@ func (s *Supervisor) onUpgradeReport(cmd *exec.Cmd, line string) {
 	}
 }
 
-// rollback stops the new primary of an undecided upgrade: SIGTERM (it
-// drains what its workers took), SIGKILL after upgradeKillGrace.
+// rollback stops the new primary of an undecided upgrade: SIGTERM to its
+// process group (it drains what its workers took), SIGKILL to the group
+// after upgradeKillGrace.
 func (s *Supervisor) rollback(why string) {
 	u := &s.upgrade
 	if !u.active || u.decided {
@@ -251,7 +257,20 @@ func (s *Supervisor) rollback(why string) {
 	u.killAt = time.Now().Add(upgradeKillGrace)
 	s.log.Error("upgrade rolled back: stopping the new primary; this one keeps serving",
 		"new_primary_pid", u.cmd.Process.Pid, "reason", why)
-	_ = u.cmd.Process.Signal(syscall.SIGTERM)
+	signalGroup(u.cmd, syscall.SIGTERM)
+}
+
+// signalGroup sends sig to the new primary's process group, which it leads
+// (Setpgid): whatever it started in it, a wrapper script's exec'd binary
+// or its children, holds the inherited sockets too, and signalling the
+// primary's pid alone would leave them running. Its workers have groups of
+// their own and follow their primary through the control channel.
+func signalGroup(cmd *exec.Cmd, sig syscall.Signal) {
+	// The group outlives its leader while a member lives, and its id is
+	// not reused meanwhile; ESRCH: nothing is left of it.
+	if err := unix.Kill(-cmd.Process.Pid, sig); err != nil {
+		_ = cmd.Process.Signal(sig)
+	}
 }
 
 // onUpgradeExit ends a failed upgrade once its new primary has exited, so
@@ -272,6 +291,9 @@ func (s *Supervisor) onUpgradeExit(cmd *exec.Cmd, werr error) {
 		s.log.Error("upgrade rolled back: the new primary exited; this one keeps serving",
 			"new_primary_pid", cmd.Process.Pid, "reason", u.why)
 	}
+	// What the new primary left in its group (a wrapper script's
+	// children) would hold the sockets after this primary is gone.
+	_ = unix.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	s.lastUpgrade = &UpgradeOutcome{At: time.Now().UTC(), Result: UpgradeRolledBack, Reason: u.why, Binary: s.cfg.Binary,
 		OldPID: os.Getpid(), NewPID: cmd.Process.Pid}
 	err := fmt.Errorf("%w: %s", ErrRolledBack, u.why)
@@ -301,9 +323,9 @@ func (s *Supervisor) upgradeTick(now time.Time) {
 		s.rollback(fmt.Sprintf("the new primary or one of its workers was not ready within the start timeout %v", s.cfg.StartTimeout))
 	}
 	if u.decided && !u.succeeded && !u.killAt.IsZero() && now.After(u.killAt) {
-		s.log.Warn("upgrade: the new primary did not stop in time: SIGKILL", "new_primary_pid", u.cmd.Process.Pid)
+		s.log.Warn("upgrade: the new primary did not stop in time: SIGKILL to its process group", "new_primary_pid", u.cmd.Process.Pid)
 		u.killAt = time.Time{}
-		_ = u.cmd.Process.Signal(syscall.SIGKILL)
+		signalGroup(u.cmd, syscall.SIGKILL)
 	}
 }
 

@@ -50,6 +50,7 @@ func runWorker(args []string) int {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	signal.Ignore(syscall.SIGHUP) // reload is the primary's business
+	serving := guardStartup(w, sigs, log)
 
 	hooks, err := loadTestHooks(w)
 	if err != nil {
@@ -73,6 +74,7 @@ func runWorker(args []string) int {
 	defer st.close()
 	hooks.register(st.srv.Router, st.exec)
 
+	serving()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- st.srv.Serve(ln) }()
 	select {
@@ -97,6 +99,47 @@ func runWorker(args []string) int {
 		})
 	}
 	return drainWorker(w, st.srv, log, sigs, serveErr, cfg.pool.ShutdownTimeout)
+}
+
+// guardStartup ends this worker at once should its
+// primary go (the control channel's EOF) or ask it to stop (SIGTERM,
+// SIGINT) before it serves: it has nothing to drain, and every second it
+// lives it holds the cluster's socket (fd 3), which must not outlive the
+// primary (a rolled-back upgrade's, killed with SIGKILL). A start that
+// hangs (a slow isolate check, a stuck cgroup, the test hook "slow") would
+// otherwise hold it until the SIGKILL the primary sends past
+// --shutdown-timeout, or, with the primary gone, indefinitely: SIGTERM, its
+// parent-death signal, is caught for the drain and read only once it serves.
+//
+// Why not a parent-death signal of SIGKILL until ready, then SIGTERM: the
+// signal is a per-thread setting in Linux, set by the forking thread on
+// the exec'd main thread; a prctl(PR_SET_PDEATHSIG) from the worker would
+// change it on whatever thread the goroutine runs on, not the main thread's,
+// so the SIGKILL would stay and cut every later drain short. The control
+// channel's EOF comes however the primary died and needs no signal.
+//
+// Call the returned func right before the server starts accepting; from
+// then on drainWorker handles both, with the drain they call for. It
+// returns once the guard has let go of sigs.
+func guardStartup(w *procpool.Worker, sigs <-chan os.Signal, log *slog.Logger) (serving func()) {
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		select {
+		case <-stop:
+			return
+		case sig := <-sigs:
+			log.Info("stopped before serving: exiting", "signal", sig.String())
+			os.Exit(0)
+		case <-w.ParentGone():
+			log.Warn("primary is gone before this worker served: exiting")
+		}
+		os.Exit(1)
+	}()
+	return func() {
+		close(stop)
+		<-stopped
+	}
 }
 
 // workerStack is what a worker serves with: the HTTP server, the task pool,
