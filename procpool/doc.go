@@ -41,9 +41,16 @@
 //     <why>".
 //  3. On "ready" the old primary drains its workers as on SIGTERM and exits;
 //     the new one serves on. On "fail", on the new primary's exit, or past
-//     Config.StartTimeout, the old primary stops the new one (SIGTERM, SIGKILL
-//     3 s later; its workers follow by their parent-death signal) and keeps
-//     serving: a rollback, in its log and in [Snapshot].LastUpgrade.
+//     Config.StartTimeout, the old primary stops the new one (SIGTERM to its
+//     process group, SIGKILL to the group 3 s later; its workers follow by
+//     their control channel's EOF) and keeps serving: a rollback, in its log
+//     and in [Snapshot].LastUpgrade. A shutdown of the old primary during an
+//     upgrade rolls it back too, and Run returns only once the new primary
+//     has exited.
+//
+// Until it has written "ready", the new primary does not serve the
+// listeners it inherited through PassOn ([Supervisor.TookOver]): the old
+// one answers every request on them.
 //
 // The new primary has no parent-death signal: it must outlive the old one.
 // Should the old one die during the upgrade, the new one serves on.

@@ -67,6 +67,7 @@ type Supervisor struct {
 	handover    *handover // a primary started by an upgrade, until it reported ready
 	lastUpgrade *UpgradeOutcome
 	handedOver  chan struct{} // closed once a new primary took over
+	tookOver    chan struct{} // closed once this primary serves (TookOver)
 	passOn      []namedListener
 	poolSize    int // the task-pool size set at run time; 0: the flags'
 }
@@ -164,9 +165,12 @@ func New(cfg Config, log *slog.Logger) (*Supervisor, error) {
 		procs:      make(map[*proc]struct{}),
 		crashes:    crashWindow{window: cfg.CrashWindow},
 		handedOver: make(chan struct{}),
+		tookOver:   make(chan struct{}),
 	}
 	if inh != nil {
 		s.handover = &handover{ready: inh.ready, from: os.Getppid()}
+	} else {
+		close(s.tookOver)
 	}
 	// Sized for MaxWorkers, so that Scale never needs a new board.
 	if cfg.ListenMode == ListenShared && cfg.AcceptBalance == BalanceConns && cfg.MaxWorkers > 1 {

@@ -92,6 +92,15 @@ func (s *Supervisor) PassOn(name string, ln net.Listener) {
 	s.passOn = append(s.passOn, namedListener{name, ln})
 }
 
+// TookOver is closed once this primary serves the cluster: at once for a
+// primary not started by an upgrade, and in one started by an upgrade once
+// it has told the old primary "ready" (or found it gone). Until then the
+// old primary serves the listeners given to PassOn, and the caller should
+// not accept on their inherited copies: a request the new primary took
+// before the hand-over would be answered by a primary that may yet be
+// rolled back, and any change it made lost with it.
+func (s *Supervisor) TookOver() <-chan struct{} { return s.tookOver }
+
 // HandedOver is closed when an upgrade's new primary has taken over: this
 // primary is draining its workers and will return from Run. The caller
 // should stop its own listeners' accepting then (the new primary serves on
@@ -347,6 +356,7 @@ func (s *Supervisor) handoverIfReady() {
 		s.log.Warn("upgrade: cannot tell the old primary; it is gone, so this one serves", "err", err.Error())
 	}
 	h.close()
+	close(s.tookOver)
 	s.lastUpgrade = &UpgradeOutcome{At: time.Now().UTC(), Result: UpgradeSucceeded, Binary: s.cfg.Binary,
 		OldPID: h.from, NewPID: os.Getpid()}
 	s.log.Info("upgrade: all workers ready; the old primary drains its own", "old_primary_pid", h.from)

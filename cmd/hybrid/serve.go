@@ -243,6 +243,7 @@ func runServe(args []string) int {
 		return 1
 	}
 	var admin *server.Admin
+	runDone := make(chan struct{}) // closed when sup.Run has returned
 	if cfg.adminAddr != "off" {
 		// After an upgrade the admin socket is the old primary's: binding
 		// again would fail, and the socket never closes.
@@ -259,8 +260,19 @@ func runServe(args []string) int {
 		}
 		sup.PassOn("admin", ln)
 		admin = server.NewAdmin(cluster, log, server.WithToken(cfg.adminToken))
-		go admin.Serve(ln)
-		log.Info("admin endpoint listening", "admin_addr", ln.Addr().String())
+		// Started by an upgrade, this primary answers on the inherited
+		// admin socket only once it has taken over: until then the old
+		// one answers every request, and a change asked of this one (POST
+		// /pool) is not lost when it is rolled back.
+		go func() {
+			select {
+			case <-sup.TookOver():
+			case <-runDone:
+				return
+			}
+			log.Info("admin endpoint listening", "admin_addr", ln.Addr().String())
+			admin.Serve(ln)
+		}()
 		go func() { // the new primary answers on the admin socket from now on
 			<-sup.HandedOver()
 			server.KeepAdminSocket(ln)
@@ -316,6 +328,7 @@ func runServe(args []string) int {
 	}()
 
 	err = sup.Run(ctx)
+	close(runDone)
 	if admin != nil {
 		stopAdmin(admin)
 	}
