@@ -20,7 +20,10 @@ const (
 	listenEnv     = "HYBRID_LISTEN"       // "fd" (shared, fd 3) or "reuseport:<addr>"
 	maxRequestEnv = "HYBRID_MAX_REQUEST"  // unused by the worker; visible in /proc for debugging
 	boardEnv      = "HYBRID_ACCEPT_BOARD" // "<entry>/<entries>": the worker's accept board entry, on fd 5
-	poolSizeEnv   = "HYBRID_POOL_SIZE"    // the task-pool size set at run time (Supervisor.SetPoolSize)
+	// poolSizeEnv is the task-pool size set at run time
+	// (Supervisor.SetPoolSize). Not HYBRID_POOL_SIZE: that is --pool-size's
+	// own variable, which workerEnv would strip from the user's environment.
+	poolSizeEnv = "HYBRID_RUNTIME_POOL_SIZE"
 )
 
 // upgradeEnv tells a primary started by an upgrade what it inherited:

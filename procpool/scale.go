@@ -26,7 +26,7 @@ func (s *Supervisor) Scale(n int) error { return s.call(func() error { return s.
 func (s *Supervisor) onScale(n int) error {
 	switch {
 	case n < 1 || n > s.cfg.MaxWorkers:
-		return fmt.Errorf("procpool: scale to %d workers: want 1 to %d: %w", n, s.cfg.MaxWorkers, ErrInvalid)
+		return fmt.Errorf("scale to %d workers: want 1 to %d: %w", n, s.cfg.MaxWorkers, ErrInvalid)
 	case s.shutting:
 		return ErrStopped
 	case s.upgrade.active || s.handover != nil:
@@ -66,7 +66,7 @@ func (s *Supervisor) onScale(n int) error {
 func (s *Supervisor) SetPoolSize(n int) error {
 	return s.call(func() error {
 		if n < 1 || n > MaxPoolSize {
-			return fmt.Errorf("procpool: pool size %d: want 1 to %d: %w", n, MaxPoolSize, ErrInvalid)
+			return fmt.Errorf("pool size %d: want 1 to %d: %w", n, MaxPoolSize, ErrInvalid)
 		}
 		if s.shutting {
 			return ErrStopped

@@ -160,7 +160,8 @@ func (s *Supervisor) onUpgrade(reply chan error) {
 	}
 	cmd, report, err := s.startPrimary()
 	if err != nil {
-		why := err.Error()
+		// ErrRolledBack names the package already.
+		why := strings.TrimPrefix(err.Error(), "procpool: ")
 		s.lastUpgrade = &UpgradeOutcome{At: time.Now().UTC(), Result: UpgradeRolledBack, Reason: why, Binary: s.cfg.Binary}
 		s.log.Error("upgrade rolled back: the new primary did not start; this one keeps serving", "binary", s.cfg.Binary, "err", why)
 		reply <- fmt.Errorf("%w: %s", ErrRolledBack, why)
@@ -188,7 +189,7 @@ func (s *Supervisor) onUpgrade(reply chan error) {
 func (s *Supervisor) startPrimary() (*exec.Cmd, *os.File, error) {
 	r, w, err := os.Pipe() // close-on-exec; ExtraFiles clears it on w in the child
 	if err != nil {
-		return nil, nil, fmt.Errorf("procpool: upgrade pipe: %w", err)
+		return nil, nil, fmt.Errorf("upgrade pipe: %w", err)
 	}
 	defer w.Close()
 	files := []*os.File{s.sock.file, w}
@@ -197,7 +198,7 @@ func (s *Supervisor) startPrimary() (*exec.Cmd, *os.File, error) {
 		sc, ok := nl.ln.(syscall.Conn)
 		if !ok {
 			r.Close()
-			return nil, nil, fmt.Errorf("procpool: upgrade: listener %q (%T) has no descriptor", nl.name, nl.ln)
+			return nil, nil, fmt.Errorf("listener %q (%T) has no descriptor", nl.name, nl.ln)
 		}
 		f, err := dupListener(sc)
 		if err != nil {
@@ -223,7 +224,7 @@ func (s *Supervisor) startPrimary() (*exec.Cmd, *os.File, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		r.Close()
-		return nil, nil, fmt.Errorf("procpool: upgrade: start %s: %w", s.cfg.Binary, err)
+		return nil, nil, fmt.Errorf("start %s: %w", s.cfg.Binary, err)
 	}
 	return cmd, r, nil
 }
