@@ -143,3 +143,22 @@ func (s *Supervisor) capDraining() {
 			"draining", len(draining), "cap", s.drainCap(), "kill_in", drainCapGrace.String())
 	}
 }
+
+// ReloadEnv is [Supervisor.Reload] that also replaces Config.Env, what is
+// added to every worker's environment, for the workers the reload starts
+// and every worker started after it (restarts, recycles, scale-ups). Both
+// happen on the loop, at once: a refused reload ([ErrBusy], [ErrStopped])
+// leaves Config.Env as it was, and no worker ever starts with the new
+// environment outside a reload.
+func (s *Supervisor) ReloadEnv(env []string) error {
+	env = slices.Clone(env)
+	return s.call(func() error {
+		old := s.cfg.Env
+		s.cfg.Env = env
+		if err := s.onReload(); err != nil {
+			s.cfg.Env = old
+			return err
+		}
+		return nil
+	})
+}
