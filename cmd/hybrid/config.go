@@ -17,10 +17,12 @@ package main
 // the value (tokens may hold one).
 //
 // Precedence: command line > environment (HYBRID_*) > file > default
-// (parseFlags). The primary and every worker read the file when they start:
-// workers re-execute with the primary's arguments, so a rolling reload picks
-// up the file's worker-level settings, and [reloadChecker] refuses a reload
-// whose file a new worker would refuse.
+// (parseFlags). Only the primary opens the file: when it starts, and at
+// each reload ([reloadChecker], which refuses a file a new worker would
+// refuse). Its workers, which re-execute with its arguments, parse the
+// contents it last accepted, which it passes them in [snapshotEnv]; so an
+// edit reaches no worker, restarted, recycled or scaled up, before a reload
+// has checked and applied it, and a bad edit leaves everything as it was.
 
 import (
 	"bytes"
@@ -31,7 +33,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
+	"unicode/utf8"
 
+	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
 )
@@ -39,8 +45,19 @@ import (
 // configFlag is the flag naming the configuration file.
 const configFlag = "config"
 
-// maxConfigFile bounds a configuration file: a real one is a few KiB.
-const maxConfigFile = 1 << 20
+// maxConfigFile bounds a configuration file: a real one is a few KiB. The
+// workers get it in one environment string ([snapshotEnv]), which the
+// kernel caps at 128 KiB (MAX_ARG_STRLEN).
+const maxConfigFile = 64 << 10
+
+// snapshotEnv is the environment variable in which the primary passes its
+// workers the configuration file's contents as it last accepted them. A
+// worker parses these in place of the file, which it never opens.
+const snapshotEnv = "HYBRID_CONFIG_SNAPSHOT"
+
+// maxRefusal bounds what a config error keeps of a flag's own refusal of a
+// value: a flag's parser may quote the whole value, however long.
+const maxRefusal = 160
 
 // configPath returns the configuration file fs names: --config if given on
 // the command line, else HYBRID_CONFIG, else "" (none, or fs has no such flag).
@@ -55,23 +72,16 @@ func configPath(fs *flag.FlagSet, given map[string]bool) string {
 	return os.Getenv(envName(configFlag))
 }
 
-// applyConfigFile sets fs's flags from the file at path, each through the
+// applyConfigFile sets fs's flags from the file at path (in a worker, from
+// the contents its primary passed: configContents), each through the
 // flag's own parser, in file order. Every line is checked, whichever source
-// wins in the end, so a file is valid or not whatever the command line says.
-// The error is one line naming path:line: an unknown name, a name given
-// twice, a line without "=", or a value the flag refuses.
+// wins in the end, so a file is valid or not whatever the command line
+// says. The error is one line naming path:line: an unknown name, a name
+// given twice, a line without "=", or a value the flag refuses.
 func applyConfigFile(fs *flag.FlagSet, path string) error {
-	f, err := os.Open(path)
+	data, err := configContents(path)
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxConfigFile+1))
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	if len(data) > maxConfigFile {
-		return fmt.Errorf("config: %s: larger than %s", path, formatSize(maxConfigFile))
+		return err
 	}
 	seen := map[string]int{} // name → line
 	for i, line := range bytes.Split(data, []byte("\n")) {
@@ -88,14 +98,14 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		if !ok || name == "" {
 			return fail("want name = value, as in max-body = 64MiB")
 		}
-		if strings.HasPrefix(name, "-") {
-			return fail("write %s, not %s: a flag's name without dashes", strings.TrimLeft(name, "-"), name)
+		if bare := strings.TrimLeft(name, "-"); bare != name && len(name)-len(bare) <= 2 && fs.Lookup(bare) != nil {
+			return fail("write %s, not %s: a flag's name without dashes", bare, name)
 		}
 		if name == configFlag {
 			return fail("a configuration file cannot name another")
 		}
 		if fs.Lookup(name) == nil {
-			return fail("unknown setting %q (the names are the flags of hybrid serve -h)", name)
+			return fail("unknown setting %s (the names are the flags of hybrid serve -h)", server.Quote(name))
 		}
 		if first, dup := seen[name]; dup {
 			return fail("%s set again (first on line %d)", name, first)
@@ -109,10 +119,105 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 			value = s
 		}
 		if err := fs.Set(name, value); err != nil {
-			return fail("%s = %q: %v", name, value, err)
+			return fail("%s = %s: %s", name, server.Quote(value), refusal(err, value))
 		}
 	}
 	return nil
+}
+
+// refusal is err, a flag's refusal of value, for an error line: the whole
+// value quoted in it is cut as server.Quote cuts it, and the rest to
+// maxRefusal bytes.
+func refusal(err error, value string) string {
+	msg := err.Error()
+	if q := strconv.Quote(value); len(q) > len(server.Quote(value)) {
+		msg = strings.ReplaceAll(msg, q, server.Quote(value))
+	}
+	if len(msg) <= maxRefusal {
+		return msg
+	}
+	n := maxRefusal
+	for n > 0 && !utf8.RuneStart(msg[n]) {
+		n--
+	}
+	return msg[:n] + "…"
+}
+
+// configContents returns what applyConfigFile parses for path: in a
+// worker, the contents its primary passed in snapshotEnv; in the primary,
+// while a reload's check runs, the contents the check read (pinned); else
+// the file's (readConfigFile).
+func configContents(path string) ([]byte, error) {
+	if procpool.IsWorker() {
+		s, ok := os.LookupEnv(snapshotEnv)
+		if !ok {
+			return nil, fmt.Errorf("config: %s: the primary passed no %s: a worker never reads the file itself", path, snapshotEnv)
+		}
+		return []byte(s), nil
+	}
+	pinned.Lock()
+	data, ok := pinned.data, pinned.set
+	pinned.Unlock()
+	if ok {
+		return data, nil
+	}
+	return readConfigFile(path)
+}
+
+// pinned, while set, is the configuration file's contents that parseFlags
+// takes in place of reading the file: a reload's check sets it
+// (checkServeConfig), so that the contents it checks are the ones the
+// workers get. The mutex only orders memory: reloadChecker.mu makes the
+// checks one at a time, and the primary parses nothing else meanwhile.
+var pinned struct {
+	sync.Mutex
+	data []byte
+	set  bool
+}
+
+// readConfigFile reads the configuration file at path: a regular file of
+// at most maxConfigFile bytes, with no NUL byte. It never blocks on a FIFO
+// or a device: the open does not wait (O_NONBLOCK), and only a regular file
+// is read.
+func readConfigFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("config: %s: %s, not a regular file", path, fileKind(fi.Mode()))
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if len(data) > maxConfigFile {
+		return nil, fmt.Errorf("config: %s: larger than %s (the most the primary passes its workers)", path, formatSize(maxConfigFile))
+	}
+	if bytes.IndexByte(data, 0) >= 0 {
+		return nil, fmt.Errorf("config: %s: holds a NUL byte: not a text file", path)
+	}
+	return data, nil
+}
+
+// fileKind names the type of a file that is not a regular one.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	}
+	return "a special file"
 }
 
 // primarySettings are the settings the primary reads once, when it starts:
@@ -154,36 +259,99 @@ func changedPrimarySettings(old, new map[string]string) []string {
 	return changed
 }
 
+// checkServeConfig reads hybrid serve's configuration file, as args and the
+// environment name it, once, and checks its contents as a new worker will
+// parse them (resolveServe). It returns the environment that passes those
+// contents to the workers (snapshotEnv; nil without a file) and the value
+// of every setting.
+func checkServeConfig(args []string) (env []string, values map[string]string, err error) {
+	fs, _ := serveFlagSet(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	path := configPath(fs, given)
+	if path == "" {
+		values, err := resolveServe(args)
+		return nil, values, err
+	}
+	data, err := readConfigFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	pinned.Lock()
+	pinned.data, pinned.set = data, true
+	pinned.Unlock()
+	defer func() {
+		pinned.Lock()
+		pinned.data, pinned.set = nil, false
+		pinned.Unlock()
+	}()
+	if values, err = resolveServe(args); err != nil {
+		return nil, nil, err
+	}
+	return []string{snapshotEnv + "=" + string(data)}, values, nil
+}
+
 // reloadChecker is the cluster as SIGHUP and the admin endpoint reload it:
-// Reload first re-reads the configuration the way each new worker will, and
-// refuses an invalid one with one error line, so that every worker keeps
-// running as it was; it logs the primary-level settings that changed, which
-// only an upgrade applies. The other methods are the cluster's own. An
-// upgrade is not checked here: the new binary may know settings this one
-// does not, and it checks the file itself when it starts (a refusal is a
-// rollback).
+// Reload first reads the configuration file once and checks it the way
+// each new worker will parse it, and refuses an invalid one with one error
+// line, so that every worker keeps running as it was; else it starts the
+// reload with those contents as the workers' snapshot (procpool's
+// ReloadEnv), which every worker started from then on parses. It logs the
+// primary-level settings that changed, which only an upgrade applies. The
+// other methods are the cluster's own. An upgrade is not checked here: the
+// new binary may know settings this one does not, and it checks the file
+// itself when it starts (a refusal is a rollback).
 type reloadChecker struct {
 	server.Cluster
-	args    []string          // hybrid serve's arguments, after "serve"
-	started map[string]string // the settings the primary started with
-	log     *slog.Logger
+	// reloadEnv is the cluster's ReloadEnv, where it has one (a
+	// *procpool.Supervisor): Reload with a new Config.Env.
+	reloadEnv func(env []string) error
+	args      []string          // hybrid serve's arguments, after "serve"
+	started   map[string]string // the settings the primary started with
+	log       *slog.Logger
+	// mu makes the checks one at a time; a reload asked for while one is
+	// checked is refused as busy, as one asked for during a reload is.
+	mu sync.Mutex
 }
 
 // newReloadChecker returns the reload checker of c, a primary started with
-// args (after "serve"), which the primary has already parsed.
+// args (after "serve"), which the primary has already parsed. It reads the
+// configuration file, and puts its contents in the primary's own
+// environment (snapshotEnv), which every worker inherits: call it before
+// Run forks the first. A reload's snapshot then replaces it (ReloadEnv sets
+// Config.Env, which comes after the inherited environment, and wins).
+// Config.Env is the snapshot's: hybrid serve sets nothing else in it.
 func newReloadChecker(c server.Cluster, args []string, log *slog.Logger) (*reloadChecker, error) {
-	started, err := resolveServe(args)
+	env, started, err := checkServeConfig(args)
 	if err != nil {
 		return nil, err
 	}
-	return &reloadChecker{Cluster: c, args: args, started: started, log: log}, nil
+	os.Unsetenv(snapshotEnv) // none without a file, whatever the primary inherited
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if err := os.Setenv(k, v); err != nil {
+			return nil, fmt.Errorf("config: passing the file to the workers: %w", err)
+		}
+	}
+	r := &reloadChecker{Cluster: c, args: args, started: started, log: log}
+	if re, ok := c.(interface{ ReloadEnv([]string) error }); ok {
+		r.reloadEnv = re.ReloadEnv
+	}
+	return r, nil
 }
 
-// Reload checks the configuration, then starts the cluster's rolling reload.
-// An invalid configuration is a *server.Error: 409 invalid_config, with the
-// one line that names it.
+// Reload checks the configuration, then starts the cluster's rolling
+// reload. An invalid configuration is a *server.Error: 409 invalid_config,
+// with the one line that names it.
 func (r *reloadChecker) Reload() error {
-	now, err := resolveServe(r.args)
+	if !r.mu.TryLock() {
+		return fmt.Errorf("reload refused: the configuration of another is being checked: %w", procpool.ErrBusy)
+	}
+	defer r.mu.Unlock()
+	env, now, err := checkServeConfig(r.args)
 	if err != nil {
 		r.log.Error("reload refused: the configuration is invalid; every worker keeps running as it was", "err", err.Error())
 		return server.Errorf(fasthttp.StatusConflict, "invalid_config", "reload refused, every worker keeps running: %v", err)
@@ -191,6 +359,9 @@ func (r *reloadChecker) Reload() error {
 	if changed := changedPrimarySettings(r.started, now); len(changed) > 0 {
 		r.log.Warn("reload: changed settings of the primary apply on upgrade: "+strings.Join(changed, ", "),
 			"applies_on_upgrade", changed)
+	}
+	if env != nil && r.reloadEnv != nil {
+		return r.reloadEnv(env)
 	}
 	return r.Cluster.Reload()
 }

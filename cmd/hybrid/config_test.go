@@ -183,3 +183,187 @@ func TestInvalidConfigOnReload(t *testing.T) {
 	}
 	c.waitLog("rolling reload started", 5*time.Second)
 }
+
+// A value a flag refuses is named once, cut to server.Quote's length: a
+// 60 KB bad value makes a short error line, from the file or from the
+// environment.
+func TestConfigErrorsQuoteValuesShort(t *testing.T) {
+	long := "1" + strings.Repeat("X", 60<<10) // within maxConfigFile
+	path := writeConfig(t, "max-body = "+long+"\n")
+	fs, _ := testFlags()
+	err := parseFlags(fs, []string{"--config", path})
+	if err == nil || len(err.Error()) > 400 || !strings.Contains(err.Error(), path+`:1: max-body = "1XXX`) {
+		t.Errorf("a 60 KB bad max-body in the file: %d bytes of error %.300q; want one short line naming it", len(fmt.Sprint(err)), err)
+	}
+	path = writeConfig(t, strings.Repeat("-n", 30<<10)+" = 1\n")
+	fs, _ = testFlags()
+	if err := parseFlags(fs, []string{"--config", path}); err == nil || len(err.Error()) > 400 || !strings.Contains(err.Error(), "unknown setting") {
+		t.Errorf("a 60 KB unknown name: %d bytes of error %.300q; want one short line", len(fmt.Sprint(err)), err)
+	}
+	t.Setenv("HYBRID_MAX_BODY", long)
+	fs, _ = testFlags()
+	if err := parseFlags(fs, nil); err == nil || len(err.Error()) > 400 || !strings.Contains(err.Error(), `invalid HYBRID_MAX_BODY="1XXX`) {
+		t.Errorf("a 60 KB bad HYBRID_MAX_BODY: %d bytes of error %.300q; want one short line naming it", len(fmt.Sprint(err)), err)
+	}
+}
+
+// Only a regular file of at most maxConfigFile text bytes is read, and a
+// FIFO is refused at once: its open does not wait for a writer.
+func TestConfigFileKinds(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo.conf")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := writeConfig(t, "# "+strings.Repeat("x", maxConfigFile)+"\n")
+	nul := writeConfig(t, "a = x\x00y\n")
+	for path, want := range map[string]string{
+		fifo: fifo + ": a FIFO, not a regular file",
+		dir:  dir + ": a directory, not a regular file",
+		big:  big + ": larger than 64KiB",
+		nul:  nul + ": holds a NUL byte",
+	} {
+		done := make(chan error, 1)
+		go func() {
+			fs, _ := testFlags()
+			done <- parseFlags(fs, []string{"--config", path})
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("--config %s: parseFlags = %v; want one line with %q", path, err, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("--config %s: parseFlags still blocked after 5s", path)
+		}
+	}
+}
+
+// A worker parses the contents its primary passed in HYBRID_CONFIG_SNAPSHOT
+// and never opens the file; without them it refuses to start.
+func TestConfigWorkerParsesSnapshot(t *testing.T) {
+	t.Setenv("HYBRID_ROLE", "worker")
+	t.Setenv(snapshotEnv, "a = from-snapshot\n")
+	fs, v := testFlags()
+	if err := parseFlags(fs, []string{"--config", "/nonexistent.conf"}); err != nil || *v["a"] != "from-snapshot" {
+		t.Errorf("worker: parseFlags = %v, a = %q; want nil, from-snapshot (the file does not exist)", err, *v["a"])
+	}
+	t.Setenv(snapshotEnv, "a = 1\nnope = 2\n")
+	fs, _ = testFlags()
+	if err := parseFlags(fs, []string{"--config", "/etc/hybrid.conf"}); err == nil || !strings.Contains(err.Error(), `/etc/hybrid.conf:2: unknown setting "nope"`) {
+		t.Errorf("worker, bad snapshot: parseFlags = %v; want the file's name and line", err)
+	}
+	os.Unsetenv(snapshotEnv)
+	fs, _ = testFlags()
+	if err := parseFlags(fs, []string{"--config", writeConfig(t, "a = 1\n")}); err == nil || !strings.Contains(err.Error(), snapshotEnv) {
+		t.Errorf("worker without a snapshot: parseFlags = %v; want a refusal naming %s", err, snapshotEnv)
+	}
+}
+
+// postFresh POSTs body to url on a new connection, so that a worker killed
+// since the last request is not on the other end.
+func postFresh(t *testing.T, url string, body []byte) int {
+	t.Helper()
+	resp, err := freshClient().Post(url, "application/octet-stream", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// killWorker SIGKILLs the ready worker pid and waits until want workers are
+// ready again, none of them pid.
+func (c *cluster) killWorker(pid, want int) {
+	c.t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		c.t.Fatal(err)
+	}
+	c.waitFor(15*time.Second, "the killed worker replaced", func() bool {
+		ready := c.readyPIDs()
+		return len(ready) == want && !ready[pid]
+	})
+}
+
+// Workers parse the file as the primary last accepted it, never the file
+// itself: a bad edit without a reload reaches no worker started later
+// (scaled up, restarted after a crash), so the cluster stays healthy and
+// only the reload is refused; and a valid edit reaches none either until
+// hybrid reload applies it.
+func TestConfigSnapshotUntilReload(t *testing.T) {
+	path := writeConfig(t, "max-body = 1KiB\n")
+	c := startCluster(t, []string{"HYBRID_CONFIG=" + path}, 2, "--workers", "2")
+	url := "http://" + c.addr + "/v1/hash/sha256"
+	body := bytes.Repeat([]byte("x"), 2048)
+
+	if err := os.WriteFile(path, []byte("max-body = 1KiB\npool-size = banana\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := runHybrid(t, nil, "scale", "3", "--admin-addr", c.admin); code != 0 {
+		t.Fatalf("hybrid scale 3: exit %d, %q %q", code, out, errOut)
+	}
+	c.waitFor(15*time.Second, "3 workers ready with the banana file", func() bool { return len(c.readyPIDs()) == 3 })
+	c.killWorker(firstKey(c.readyPIDs()), 3)
+	if s := c.snapshot(); s.Circuit != "closed" || s.WorkersReady != 3 {
+		t.Errorf("after a scale-up and a crash with a bad file: circuit %s, %d ready; want closed, 3", s.Circuit, s.WorkersReady)
+	}
+	if _, errOut, code := runHybrid(t, nil, "reload", "--admin-addr", c.admin); code != 1 || !strings.Contains(errOut, path+":2: pool-size") {
+		t.Errorf("hybrid reload with the banana file: exit %d, %q; want 1 naming %s:2", code, errOut, path)
+	}
+
+	// A valid edit: the workers restarted before the reload keep 1KiB.
+	if out, errOut, code := runHybrid(t, nil, "scale", "1", "--admin-addr", c.admin); code != 0 {
+		t.Fatalf("hybrid scale 1: exit %d, %q %q", code, out, errOut)
+	}
+	c.waitFor(15*time.Second, "1 worker", func() bool { return len(c.snapshot().Workers) == 1 })
+	if err := os.WriteFile(path, []byte("max-body = 4KiB\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.killWorker(firstKey(c.readyPIDs()), 1)
+	if s := postFresh(t, url, body); s != http.StatusRequestEntityTooLarge {
+		t.Errorf("POST 2KiB to a worker restarted after a valid edit, before any reload = %d; want 413 (the accepted 1KiB)", s)
+	}
+	if out, errOut, code := runHybrid(t, nil, "reload", "--admin-addr", c.admin); code != 0 {
+		t.Fatalf("hybrid reload with the valid edit: exit %d, %q %q", code, out, errOut)
+	}
+	c.waitLog("rolling reload complete", 15*time.Second)
+	if s := postFresh(t, url, body); s != 200 {
+		t.Errorf("POST 2KiB after hybrid reload = %d; want 200 (the reloaded 4KiB)", s)
+	}
+	// The snapshot outlives the reload: the file may change again.
+	if err := os.WriteFile(path, []byte("max-body = 1KiB\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.killWorker(firstKey(c.readyPIDs()), 1)
+	if s := postFresh(t, url, body); s != 200 {
+		t.Errorf("POST 2KiB to a worker restarted after the reload and another edit = %d; want 200 (the reloaded 4KiB)", s)
+	}
+}
+
+// A FIFO at the configuration path does not freeze the primary: a reload
+// is refused at once, in one line, and SIGTERM still stops it.
+func TestConfigFIFOOnReload(t *testing.T) {
+	path := writeConfig(t, "max-body = 1KiB\n")
+	c := startCluster(t, []string{"HYBRID_CONFIG=" + path}, 1, "--workers", "1")
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	out, errOut, code := runHybrid(t, nil, "reload", "--admin-addr", c.admin)
+	if code != 1 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, path+": a FIFO, not a regular file") || out != "" {
+		t.Errorf("hybrid reload with a FIFO: exit %d, stdout %q, stderr %q; want 1 and one line naming the FIFO", code, out, errOut)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("hybrid reload with a FIFO took %v", d)
+	}
+	c.signal(syscall.SIGHUP)
+	c.waitFor(5*time.Second, "the SIGHUP refused", func() bool { return len(c.logs.find("reload refused")) == 2 })
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(15 * time.Second); code != 0 {
+		t.Errorf("SIGTERM with a FIFO as the file: exit %d; want 0", code)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+
+	"github.com/hybrid-server/hybrid/server"
 )
 
 // envName is the environment variable that mirrors a flag: --max-body is
@@ -47,7 +49,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		name := envName(f.Name)
 		if v, ok := os.LookupEnv(name); ok {
 			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("invalid %s=%q: %w", name, v, err))
+				errs = append(errs, fmt.Errorf("invalid %s=%s: %s", name, server.Quote(v), refusal(err, v)))
 			}
 		}
 	})
