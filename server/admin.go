@@ -44,8 +44,8 @@ type Cluster interface {
 //	GET  /cluster   the procpool.Snapshot
 //	POST /reload    202: a rolling reload started
 //	POST /upgrade   200 once a new primary serves; 502 rolled_back with the reason
-//	POST /scale     {"workers":N}: 202
-//	POST /pool      {"size":N}: 202
+//	POST /scale     {"workers":N}, N from 1 to the snapshot's workers_max: 202
+//	POST /pool      {"size":N}, N from 1 to procpool.MaxPoolSize: 202
 //
 // A POST that is busy (a reload or an upgrade runs) is a 409 busy.
 //
@@ -137,10 +137,10 @@ func (a *Admin) check(ctx *fasthttp.RequestCtx, tokened, mutating bool) *Error {
 		if !tokened {
 			return nil
 		}
-		auth := string(ctx.Request.Header.Peek("Authorization"))
-		tok, ok := strings.CutPrefix(auth, "Bearer ")
-		sum := sha256.Sum256([]byte(tok))
-		if !ok || subtle.ConstantTimeCompare(sum[:], a.token[:]) != 1 {
+		// The scheme is case-insensitive (RFC 9110 11.1): bearer works too.
+		scheme, tok, _ := strings.Cut(string(ctx.Request.Header.Peek("Authorization")), " ")
+		sum := sha256.Sum256([]byte(strings.TrimLeft(tok, " ")))
+		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(sum[:], a.token[:]) != 1 {
 			return Errorf(fasthttp.StatusUnauthorized, "unauthorized", "this admin endpoint wants its token: Authorization: Bearer <--admin-token>")
 		}
 		return nil
@@ -211,11 +211,16 @@ func (a *Admin) upgrade(ctx *fasthttp.RequestCtx) {
 	WriteJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "upgraded"})
 }
 
-// maxAdminCount bounds the numbers /scale and /pool take.
+// maxAdminCount bounds the numbers /scale takes from a cluster that does
+// not tell its workers_max.
 const maxAdminCount = 1 << 12
 
 func (a *Admin) scale(ctx *fasthttp.RequestCtx) {
-	n, err := decodeCount(ctx.PostBody(), "workers", 1)
+	most := a.cluster.Snapshot().WorkersMax
+	if most <= 0 {
+		most = maxAdminCount
+	}
+	n, err := decodeCount(ctx.PostBody(), "workers", 1, most)
 	if err != nil {
 		WriteError(ctx, err)
 		return
@@ -229,7 +234,7 @@ func (a *Admin) scale(ctx *fasthttp.RequestCtx) {
 }
 
 func (a *Admin) pool(ctx *fasthttp.RequestCtx) {
-	n, err := decodeCount(ctx.PostBody(), "size", 0)
+	n, err := decodeCount(ctx.PostBody(), "size", 1, procpool.MaxPoolSize)
 	if err != nil {
 		WriteError(ctx, err)
 		return
@@ -268,9 +273,9 @@ func clusterError(op string, err error) *Error {
 }
 
 // decodeCount reads body, exactly {"<key>": N} with N an integer from least
-// to maxAdminCount, and nothing else: no other key, no repeat, no trailing
-// data. Anything else is a 400 bad_request.
-func decodeCount(body []byte, key string, least int) (int, error) {
+// to most, and nothing else: no other key, no repeat, no trailing data.
+// Anything else is a 400 bad_request.
+func decodeCount(body []byte, key string, least, most int) (int, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	next := func() any {
@@ -284,8 +289,8 @@ func decodeCount(body []byte, key string, least int) (int, error) {
 	num, isNum := next().(json.Number)
 	ok = ok && isNum && next() == json.Delim('}') && next() == io.EOF
 	n, err := strconv.Atoi(string(num))
-	if !ok || err != nil || n < least || n > maxAdminCount {
-		return 0, Errorf(fasthttp.StatusBadRequest, CodeBadRequest, `want the body {"%s": N}, N from %d to %d`, key, least, maxAdminCount)
+	if !ok || err != nil || n < least || n > most {
+		return 0, Errorf(fasthttp.StatusBadRequest, CodeBadRequest, `want the body {"%s": N}, N from %d to %d`, key, least, most)
 	}
 	return n, nil
 }
@@ -294,7 +299,12 @@ func decodeCount(body []byte, key string, least int) (int, error) {
 // without a token: an address not on loopback (a wildcard, another
 // interface, a host name) wants one. "off" and a unix socket
 // ("unix:/path", created 0600) do not.
+//
+// It refuses a token that HTTP cannot carry as it is (CheckAdminToken).
 func CheckAdminAddr(addr, token string) error {
+	if err := CheckAdminToken(token); err != nil {
+		return err
+	}
 	if addr == "off" || strings.HasPrefix(addr, "unix:") || token != "" {
 		return nil
 	}
@@ -306,6 +316,20 @@ func CheckAdminAddr(addr, token string) error {
 		return nil
 	}
 	return fmt.Errorf("admin-addr %s is not on loopback: set --admin-token (HYBRID_ADMIN_TOKEN), or use 127.0.0.1:port or unix:/path", addr)
+}
+
+// CheckAdminToken refuses an admin token that no request could present:
+// one with leading or trailing whitespace, which HTTP strips from a header
+// value, or with a control byte, which a header cannot hold. The error does
+// not quote the token, a secret.
+func CheckAdminToken(token string) error {
+	if strings.TrimSpace(token) != token {
+		return errors.New("admin-token: begins or ends with whitespace, which HTTP strips from the Authorization header: no request could match it")
+	}
+	if strings.ContainsFunc(token, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return errors.New("admin-token: holds a control character, which an HTTP header cannot carry")
+	}
+	return nil
 }
 
 // ListenAdmin listens on addr: host:port (TCP), or unix:/path, a unix

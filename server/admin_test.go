@@ -31,7 +31,7 @@ type fakeCluster struct {
 }
 
 func (f *fakeCluster) Snapshot() procpool.Snapshot {
-	return procpool.Snapshot{PrimaryPID: 1, Circuit: "closed", WorkersWanted: 1, WorkersReady: 1}
+	return procpool.Snapshot{PrimaryPID: 1, Circuit: "closed", WorkersWanted: 1, WorkersReady: 1, WorkersMax: 16}
 }
 
 func (f *fakeCluster) Reload() error {
@@ -185,7 +185,7 @@ func TestAdminRefusesBrowserRequests(t *testing.T) {
 func TestAdminToken(t *testing.T) {
 	fc, addr := startAdmin(t, "127.0.0.1:0", WithToken("s3cret"))
 	a := addr.String()
-	for _, auth := range []string{"", "Bearer", "Bearer wrong", "Bearer s3cret2", "bearer s3cret", "Basic czNjcmV0"} {
+	for _, auth := range []string{"", "Bearer", "Bearer wrong", "Bearer s3cret2", "Bearers3cret", "Basic s3cret", "Basic czNjcmV0"} {
 		for _, rt := range []struct{ method, path string }{{"GET", "/cluster"}, {"POST", "/reload"}} {
 			r := call(t, http.DefaultClient, a, rt.method, rt.path, "", "Authorization", auth, AdminHeader, "1")
 			if r.status != 401 || r.code != "unauthorized" || r.header.Get("WWW-Authenticate") == "" {
@@ -202,6 +202,12 @@ func TestAdminToken(t *testing.T) {
 	}
 	if r := call(t, http.DefaultClient, a, "GET", "/cluster", "", "Authorization", "Bearer s3cret"); r.status != 200 {
 		t.Errorf("GET /cluster with the token = %d; want 200", r.status)
+	}
+	// The scheme is case-insensitive (RFC 9110), and spaces may follow it.
+	for _, auth := range []string{"bearer s3cret", "BEARER s3cret", "Bearer   s3cret"} {
+		if r := call(t, http.DefaultClient, a, "GET", "/cluster", "", "Authorization", auth); r.status != 200 {
+			t.Errorf("GET /cluster with Authorization %q = %d; want 200", auth, r.status)
+		}
 	}
 	if got := fc.calls(); got != "reloads 1, upgrades 0, scaled [], pools []" {
 		t.Errorf("cluster saw %s; want one reload", got)
@@ -251,11 +257,19 @@ func TestAdminCountBodies(t *testing.T) {
 	if s := post("/scale", `{"workers": 3}`+"\n"); s != 202 {
 		t.Errorf(`POST /scale {"workers": 3} = %d; want 202`, s)
 	}
-	if s := post("/pool", `{"size":0}`); s != 202 {
-		t.Errorf(`POST /pool {"size":0} = %d; want 202`, s)
+	if s := post("/scale", `{"workers":16}`); s != 202 {
+		t.Errorf(`POST /scale {"workers":16} = %d; want 202: workers_max is 16`, s)
+	}
+	if s := post("/pool", `{"size":4096}`); s != 202 {
+		t.Errorf(`POST /pool {"size":4096} = %d; want 202`, s)
+	}
+	for _, body := range []string{`{"size":0}`, `{"size":4097}`, `{"size":-1}`} {
+		if s := post("/pool", body); s != 400 {
+			t.Errorf("POST /pool %s = %d; want 400: the size is 1 to procpool.MaxPoolSize", body, s)
+		}
 	}
 	for _, body := range []string{
-		``, `{}`, `[]`, `3`, `{"workers":0}`, `{"workers":-1}`, `{"workers":4097}`, `{"workers":1.5}`, `{"workers":1e1}`,
+		``, `{}`, `[]`, `3`, `{"workers":0}`, `{"workers":-1}`, `{"workers":17}`, `{"workers":4097}`, `{"workers":1.5}`, `{"workers":1e1}`,
 		`{"workers":"3"}`, `{"Workers":3}`, `{"workers":3,"workers":4}`, `{"workers":3,"size":1}`,
 		`{"workers":3}{}`, `{"workers":3} x`, `{"workers":3`, `{"workers":99999999999999999999}`,
 		`{"workers":` + strings.Repeat(" ", 2000) + `3}`,
@@ -267,8 +281,8 @@ func TestAdminCountBodies(t *testing.T) {
 	if s := post("/pool", `{"workers":3}`); s != 400 {
 		t.Errorf(`POST /pool {"workers":3} = %d; want 400`, s)
 	}
-	if got := fc.calls(); got != "reloads 0, upgrades 0, scaled [3], pools [0]" {
-		t.Errorf("cluster saw %s; want scaled [3], pools [0]", got)
+	if got := fc.calls(); got != "reloads 0, upgrades 0, scaled [3 16], pools [4096]" {
+		t.Errorf("cluster saw %s; want scaled [3 16], pools [4096]", got)
 	}
 }
 
@@ -290,9 +304,19 @@ func TestCheckAdminAddr(t *testing.T) {
 		{"admin.example:8081", "", false},
 		{"127.0.0.1", "", false}, // no port
 		{"0.0.0.0:8081", "s3cret", true},
+		{"127.0.0.1:8081", "s3 cret", true},
+		// A token HTTP cannot carry as it is can never match: refused.
+		{"127.0.0.1:8081", " tok en ", false},
+		{"unix:/run/hybrid/admin.sock", "tok\t", false},
+		{"0.0.0.0:8081", "tok\nen", false},
+		{"off", "tok\x7f", false},
 	} {
-		if err := CheckAdminAddr(tc.addr, tc.token); (err == nil) != tc.ok {
+		err := CheckAdminAddr(tc.addr, tc.token)
+		if (err == nil) != tc.ok {
 			t.Errorf("CheckAdminAddr(%q, %q) = %v; want ok %v", tc.addr, tc.token, err, tc.ok)
+		}
+		if err != nil && tc.token != "" && strings.Contains(err.Error(), tc.token) {
+			t.Errorf("CheckAdminAddr(%q, %q) = %v: it names the token, a secret", tc.addr, tc.token, err)
 		}
 	}
 }
