@@ -66,6 +66,13 @@ func TestAdminNonLoopbackNeedsToken(t *testing.T) {
 	if code := cmd.ProcessState.ExitCode(); code != 2 || strings.Count(string(out), "\n") != 1 || !strings.Contains(string(out), "--admin-token") {
 		t.Errorf("serve --admin-addr 0.0.0.0:0: exit %d (%v), %q; want 2 and one line naming --admin-token", code, err, out)
 	}
+	// A token HTTP would strip can never match: refused at start, unnamed.
+	cmd = exec.CommandContext(ctx, binPath, "serve", "--addr", "127.0.0.1:0", "--admin-token", " tok en ", "--workers", "1")
+	cmd.WaitDelay = 5 * time.Second
+	out, err = cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 2 || strings.Count(string(out), "\n") != 1 || !strings.Contains(string(out), "whitespace") || strings.Contains(string(out), "tok en") {
+		t.Errorf("serve --admin-token ' tok en ': exit %d (%v), %q; want 2 and one line, without the token", code, err, out)
+	}
 
 	c := startClusterCmd(t, serveCmd(binPath, "--workers", "1", "--admin-addr", "0.0.0.0:0"), []string{"HYBRID_ADMIN_TOKEN=s3cret"}, 0)
 	_, port, _ := net.SplitHostPort(c.admin)
@@ -84,6 +91,14 @@ func TestAdminNonLoopbackNeedsToken(t *testing.T) {
 	}
 	if _, errOut, code := runHybrid(t, nil, "reload", "--admin-token", "s3cret", "--admin-addr", c.admin); code != 0 {
 		t.Errorf("hybrid reload --admin-token: exit %d, %q; want 0", code, errOut)
+	}
+	// Any case of the scheme (RFC 9110).
+	req, _ := http.NewRequest(http.MethodGet, "http://"+c.admin+"/cluster", nil)
+	req.Header.Set("Authorization", "bearer s3cret")
+	if resp, err := adminClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Errorf("GET /cluster with Authorization: bearer (lower case) = %v, %v; want 200", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 }
 

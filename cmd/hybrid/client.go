@@ -110,7 +110,19 @@ func (c *primaryClient) call(ctx context.Context, method, path, body string) ([]
 		}
 		return nil, fmt.Errorf("the primary at %s refused the admin token", c.addr)
 	}
-	return nil, errors.New(e.Error.Message)
+	return nil, &adminError{code: e.Error.Code, msg: e.Error.Message}
+}
+
+// adminError is the admin endpoint's refusal: its code and message.
+type adminError struct{ code, msg string }
+
+func (e *adminError) Error() string { return e.msg }
+
+// isBadRequest reports whether err is the admin's 400 bad_request: for
+// /scale and /pool, a number out of range.
+func isBadRequest(err error) bool {
+	var e *adminError
+	return errors.As(err, &e) && e.code == server.CodeBadRequest
 }
 
 // runClient runs client command name: it parses args (flags, and
@@ -120,6 +132,9 @@ func runClient(name string, args []string, positional int, timeout time.Duration
 	do func(ctx context.Context, c *primaryClient, pos []string) error) int {
 	fs, c := clientFlagSet(name, os.Stderr)
 	pos, err := parseFlagsArgs(fs, args)
+	if err == nil {
+		err = server.CheckAdminToken(c.token)
+	}
 	if err == nil && len(pos) != positional {
 		err = fmt.Errorf("want %d argument(s), got %d", positional, len(pos))
 	}
@@ -162,30 +177,42 @@ func runUpgrade(args []string) int {
 	})
 }
 
+// runScale asks for N workers, 1 to the primary's workers_max, which a
+// refusal names.
 func runScale(args []string) int {
 	return runClient("scale", args, 1, 10*time.Second, func(ctx context.Context, c *primaryClient, pos []string) error {
 		n, err := strconv.Atoi(pos[0])
 		if err != nil || n < 1 {
-			return fmt.Errorf("scale %q: want a number of workers, at least 1", pos[0])
+			return fmt.Errorf("scale: %s: want a number of workers, 1 to the primary's workers_max", server.Quote(pos[0]))
 		}
 		if _, err := c.call(ctx, http.MethodPost, "/scale", fmt.Sprintf(`{"workers":%d}`, n)); err != nil {
-			return err
+			if !isBadRequest(err) {
+				return err
+			}
+			var s procpool.Snapshot
+			body, cerr := c.call(ctx, http.MethodGet, "/cluster", "")
+			if cerr != nil || json.Unmarshal(body, &s) != nil || s.WorkersMax < 1 {
+				return fmt.Errorf("scale: %d: the primary refused it: %w", n, err)
+			}
+			return fmt.Errorf("scale: %d: want 1 to %d workers (workers_max)", n, s.WorkersMax)
 		}
 		fmt.Printf("scaling to %d workers\n", n)
 		return nil
 	})
 }
 
+// runPool sets every worker's task-pool size, 1 to procpool.MaxPoolSize,
+// until the next reload, which returns to the flags' (--pool-size).
 func runPool(args []string) int {
 	return runClient("pool", args, 1, 10*time.Second, func(ctx context.Context, c *primaryClient, pos []string) error {
 		n, err := strconv.Atoi(pos[0])
-		if err != nil || n < 0 {
-			return fmt.Errorf("pool %q: want a task-pool size per worker, 0 for the flags'", pos[0])
+		if err != nil || n < 1 || n > procpool.MaxPoolSize {
+			return fmt.Errorf("pool: %s: want a task-pool size per worker, 1 to %d (a reload returns to --pool-size)", server.Quote(pos[0]), procpool.MaxPoolSize)
 		}
 		if _, err := c.call(ctx, http.MethodPost, "/pool", fmt.Sprintf(`{"size":%d}`, n)); err != nil {
 			return err
 		}
-		fmt.Printf("pool size %d on every worker\n", n)
+		fmt.Printf("pool size %d on every worker, until the next reload\n", n)
 		return nil
 	})
 }
@@ -198,6 +225,9 @@ func runStatus(args []string) int {
 	fs.BoolVar(&watch, "watch", false, "print the status again every --interval, until interrupted")
 	fs.DurationVar(&every, "interval", 2*time.Second, "the period of --watch")
 	pos, err := parseFlagsArgs(fs, args)
+	if err == nil {
+		err = server.CheckAdminToken(c.token)
+	}
 	if err == nil && len(pos) > 0 {
 		err = fmt.Errorf("unexpected argument %q", pos[0])
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -150,5 +151,21 @@ func TestClientScale(t *testing.T) {
 	c.waitFor(15*time.Second, "2 workers ready", func() bool { return len(c.readyPIDs()) == 2 })
 	if out, errOut, code := runHybrid(t, nil, "pool", "3", "--admin-addr", c.admin); code != 0 || c.snapshot().PoolSize != 3 {
 		t.Errorf("hybrid pool 3: exit %d, %q, %q, pool size %d; want 0, 3", code, out, errOut, c.snapshot().PoolSize)
+	}
+	// Out of range: one line in the CLI's words, with the range.
+	want := fmt.Sprintf("hybrid: scale: 100000: want 1 to %d workers (workers_max)\n", c.snapshot().WorkersMax)
+	if out, errOut, code := runHybrid(t, nil, "scale", "100000", "--admin-addr", c.admin); code != 1 || errOut != want || out != "" {
+		t.Errorf("hybrid scale 100000: exit %d, %q, %q; want 1, %q", code, out, errOut, want)
+	}
+	want = "hybrid: pool: \"0\": want a task-pool size per worker, 1 to 4096 (a reload returns to --pool-size)\n"
+	if out, errOut, code := runHybrid(t, nil, "pool", "0", "--admin-addr", c.admin); code != 1 || errOut != want || out != "" {
+		t.Errorf("hybrid pool 0: exit %d, %q, %q; want 1, %q", code, out, errOut, want)
+	}
+	if s := c.snapshot(); s.WorkersWanted != 2 || s.PoolSize != 3 {
+		t.Errorf("after the refusals: %d workers wanted, pool size %d; want 2, 3", s.WorkersWanted, s.PoolSize)
+	}
+	// A token no request could carry is a usage error, not a 401.
+	if _, errOut, code := runHybrid(t, []string{"HYBRID_ADMIN_TOKEN= tok en "}, "status", "--admin-addr", c.admin); code != 2 || !strings.Contains(errOut, "whitespace") {
+		t.Errorf("hybrid status with the token \" tok en \": exit %d, %q; want 2 and why", code, errOut)
 	}
 }
