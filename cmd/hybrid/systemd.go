@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/hybrid-server/hybrid/internal/sdnotify"
 	"github.com/hybrid-server/hybrid/procpool"
+	"github.com/hybrid-server/hybrid/server"
 )
 
 // systemdSockets takes the sockets systemd passed to the primary (socket
@@ -24,20 +26,36 @@ func systemdSockets() (cluster, admin net.Listener, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	fail := func(err error) (net.Listener, net.Listener, error) {
+		for _, ln := range []net.Listener{cluster, admin} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+		for _, f := range files {
+			f.Close() // those not taken yet; closing one twice does no harm
+		}
+		return nil, nil, err
+	}
+	clusterName := ""
 	for i, f := range files {
 		ln, err := net.FileListener(f)
 		f.Close()
 		if err != nil {
-			return nil, nil, fmt.Errorf("systemd socket %d (%q): %w", i, names[i], err)
+			return fail(fmt.Errorf("systemd socket %d (%s): %w", i, server.Quote(names[i]), err))
 		}
 		switch {
 		case names[i] == "admin" && admin == nil:
 			admin = ln
 		case names[i] != "admin" && cluster == nil:
-			cluster = ln
+			cluster, clusterName = ln, names[i]
+		case names[i] == "admin":
+			ln.Close()
+			return fail(errors.New("systemd passed two sockets named admin: want at most one"))
 		default:
 			ln.Close()
-			return nil, nil, fmt.Errorf("systemd passed more than one %q socket: want one for the cluster and at most one named admin", names[i])
+			return fail(fmt.Errorf("systemd passed two sockets for the cluster, %s and %s: want one (named http, or unnamed) and at most one named admin",
+				server.Quote(clusterName), server.Quote(names[i])))
 		}
 	}
 	return cluster, admin, nil

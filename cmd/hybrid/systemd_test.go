@@ -140,3 +140,27 @@ func TestSystemdAdminSocketOffLoopbackNeedsToken(t *testing.T) {
 		t.Errorf("an admin socket on 0.0.0.0 without a token: exit %d (%v), output %s; want 2 and the refusal", code, err, out)
 	}
 }
+
+// Two sockets for the cluster (LISTEN_FDNAMES=foo:bar) are named as such,
+// both of them, and the primary does not start.
+func TestSystemdTwoClusterSockets(t *testing.T) {
+	var files []*os.File
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		f, _ := ln.(*net.TCPListener).File()
+		defer f.Close()
+		files = append(files, f)
+	}
+	sc := serveCmd(binPath, "--workers", "1")
+	cmd := exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`}, sc.Args...)...)
+	cmd.ExtraFiles = files
+	cmd.Env = append(os.Environ(), "LISTEN_FDS=2", "LISTEN_FDNAMES=foo:bar")
+	out, err := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), `two sockets for the cluster, \"foo\" and \"bar\"`) {
+		t.Errorf("LISTEN_FDNAMES=foo:bar: exit %d (%v), output %s; want 1 naming both", code, err, out)
+	}
+}
