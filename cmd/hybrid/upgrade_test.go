@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -292,10 +294,10 @@ func TestUpgradeRefusesASecondAndTimesOut(t *testing.T) {
 	setFault("slow") // the new primary's worker never becomes ready
 	c.signal(syscall.SIGUSR2)
 	c.waitLog("upgrade: new primary starting", 10*time.Second)
-	// Both primaries answer on the admin socket meanwhile; both say so.
+	// Only the old primary answers on the admin socket meanwhile, and says so.
 	c.waitFor(time.Second, "/cluster to show upgrading", func() bool {
 		s := c.snapshotOrNil()
-		return s != nil && s.Upgrading
+		return s != nil && s.Upgrading && s.PrimaryPID == old
 	})
 	c.signal(syscall.SIGUSR2)
 	if line := c.waitLog("SIGUSR2 ignored", 10*time.Second); !strings.Contains(fmt.Sprint(line["err"]), "an upgrade is running") {
@@ -348,6 +350,11 @@ func TestUpgradeRefusedAsPID1(t *testing.T) {
 	}
 	syscall.Kill(primary, syscall.SIGUSR2)
 	line := c.waitLog("upgrade refused", 10*time.Second)
+	// The line is logged before the snapshot is published.
+	c.waitFor(5*time.Second, "/cluster to show the refusal", func() bool {
+		s := c.snapshotOrNil()
+		return s != nil && s.LastUpgrade != nil
+	})
 	s := c.snapshot()
 	if s.PrimaryPID != 1 || s.LastUpgrade == nil || s.LastUpgrade.Result != procpool.UpgradeRefused || s.WorkersReady != 1 {
 		t.Errorf("after SIGUSR2 as PID 1: pid %d, last upgrade %+v, %d ready; want 1, refused, 1", s.PrimaryPID, s.LastUpgrade, s.WorkersReady)
@@ -412,5 +419,166 @@ func TestClientUpgrade(t *testing.T) {
 	}
 	if s := c.snapshot(); s.PrimaryPID != pid || s.WorkersReady != 1 {
 		t.Errorf("after the rollback: primary %d with %d ready; want %d serving", s.PrimaryPID, s.WorkersReady, pid)
+	}
+}
+
+// groupMembers returns the live (not zombie) processes of process group
+// pgid.
+func groupMembers(pgid int) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:])) // state ppid pgrp …
+		if len(f) > 2 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// portsFree checks that nothing holds the cluster's or the admin's port:
+// a fresh listener binds each.
+func portsFree(t *testing.T, addrs ...string) {
+	t.Helper()
+	for _, addr := range addrs {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Errorf("listen on %s after the primary exited: %v; a process of the upgrade still holds it", addr, err)
+			continue
+		}
+		ln.Close()
+	}
+}
+
+// An upgrade to a wrapper script that never starts hybrid (its shell and
+// its sleep both ignore SIGTERM): the rollback kills the whole process
+// group, shell and sleep, which hold both inherited sockets. Then a SIGTERM
+// to the primary in the middle of a second such upgrade: the primary
+// exits only once the new one's group is gone, and leaves both ports free.
+func TestUpgradeRollbackLeavesNoOrphan(t *testing.T) {
+	wrapper := filepath.Join(t.TempDir(), "hybrid-wrapper")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\ntrap '' TERM\nsleep 600\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := startClusterCmd(t, serveCmd(binPath, "--workers", "1", "--binary", wrapper, "--start-timeout", "2s"), nil, 1)
+	t.Cleanup(c.killSeen)
+	var groups []int
+	t.Cleanup(func() {
+		for _, g := range groups {
+			syscall.Kill(-g, syscall.SIGKILL)
+		}
+	})
+	newPrimary := func(n int) int {
+		c.waitFor(10*time.Second, fmt.Sprintf("new primary %d to start", n), func() bool {
+			return len(c.logs.find("upgrade: new primary starting")) >= n
+		})
+		pid := int(c.logs.find("upgrade: new primary starting")[n-1]["new_primary_pid"].(float64))
+		groups = append(groups, pid)
+		c.waitFor(5*time.Second, "the wrapper's sleep", func() bool { return len(groupMembers(pid)) == 2 })
+		return pid
+	}
+
+	c.signal(syscall.SIGUSR2)
+	first := newPrimary(1)
+	c.waitFor(15*time.Second, "the rollback", func() bool {
+		s := c.snapshotOrNil()
+		return s != nil && !s.Upgrading && s.LastUpgrade != nil && s.LastUpgrade.Result == procpool.UpgradeRolledBack
+	})
+	if left := groupMembers(first); len(left) != 0 {
+		t.Errorf("after the rollback, processes %v of the new primary's group %d still run", left, first)
+	}
+
+	c.signal(syscall.SIGUSR2)
+	second := newPrimary(2)
+	t0 := time.Now()
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(15 * time.Second); code != 0 {
+		t.Errorf("primary exited %d on SIGTERM mid-upgrade; want 0", code)
+	}
+	t.Logf("SIGTERM mid-upgrade: the primary exited after %v", time.Since(t0).Round(time.Millisecond))
+	if left := groupMembers(second); len(left) != 0 {
+		t.Errorf("after the primary exited, processes %v of the new primary's group %d still run", left, second)
+	}
+	portsFree(t, c.addr, c.admin)
+}
+
+// An upgrade to a build whose workers never become ready (the test hook
+// "slow"): meanwhile every /cluster answer is the old primary's, and a
+// POST /pool changes the old primary's workers. Then SIGTERM to the old
+// primary: it rolls the upgrade back and exits, and within a few seconds
+// no process of either primary is left and both ports are free.
+func TestUpgradeSlowBuildShutdown(t *testing.T) {
+	binB, err := secondBuild()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "hybrid")
+	flip(t, link, binB)
+	env, setFault := faultFile(t)
+	c := startClusterCmd(t, serveCmd(binPath, "--workers", "2", "--binary", link), env, 2)
+	t.Cleanup(c.killSeen)
+	old := c.snapshot().PrimaryPID
+	setFault("slow")
+	c.signal(syscall.SIGUSR2)
+	c.waitFor(15*time.Second, "the new primary's workers to start", func() bool {
+		return len(c.logs.find("test hook: never becoming ready")) == 2
+	})
+	client := freshClient() // a connection per request: each is accepted anew
+	for i := range 24 {
+		var s procpool.Snapshot
+		if code, err := getJSON(client, "http://"+c.admin+"/cluster", &s); err != nil || code != http.StatusOK {
+			t.Fatalf("GET /cluster during the upgrade = %d, %v", code, err)
+		}
+		if s.PrimaryPID != old || !s.Upgrading {
+			t.Errorf("GET /cluster %d during the upgrade: answered by primary %d (upgrading %v); want the old one, %d", i, s.PrimaryPID, s.Upgrading, old)
+		}
+	}
+	adminClient.CloseIdleConnections()
+	if code, body := postPool(t, c.admin, 3); code/100 != 2 {
+		t.Errorf("POST /pool during the upgrade = %d %s; want 2xx", code, body)
+	} else if s := c.snapshot(); s.PrimaryPID != old || s.PoolSize != 3 {
+		t.Errorf("after POST /pool: primary %d, pool size %d; want %d, 3", s.PrimaryPID, s.PoolSize, old)
+	}
+
+	t0 := time.Now()
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(15 * time.Second); code != 0 {
+		t.Errorf("primary exited %d on SIGTERM mid-upgrade; want 0", code)
+	}
+	c.waitFor(5*time.Second, "every process of both primaries to exit", func() bool {
+		for pid := range c.seenPIDs() {
+			if running(pid) {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("SIGTERM mid-upgrade: all gone %v later", time.Since(t0).Round(time.Millisecond))
+	portsFree(t, c.addr, c.admin)
+}
+
+// HYBRID_POOL_SIZE is --pool-size's variable, which the primary passes on
+// to its workers: it is not mistaken for the pool size set at run time.
+func TestPoolSizeFromEnvironment(t *testing.T) {
+	c := startCluster(t, []string{"HYBRID_POOL_SIZE=3"}, 1, "--workers", "1")
+	var h struct {
+		Pool struct {
+			Capacity int `json:"capacity"`
+		} `json:"pool"`
+	}
+	if _, err := getJSON(freshClient(), "http://"+c.addr+"/health", &h); err != nil || h.Pool.Capacity != 3 {
+		t.Errorf("with HYBRID_POOL_SIZE=3 a worker's pool capacity is %d (%v); want 3", h.Pool.Capacity, err)
 	}
 }
