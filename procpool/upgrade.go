@@ -244,6 +244,7 @@ func (s *Supervisor) onUpgradeReport(cmd *exec.Cmd, line string) {
 			OldPID: os.Getpid(), NewPID: pid}
 		s.log.Info("upgrade: the new primary and its workers are ready; draining this primary's workers",
 			"new_primary_pid", pid, "took_ms", float64(time.Since(u.started).Microseconds())/1000)
+		s.publish() // /cluster shows the outcome before Upgrade returns it
 		for _, w := range u.waiters {
 			w <- nil
 		}
@@ -307,10 +308,12 @@ func (s *Supervisor) onUpgradeExit(cmd *exec.Cmd, werr error) {
 	s.lastUpgrade = &UpgradeOutcome{At: time.Now().UTC(), Result: UpgradeRolledBack, Reason: u.why, Binary: s.cfg.Binary,
 		OldPID: os.Getpid(), NewPID: cmd.Process.Pid}
 	err := fmt.Errorf("%w: %s", ErrRolledBack, u.why)
-	for _, w := range u.waiters {
+	waiters := u.waiters
+	s.upgrade = upgradeState{}
+	s.publish() // /cluster shows the rollback before Upgrade returns it
+	for _, w := range waiters {
 		w <- err
 	}
-	s.upgrade = upgradeState{}
 }
 
 func exitStatus(cmd *exec.Cmd, werr error) string {

@@ -290,12 +290,16 @@ func runServe(args []string) int {
 			switch {
 			case sig == syscall.SIGHUP:
 				// A SIGHUP while a reload or upgrade runs is coalesced into
-				// it: a storm of them costs one reload.
-				if err := cluster.Reload(); err != nil {
-					log.Warn("SIGHUP ignored", "err", err.Error())
-				} else {
-					log.Info("SIGHUP: rolling reload")
-				}
+				// it: a storm of them costs one reload. The check reads
+				// --config, which must never hold up a SIGTERM: it runs
+				// off this loop.
+				go func() {
+					if err := cluster.Reload(); err != nil {
+						log.Warn("SIGHUP ignored", "err", err.Error())
+					} else {
+						log.Info("SIGHUP: rolling reload")
+					}
+				}()
 			case sig == syscall.SIGUSR2:
 				log.Info("SIGUSR2: binary upgrade")
 				go func() { // Upgrade waits for the outcome; signals go on meanwhile
