@@ -97,6 +97,7 @@ func NewAdmin(cluster Cluster, log *slog.Logger, opts ...AdminOption) *Admin {
 		o(a)
 	}
 	r := NewRouter(log)
+	r.Handle(fasthttp.MethodGet, "/", a.guard(a.dashboard, false, false))
 	r.Handle(fasthttp.MethodGet, "/health", a.guard(a.health, false, false))
 	r.Handle(fasthttp.MethodGet, "/cluster", a.guard(a.snapshot, true, false))
 	r.Handle(fasthttp.MethodPost, "/reload", a.guard(a.reload, true, true))
