@@ -4,9 +4,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/hybrid-server/hybrid/server"
@@ -23,8 +25,11 @@ func envName(flagName string) string {
 // configuration file (--config or HYBRID_CONFIG, where fs has that flag;
 // see config.go). The command line wins over the environment, which wins
 // over the file, which wins over the default.
+//
+// A bad value is the returned error alone: the command prints it as its one
+// line and exits 2. Only -h (or --help) prints the usage.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -54,9 +59,81 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		}
 	})
 	if path != "" {
-		_ = fs.Parse(args) // parsed once already: cannot fail
+		_ = parseArgs(fs, args) // parsed once already: cannot fail
+	}
+	if len(errs) == 0 {
+		errs = append(errs, checkPositive(fs, given, path))
 	}
 	return errors.Join(errs...)
+}
+
+// parseArgs is fs.Parse without the flag package's own printing, which
+// wrote the error, the whole usage (75 lines for serve) and then, from the
+// command, the error again. A bad flag or value is now only the returned
+// error; -h or --help prints the usage to fs's output and returns
+// flag.ErrHelp.
+func parseArgs(fs *flag.FlagSet, args []string) error {
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.Usage()
+	}
+	return err
+}
+
+// positiveFlags are serve's flags that take a value above 0 only. The
+// packages behind them read a zero field as "the default" (procpool.Config,
+// server.Config), so a 0 a user wrote would silently become 10s, 30s or
+// 4096 (and --heartbeat-interval 0 reached every worker as 0, whose ticker
+// panicked until the circuit opened). A flag whose 0 means something of its
+// own (off, auto: --max-rss, --pool-size, --queue-wait, ...) is not here;
+// the packages' Validate refuses negative values, and parseServe the
+// zeros of the flags it checks itself (--task-timeout, --pool-queue, ...).
+var positiveFlags = []string{
+	"start-timeout", "restart-backoff", "restart-backoff-max", "max-crashes", "crash-window",
+	"heartbeat-interval", "heartbeat-timeout", "shutdown-timeout",
+	"max-body", "max-conns", "read-timeout", "body-idle-timeout", "write-timeout", "idle-timeout", "drain-grace",
+}
+
+// checkPositive refuses a 0 for any of positiveFlags that fs has with
+// another default, naming
+// where the 0 came from: the flag, its environment variable or the file.
+func checkPositive(fs *flag.FlagSet, given map[string]bool, path string) error {
+	for _, name := range positiveFlags {
+		f := fs.Lookup(name)
+		if f == nil || !isZero(f.Value) || f.Value.String() == f.DefValue {
+			continue
+		}
+		src := "--" + name + " " + f.Value.String()
+		if !given[name] {
+			if v, ok := os.LookupEnv(envName(name)); ok {
+				src = envName(name) + "=" + server.Quote(v)
+			} else if path != "" {
+				src = path + ": " + name + " = " + f.Value.String()
+			}
+		}
+		return fmt.Errorf("%s: want more than 0 (0 does not turn it off; the default is %s)", src, f.DefValue)
+	}
+	return nil
+}
+
+// isZero reports whether a flag's value is 0 (a duration, a count or a size).
+func isZero(v flag.Value) bool {
+	g, ok := v.(flag.Getter)
+	if !ok {
+		return false
+	}
+	switch x := g.Get().(type) {
+	case time.Duration:
+		return x == 0
+	case int:
+		return x == 0
+	case uint64:
+		return x == 0
+	}
+	return false
 }
 
 // parseFlagsArgs is parseFlags for a command that also takes positional
@@ -65,7 +142,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 func parseFlagsArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 	var flags, pos []string
 	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
+		if err := parseArgs(fs, args); err != nil {
 			return nil, err
 		}
 		rest := fs.Args()
@@ -86,6 +163,14 @@ func (s sizeFlag) String() string {
 		return "0"
 	}
 	return formatSize(*s.p)
+}
+
+// Get returns the size, as a uint64 (flag.Getter).
+func (s sizeFlag) Get() any {
+	if s.p == nil {
+		return uint64(0)
+	}
+	return *s.p
 }
 
 func (s sizeFlag) Set(v string) error {
