@@ -31,7 +31,11 @@ const (
 )
 
 // Config is the supervisor's configuration. Zero fields take the defaults of
-// [DefaultConfig]; see the README for the matching flags.
+// [DefaultConfig] (a zero duration or MaxCrashes is the default, never
+// "off" or "at once"; only MaxRSS and MaxRequests are off at 0); see
+// docs/operations.md for the matching flags. hybrid serve refuses a 0 the
+// user wrote for any of them (cmd/hybrid's positiveFlags), since it would
+// silently stand for the default.
 type Config struct {
 	// Addr is the address the cluster serves on, as for net.Listen ("tcp").
 	Addr string
@@ -89,10 +93,13 @@ type Config struct {
 	QuitGrace        time.Duration
 
 	// MaxRSS recycles a worker whose resident memory exceeds it (0: off).
-	MaxRSS uint64
 	// MaxRequests recycles a worker after it served this many requests, plus
 	// a random jitter of up to 10 % so that workers do not recycle in step
-	// (0: off).
+	// (0: off). Both are read from the heartbeats, and neither recycles a
+	// worker ready for less than 10 heartbeat intervals, so that a limit a
+	// fresh worker already passes costs one fork per worker every ten
+	// heartbeats, not a fork loop.
+	MaxRSS      uint64
 	MaxRequests uint64
 
 	// ShutdownTimeout bounds a worker's drain; stragglers are killed after it.
@@ -158,9 +165,14 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Validate reports every invalid field at once.
+// Validate reports every invalid field at once. It checks c as [New] will
+// run it: a zero duration or MaxCrashes stands for its default, so the
+// relations between fields (the backoff and its cap, the heartbeat timeout
+// and interval) are checked on the values that will apply; a negative one
+// is refused.
 func (c Config) Validate() error {
 	var errs []error
+	d := c.withDefaults()
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.ListenMode != ListenShared && c.ListenMode != ListenReusePort {
 		bad("listen mode %q: want %q or %q", c.ListenMode, ListenShared, ListenReusePort)
@@ -178,9 +190,9 @@ func (c Config) Validate() error {
 		bad("worker procs %d: want 0 (auto) or more", c.WorkerProcs)
 	}
 	if c.MaxCrashes < 0 {
-		bad("max crashes %d: want 0 or more", c.MaxCrashes)
+		bad("max crashes %d: want 1 or more (0: the default, %d)", c.MaxCrashes, DefaultConfig().MaxCrashes)
 	}
-	for _, d := range []struct {
+	for _, f := range []struct {
 		name string
 		v    time.Duration
 	}{
@@ -190,17 +202,18 @@ func (c Config) Validate() error {
 		{"crash window", c.CrashWindow},
 		{"heartbeat interval", c.HeartbeatInterval},
 		{"heartbeat timeout", c.HeartbeatTimeout},
+		{"quit grace", c.QuitGrace},
 		{"shutdown timeout", c.ShutdownTimeout},
 	} {
-		if d.v < 0 {
-			bad("%s %v: want a positive duration", d.name, d.v)
+		if f.v < 0 {
+			bad("%s %v: want a positive duration (0: the default)", f.name, f.v)
 		}
 	}
-	if c.RestartBackoffMax > 0 && c.RestartBackoff > c.RestartBackoffMax {
-		bad("restart backoff %v exceeds its max %v", c.RestartBackoff, c.RestartBackoffMax)
+	if c.RestartBackoff >= 0 && c.RestartBackoffMax >= 0 && d.RestartBackoff > d.RestartBackoffMax {
+		bad("restart backoff %v exceeds its max %v", d.RestartBackoff, d.RestartBackoffMax)
 	}
-	if c.HeartbeatTimeout > 0 && c.HeartbeatInterval > 0 && c.HeartbeatTimeout < 2*c.HeartbeatInterval {
-		bad("heartbeat timeout %v: want at least twice the heartbeat interval %v", c.HeartbeatTimeout, c.HeartbeatInterval)
+	if c.HeartbeatTimeout >= 0 && c.HeartbeatInterval >= 0 && d.HeartbeatTimeout < 2*d.HeartbeatInterval {
+		bad("heartbeat timeout %v: want at least twice the heartbeat interval %v", d.HeartbeatTimeout, d.HeartbeatInterval)
 	}
 	return errors.Join(errs...)
 }
