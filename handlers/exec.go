@@ -382,6 +382,7 @@ func (e *Executor) admit(ctx *fasthttp.RequestCtx, w *Workload, p Params) (Mode,
 		server.WriteError(ctx, err)
 		return "", false
 	}
+	server.SetMode(ctx, string(mode))
 	if pool := e.poolOf(mode); pool != nil {
 		if err := pool.Refuse(); err != nil {
 			server.EndEarly(ctx)

@@ -53,6 +53,25 @@ type Heartbeat struct {
 	Goroutines int    `json:"goroutines"`
 	Requests   uint64 `json:"requests"`
 	InFlight   int64  `json:"in_flight"`
+	// Metrics is the worker's metrics snapshot, opaque to procpool: the
+	// primary hands it to its [MetricsSink]. At most [MaxMetrics] bytes;
+	// a larger one is left out of the heartbeat.
+	Metrics json.RawMessage `json:"metrics,omitempty"`
+}
+
+// MaxMetrics bounds Heartbeat.Metrics, within the 64 KiB a control
+// message may take.
+const MaxMetrics = 48 << 10
+
+// MetricsSink receives the workers' metrics payloads (Heartbeat.Metrics),
+// which procpool does not interpret. Threading: its methods are called on
+// the supervisor's loop goroutine, and must not block.
+type MetricsSink interface {
+	// Beat is worker pid's latest payload (slot is its worker ID).
+	Beat(slot, pid int, payload []byte)
+	// Exit says worker pid has exited: its last payload is final. Every
+	// heartbeat it wrote before it exited has been given to Beat.
+	Exit(slot, pid int)
 }
 
 // message is one line on the control channel: "ready" (with the worker's

@@ -32,6 +32,10 @@ type Snapshot struct {
 	// two looks at the snapshot still shows.
 	Reloads  int64 `json:"reloads_total"`
 	Upgrades int64 `json:"upgrades_total"`
+	// Crashes counts the workers' unexpected exits (failed starts
+	// included), Restarts the workers started again after one.
+	Crashes  int64 `json:"crashes_total"`
+	Restarts int64 `json:"restarts_total"`
 	// Upgrading: an upgrade is under way (in a new primary: until it has
 	// told the old one it is ready).
 	Upgrading    bool            `json:"upgrading"`
@@ -92,6 +96,8 @@ func (s *Supervisor) publish() {
 		CircuitReason:   s.circuitWhy,
 		CrashesInWindow: s.crashes.count(time.Now()),
 		Forks:           s.forks.Load(),
+		Crashes:         s.crashCount,
+		Restarts:        s.restarts,
 		WorkersWanted:   len(s.slots),
 		Reloading:       s.reload.active,
 		Reloads:         s.reloads,

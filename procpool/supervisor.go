@@ -60,6 +60,9 @@ type Supervisor struct {
 	circuitWhy  string
 	reload      reloadState
 	reloads     int64 // rolling reloads started, for the snapshot
+	crashCount  int64 // unexpected worker exits, for the snapshot
+	restarts    int64 // workers started again after a crash, for the snapshot
+	metrics     MetricsSink
 	shutting    bool
 
 	upgrade     upgradeState
@@ -205,6 +208,10 @@ func (s *Supervisor) Kill() { s.killOnce.Do(func() { close(s.kill) }) }
 // Snapshot returns the cluster's current state. Safe to call at any time.
 func (s *Supervisor) Snapshot() Snapshot { return *s.snap.Load() }
 
+// SetMetricsSink makes the supervisor hand the workers' metrics payloads
+// to sink. Call it before Run.
+func (s *Supervisor) SetMetricsSink(sink MetricsSink) { s.metrics = sink }
+
 // Forks returns how many worker processes were started in all.
 func (s *Supervisor) Forks() int64 { return s.forks.Load() }
 
@@ -322,6 +329,9 @@ func (s *Supervisor) spawn(sl *slot, successor bool) *proc {
 		return nil
 	}
 	s.forks.Add(1)
+	if !successor && sl.spawned > 0 {
+		s.restarts++
+	}
 	if successor {
 		sl.next = p
 	} else {
@@ -393,6 +403,7 @@ func (s *Supervisor) start(p *proc) error {
 	p.cmd = cmd
 
 	started := make(chan error, 1)
+	ctrlDone := make(chan struct{}) // closed at the control channel's EOF
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine, after the worker
 		err := startLocked(cmd)
@@ -403,6 +414,15 @@ func (s *Supervisor) start(p *proc) error {
 		}
 		werr := cmd.Wait()
 		forget(cmd.Process.Pid)
+		// The worker's last heartbeats reach the loop before its exit, so
+		// that its metrics are final when the sink hears of the exit. The
+		// channel ends with the process (the worker's end is close-on-exec
+		// for its own children); the bound is for a descendant that
+		// somehow holds it.
+		select {
+		case <-ctrlDone:
+		case <-time.After(time.Second):
+		}
 		s.post(func() { s.onExit(p, werr) })
 	}()
 	if err := <-started; err != nil {
@@ -410,7 +430,10 @@ func (s *Supervisor) start(p *proc) error {
 		return err
 	}
 	p.pid, p.ctrl = cmd.Process.Pid, ctrl
-	go s.readControl(p, ctrl)
+	go func() {
+		defer close(ctrlDone)
+		s.readControl(p, ctrl)
+	}()
 	return nil
 }
 
@@ -487,6 +510,9 @@ func (s *Supervisor) onReady(p *proc) {
 
 func (s *Supervisor) onBeat(p *proc, hb Heartbeat) {
 	p.lastBeat, p.beat = time.Now(), hb
+	if s.metrics != nil && hb.Metrics != nil {
+		s.metrics.Beat(p.slot.id, p.pid, hb.Metrics)
+	}
 	sl := p.slot
 	if p != sl.cur || p.state != StateReady || p.stop != stopNone || sl.next != nil || s.reload.active ||
 		time.Since(p.readyAt) < s.minRecycleUptime() {
@@ -507,6 +533,9 @@ func (s *Supervisor) onBeat(p *proc, hb Heartbeat) {
 
 func (s *Supervisor) onExit(p *proc, werr error) {
 	delete(s.procs, p)
+	if s.metrics != nil {
+		s.metrics.Exit(p.slot.id, p.pid)
+	}
 	if p.entry >= 0 {
 		s.board.clear(p.entry) // a killed worker cannot clear its own
 	}
@@ -574,6 +603,7 @@ func (s *Supervisor) minRecycleUptime() time.Duration { return 10 * s.cfg.Heartb
 // loop is established, or at once for a configuration error.
 func (s *Supervisor) crashed(p *proc, why string, code int, uptime time.Duration) {
 	n := s.crashes.add(time.Now())
+	s.crashCount++
 	tail := p.stderr.String()
 	s.handoverFailed(fmt.Sprintf("worker %d (pid %d): %s", p.slot.id, p.pid, why))
 	attrs := []any{"worker", p.slot.id, "worker_pid", p.pid, "status", why, "crashes_in_window", n, "uptime", uptime.Round(time.Millisecond).String()}

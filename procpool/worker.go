@@ -169,8 +169,7 @@ func (w *Worker) Heartbeat(ctx context.Context, interval time.Duration, status f
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		hb := status()
-		if err := w.send(message{Type: msgHeartbeat, Beat: &hb}); err != nil {
+		if w.Beat(status()) != nil {
 			return
 		}
 		select {
@@ -181,6 +180,16 @@ func (w *Worker) Heartbeat(ctx context.Context, interval time.Duration, status f
 		case <-t.C:
 		}
 	}
+}
+
+// Beat sends one heartbeat now: the last, after a drain, so that the
+// primary's metrics count every request this worker served. A payload over
+// [MaxMetrics] is left out.
+func (w *Worker) Beat(hb Heartbeat) error {
+	if len(hb.Metrics) > MaxMetrics {
+		hb.Metrics = nil
+	}
+	return w.send(message{Type: msgHeartbeat, Beat: &hb})
 }
 
 func (w *Worker) send(m message) error {

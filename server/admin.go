@@ -42,6 +42,7 @@ type Cluster interface {
 //
 //	GET  /health    200, or 503 when degraded
 //	GET  /cluster   the procpool.Snapshot
+//	GET  /metrics   Prometheus text format (WithMetrics)
 //	POST /reload    202: a rolling reload started
 //	POST /upgrade   200 once a new primary serves; 502 rolled_back with the reason
 //	POST /scale     {"workers":N}, N from 1 to the snapshot's workers_max: 202
@@ -68,6 +69,7 @@ type Admin struct {
 	fs      *fasthttp.Server
 	token   [sha256.Size]byte // the token's hash; zero without a token
 	hasTok  bool
+	metrics func([]byte) []byte // appends the Prometheus text; nil: no /metrics
 }
 
 // AdminHeader is the header that marks a state-changing admin call as not
@@ -87,6 +89,13 @@ func WithToken(token string) AdminOption {
 	}
 }
 
+// WithMetrics serves GET /metrics (with /cluster's rules: the token where
+// there is one): the Prometheus text format (version 0.0.4) that appendText
+// appends to its argument.
+func WithMetrics(appendText func([]byte) []byte) AdminOption {
+	return func(a *Admin) { a.metrics = appendText }
+}
+
 // maxAdminBody bounds an admin request's body: {"workers":64} is 14 bytes.
 const maxAdminBody = 1 << 10
 
@@ -100,6 +109,9 @@ func NewAdmin(cluster Cluster, log *slog.Logger, opts ...AdminOption) *Admin {
 	r.Handle(fasthttp.MethodGet, "/", a.guard(a.dashboard, false, false))
 	r.Handle(fasthttp.MethodGet, "/health", a.guard(a.health, false, false))
 	r.Handle(fasthttp.MethodGet, "/cluster", a.guard(a.snapshot, true, false))
+	if a.metrics != nil {
+		r.Handle(fasthttp.MethodGet, "/metrics", a.guard(a.serveMetrics, true, false))
+	}
 	r.Handle(fasthttp.MethodPost, "/reload", a.guard(a.reload, true, true))
 	r.Handle(fasthttp.MethodPost, "/upgrade", a.guard(a.upgrade, true, true))
 	r.Handle(fasthttp.MethodPost, "/scale", a.guard(a.scale, true, true))
@@ -174,6 +186,12 @@ func loopbackHost(host string) bool {
 
 func (a *Admin) snapshot(ctx *fasthttp.RequestCtx) {
 	WriteJSON(ctx, fasthttp.StatusOK, a.cluster.Snapshot())
+}
+
+func (a *Admin) serveMetrics(ctx *fasthttp.RequestCtx) {
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
+	ctx.SetBody(a.metrics(nil))
 }
 
 func (a *Admin) health(ctx *fasthttp.RequestCtx) {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/hybrid-server/hybrid/internal/metrics"
 	"github.com/valyala/fasthttp"
 )
 
@@ -16,12 +17,14 @@ import (
 type Router struct {
 	log      *slog.Logger
 	routes   map[string]map[string]route
-	prefixes []string // HandlePrefix paths, longest first
+	prefixes []string          // HandlePrefix paths, longest first
+	metrics  *metrics.Requests // nil: no metrics (the admin's router)
 }
 
 type route struct {
 	h     fasthttp.RequestHandler
 	early Early
+	stats *metrics.Route // the metrics of its pattern; nil without metrics
 }
 
 // Early is a route's answer from the request's headers alone, for a client
@@ -49,7 +52,7 @@ func (r *Router) HandleEarly(method, path string, h fasthttp.RequestHandler, ear
 	if r.routes[path] == nil {
 		r.routes[path] = map[string]route{}
 	}
-	r.routes[path][method] = route{h: h, early: early}
+	r.routes[path][method] = route{h: h, early: early, stats: r.metrics.Route(path)}
 }
 
 // HandlePrefix registers h for method and every path under prefix (which
@@ -97,6 +100,8 @@ func (r *Router) resolve(ctx *fasthttp.RequestCtx) (route, bool) {
 	}
 	methods := r.lookup(ctx.Path())
 	if methods == nil {
+		// A 404 counts as unmatched, whatever the path: its label is not the
+		// client's to choose.
 		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "no route for %s %s",
 			Quote(string(ctx.Method())), Quote(string(ctx.Path()))))
 		return route{}, false
@@ -112,26 +117,43 @@ func (r *Router) resolve(ctx *fasthttp.RequestCtx) (route, bool) {
 			allow = append(allow, m)
 		}
 		slices.Sort(allow)
+		var stats *metrics.Route
+		for _, rt := range methods {
+			stats = rt.stats // every method of a path has its metrics
+			break
+		}
 		ctx.Response.Header.Set(fasthttp.HeaderAllow, strings.Join(allow, ", "))
 		WriteError(ctx, Errorf(fasthttp.StatusMethodNotAllowed, CodeMethodNotAllow,
 			"%s %s: method not allowed; allowed: %s", Quote(string(ctx.Method())), Quote(string(ctx.Path())),
 			strings.Join(allow, ", ")))
-		return route{}, false
+		return route{stats: stats}, false
 	}
 	return rt, true
 }
 
 // Serve is the fasthttp.RequestHandler of the router.
-func (r *Router) Serve(ctx *fasthttp.RequestCtx) {
+func (r *Router) Serve(ctx *fasthttp.RequestCtx) { r.serve(ctx) }
+
+// serve serves ctx and returns the metrics of its route (nil: unmatched).
+func (r *Router) serve(ctx *fasthttp.RequestCtx) (stats *metrics.Route) {
 	defer func() { r.panicked(ctx, recover()) }()
-	if rt, ok := r.resolve(ctx); ok {
+	rt, ok := r.resolve(ctx)
+	stats = rt.stats
+	if ok {
 		rt.h(ctx)
 	}
+	return stats
 }
 
 // Early is the router's answer from the headers: the route's [Early], or a
 // 404 or 405 written at once. It reports whether the body is wanted.
 func (r *Router) Early(ctx *fasthttp.RequestCtx) (want bool) {
+	want, _ = r.early(ctx)
+	return want
+}
+
+// early is Early, with the metrics of the request's route (nil: unmatched).
+func (r *Router) early(ctx *fasthttp.RequestCtx) (want bool, stats *metrics.Route) {
 	defer func() {
 		if r.panicked(ctx, recover()) {
 			want = false
@@ -139,9 +161,9 @@ func (r *Router) Early(ctx *fasthttp.RequestCtx) (want bool) {
 	}()
 	rt, ok := r.resolve(ctx)
 	if !ok {
-		return false
+		return false, rt.stats
 	}
-	return rt.early == nil || rt.early(ctx)
+	return rt.early == nil || rt.early(ctx), rt.stats
 }
 
 // panicked turns a handler's panic, v as recovered, into a JSON 500 with

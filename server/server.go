@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hybrid-server/hybrid/internal/jsonw"
+	"github.com/hybrid-server/hybrid/internal/metrics"
 	"github.com/valyala/fasthttp"
 )
 
@@ -166,6 +167,8 @@ type Server struct {
 
 	requests  atomic.Uint64
 	inFlight  atomic.Int64
+	metrics   metrics.Requests
+	unmatched *metrics.Route // the metrics of requests no route took
 	rss       rssSampler
 	extras    []healthSection // sorted by key
 	readyJSON []byte          // the /ready body: its figures never change
@@ -198,6 +201,8 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 		refusalOf(Errorf(fasthttp.StatusTooManyRequests, CodeTooManyConns,
 			"this worker serves its limit of %d connections from one address", cfg.MaxConnsPerIP)),
 	}
+	s.Router.metrics = &s.metrics
+	s.unmatched = s.metrics.Route(metrics.Unmatched)
 	s.readyJSON = readyDoc(os.Getpid(), workerID)
 	s.maxBody = cfg.MaxBody
 	s.fs = newFastServer(cfg, s.serve, log)
@@ -239,14 +244,15 @@ func newFastServer(cfg Config, h fasthttp.RequestHandler, log *slog.Logger) *fas
 
 func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 	s.inFlight.Add(1)
+	var stats *metrics.Route
 	defer func() {
 		s.inFlight.Add(-1)
-		s.requests.Add(1)
+		s.done(ctx, stats)
 	}()
 	if refuseFraming(ctx) || s.tooLarge(ctx) {
 		return
 	}
-	s.Router.Serve(ctx)
+	stats = s.Router.serve(ctx)
 	compressResponse(ctx)
 	if bodyLeftUnread(ctx) {
 		EndEarly(ctx) // the rest of it would be read as the next request
@@ -281,12 +287,41 @@ func (s *Server) tooLarge(ctx *fasthttp.RequestCtx) bool {
 // and closes the connection, by lingering, as the client may already be
 // sending.
 func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
-	if refuseFraming(ctx) || s.tooLarge(ctx) || !s.Router.Early(ctx) || s.wontFit(ctx) {
+	if refuseFraming(ctx) || s.tooLarge(ctx) {
 		EndEarly(ctx)
-		s.requests.Add(1)
+		s.done(ctx, nil)
+		return ctx.Response.StatusCode()
+	}
+	if want, stats := s.Router.early(ctx); !want || s.wontFit(ctx) {
+		EndEarly(ctx)
+		s.done(ctx, stats)
 		return ctx.Response.StatusCode()
 	}
 	return fasthttp.StatusContinue
+}
+
+// done counts a request answered: the one place of the request path that
+// records its metrics, with stats its route's (nil: no route took it).
+func (s *Server) done(ctx *fasthttp.RequestCtx, stats *metrics.Route) {
+	s.requests.Add(1)
+	if stats == nil {
+		stats = s.unmatched
+	}
+	stats.Record(ctx.Method(), ctx.Response.StatusCode(), modeOf(ctx), time.Since(ctx.Time()))
+}
+
+// modeKey is the request's user value that holds its metrics.Mode.
+type modeKey struct{}
+
+// SetMode tells the request's metrics where its workload runs: "inline",
+// "pool" or "isolate". Without it, the request's mode label is "".
+func SetMode(ctx *fasthttp.RequestCtx, mode string) {
+	ctx.SetUserValue(modeKey{}, metrics.ParseMode(mode))
+}
+
+func modeOf(ctx *fasthttp.RequestCtx) metrics.Mode {
+	m, _ := ctx.UserValue(modeKey{}).(metrics.Mode)
+	return m
 }
 
 // wontFit answers 503 to a request whose declared body would not fit the

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hybrid-server/hybrid/handlers"
+	"github.com/hybrid-server/hybrid/internal/metrics"
 	"github.com/hybrid-server/hybrid/isolate"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
@@ -242,6 +243,8 @@ func runServe(args []string) int {
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
+	clusterMetrics := &metrics.Cluster{}
+	sup.SetMetricsSink(clusterMetrics)
 	var admin *server.Admin
 	runDone := make(chan struct{}) // closed when sup.Run has returned
 	if cfg.adminAddr != "off" {
@@ -259,7 +262,8 @@ func runServe(args []string) int {
 			return 1
 		}
 		sup.PassOn("admin", ln)
-		admin = server.NewAdmin(cluster, log, server.WithToken(cfg.adminToken))
+		admin = server.NewAdmin(cluster, log, server.WithToken(cfg.adminToken),
+			server.WithMetrics(metricsText(sup, clusterMetrics)))
 		// Started by an upgrade, this primary answers on the inherited
 		// admin socket only once it has taken over: until then the old
 		// one answers every request, and a change asked of this one (POST

@@ -92,13 +92,26 @@ func runWorker(args []string) int {
 	defer stopBeats()
 	go reportBusy(beatCtx, w, st.pool, st.isoPool)
 	go tunePool(beatCtx, w, st.pool, log)
-	if hooks.heartbeats() {
-		go w.Heartbeat(beatCtx, cfg.pool.HeartbeatInterval, func() procpool.Heartbeat {
-			s := st.srv.Stats()
-			return procpool.Heartbeat{RSS: s.RSS, Goroutines: s.Goroutines, Requests: s.Requests, InFlight: s.InFlight}
-		})
+	status := func() procpool.Heartbeat {
+		s := st.srv.Stats()
+		return procpool.Heartbeat{RSS: s.RSS, Goroutines: s.Goroutines, Requests: s.Requests, InFlight: s.InFlight,
+			Metrics: workerMetrics(st)}
 	}
-	return drainWorker(w, st.srv, log, sigs, serveErr, cfg.pool.ShutdownTimeout)
+	beating := make(chan struct{})
+	if hooks.heartbeats() {
+		go func() { defer close(beating); w.Heartbeat(beatCtx, cfg.pool.HeartbeatInterval, status) }()
+	} else {
+		close(beating)
+	}
+	code := drainWorker(w, st.srv, log, sigs, serveErr, cfg.pool.ShutdownTimeout)
+	if hooks.heartbeats() {
+		// The last heartbeat, after every periodic one, so that the
+		// primary's counters get every request this worker served.
+		stopBeats()
+		<-beating
+		w.Beat(status())
+	}
+	return code
 }
 
 // guardStartup ends this worker at once should its

@@ -1,0 +1,192 @@
+package metrics
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/hybrid-server/hybrid/internal/promtext"
+)
+
+// Cluster is the primary's view of its workers' metrics: the latest
+// snapshot of every live worker, and the sums of the last snapshots of the
+// workers that exited. It is a procpool.MetricsSink. Safe for concurrent
+// use.
+type Cluster struct {
+	mu      sync.Mutex
+	live    map[int]worker // by pid
+	retired map[string]*acc
+}
+
+type worker struct {
+	slot int
+	snap *Snapshot
+}
+
+// acc is one summed series.
+type acc struct {
+	name   string
+	labels []string
+	value  float64
+	counts []uint64
+}
+
+func (a *acc) add(s *Series, useMax bool) {
+	if useMax {
+		a.value = max(a.value, s.Value)
+	} else {
+		a.value += s.Value
+	}
+	if len(a.counts) < len(s.Counts) {
+		a.counts = append(a.counts, make([]uint64, len(s.Counts)-len(a.counts))...)
+	}
+	for i, n := range s.Counts {
+		a.counts[i] += n
+	}
+}
+
+func key(name string, labels []string) string {
+	return name + "\xff" + strings.Join(labels, "\xff")
+}
+
+// Beat records payload, the worker's latest snapshot. A payload that does
+// not decode, or of another version, is ignored: the worker's previous one
+// stands.
+func (c *Cluster) Beat(slot, pid int, payload []byte) {
+	if len(payload) == 0 {
+		return
+	}
+	snap := new(Snapshot)
+	if json.Unmarshal(payload, snap) != nil || snap.V != SnapshotVersion {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.live == nil {
+		c.live = map[int]worker{}
+	}
+	c.live[pid] = worker{slot: slot, snap: snap}
+}
+
+// Exit folds the last snapshot of the worker pid into the retired sums:
+// its counters and histograms stay in the cluster's, its gauges go.
+func (c *Cluster) Exit(slot, pid int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w, ok := c.live[pid]
+	if !ok {
+		return
+	}
+	delete(c.live, pid)
+	if c.retired == nil {
+		c.retired = map[string]*acc{}
+	}
+	c.sumCounters(c.retired, w.snap)
+}
+
+// Carry adds totals, another primary's counters and histograms (from
+// [Cluster.Totals]), to the retired sums.
+func (c *Cluster) Carry(totals []Series) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.retired == nil {
+		c.retired = map[string]*acc{}
+	}
+	c.sumCounters(c.retired, &Snapshot{Series: totals})
+}
+
+func (c *Cluster) sumCounters(into map[string]*acc, snap *Snapshot) {
+	for i := range snap.Series {
+		s := &snap.Series[i]
+		d, ok := catalog[s.Name]
+		if !ok || d.typ == promtext.Gauge {
+			continue
+		}
+		k := key(s.Name, s.Labels)
+		a := into[k]
+		if a == nil {
+			a = &acc{name: s.Name, labels: s.Labels}
+			into[k] = a
+		}
+		a.add(s, false)
+	}
+}
+
+// Totals returns the cluster's counters and histograms, summed over live
+// and exited workers: what a primary that takes over carries on from.
+func (c *Cluster) Totals() []Series {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sums := c.counterSums()
+	out := make([]Series, 0, len(sums))
+	for _, a := range sums {
+		out = append(out, Series{Name: a.name, Labels: a.labels, Value: a.value, Counts: a.counts})
+	}
+	return out
+}
+
+// counterSums is retired plus every live worker's counters. c.mu held.
+func (c *Cluster) counterSums() map[string]*acc {
+	sums := make(map[string]*acc, len(c.retired)+16)
+	for k, a := range c.retired {
+		sums[k] = &acc{name: a.name, labels: a.labels, value: a.value, counts: append([]uint64(nil), a.counts...)}
+	}
+	for _, w := range c.live {
+		c.sumCounters(sums, w.snap)
+	}
+	return sums
+}
+
+// Families returns the workers' metric families: counters and histograms
+// summed over the cluster, gauges per worker slot (label worker; the two
+// workers of a slot during a reload combined).
+func (c *Cluster) Families() []promtext.Family {
+	c.mu.Lock()
+	sums := c.counterSums()
+	gauges := map[string]*acc{}
+	for _, w := range c.live {
+		slot := strconv.Itoa(w.slot)
+		for i := range w.snap.Series {
+			s := &w.snap.Series[i]
+			d, ok := catalog[s.Name]
+			if !ok || d.typ != promtext.Gauge {
+				continue
+			}
+			labels := append(s.Labels[:len(s.Labels):len(s.Labels)], "worker", slot)
+			k := key(s.Name, labels)
+			a := gauges[k]
+			if a == nil {
+				a = &acc{name: s.Name, labels: labels}
+				gauges[k] = a
+			}
+			a.add(s, d.max)
+		}
+	}
+	c.mu.Unlock()
+
+	byName := map[string]*promtext.Family{}
+	for _, m := range []map[string]*acc{sums, gauges} {
+		for _, a := range m {
+			f := byName[a.name]
+			if f == nil {
+				d := catalog[a.name]
+				f = &promtext.Family{Name: a.name, Help: d.help, Type: d.typ}
+				byName[a.name] = f
+			}
+			s := promtext.Series{Labels: make([]promtext.Label, 0, len(a.labels)/2), Value: a.value}
+			for i := 0; i+1 < len(a.labels); i += 2 {
+				s.Labels = append(s.Labels, promtext.Label{Name: a.labels[i], Value: a.labels[i+1]})
+			}
+			if f.Type == promtext.Histogram {
+				s.Bounds, s.Counts = Bounds, a.counts
+			}
+			f.Series = append(f.Series, s)
+		}
+	}
+	fams := make([]promtext.Family, 0, len(byName))
+	for _, f := range byName {
+		fams = append(fams, *f)
+	}
+	return fams
+}
