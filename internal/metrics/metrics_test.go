@@ -1,0 +1,151 @@
+package metrics
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hybrid-server/hybrid/internal/promtext"
+)
+
+func TestRecordDoesNotAllocate(t *testing.T) {
+	rt := new(Requests).Route("/v1/hash/")
+	post := []byte("POST")
+	if n := testing.AllocsPerRun(1000, func() { rt.Record(post, 200, ModePool, 3*time.Millisecond) }); n != 0 {
+		t.Errorf("Record: %v allocations per call; want 0", n)
+	}
+}
+
+func TestRecordBucketsAndOverflow(t *testing.T) {
+	rt := new(Requests).Route("/r")
+	rt.Record([]byte("BREW"), 418, ModeNone, 500*time.Microsecond) // le=0.0005 is inclusive
+	rt.Record([]byte("GET"), 200, ModeInline, time.Minute)         // +Inf
+	var snap Snapshot
+	rt.appendTo(&snap)
+	got := map[string]float64{}
+	for _, s := range snap.Series {
+		got[fmt.Sprint(s.Name, s.Labels)] = s.Value
+		if s.Name == "hybrid_http_request_duration_seconds" {
+			want := 0
+			if s.Labels[1] == "inline" {
+				want = len(Bounds)
+			}
+			if s.Counts[want] != 1 {
+				t.Errorf("%v: counts %v; want one in bucket %d", s.Labels, s.Counts, want)
+			}
+		}
+	}
+	if got["hybrid_http_requests_total[method OTHER mode  route /r status 418]"] != 1 ||
+		got["hybrid_http_requests_total[method GET mode inline route /r status 200]"] != 1 {
+		t.Errorf("series: %v", got)
+	}
+	for st := range 2 * routeSlots {
+		rt.Record([]byte("GET"), 100+st, ModeNone, 0)
+	}
+	if rt.dropped.Load() == 0 {
+		t.Errorf("past %d combinations nothing was dropped", routeSlots)
+	}
+}
+
+func beat(t testing.TB, c *Cluster, slot, pid int, requests float64) {
+	snap := Snapshot{V: SnapshotVersion}
+	snap.Add("hybrid_http_requests_total", requests, "route", "/r")
+	snap.Add("hybrid_worker_goroutines", 10)
+	b, err := json.Marshal(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Beat(slot, pid, b)
+}
+
+func value(fams []promtext.Family, name string) (sum float64, n int) {
+	for _, f := range fams {
+		if f.Name == name {
+			for _, s := range f.Series {
+				sum += s.Value
+				n++
+			}
+		}
+	}
+	return sum, n
+}
+
+func TestClusterKeepsExitedWorkersCounts(t *testing.T) {
+	var c Cluster
+	beat(t, &c, 1, 100, 5)
+	beat(t, &c, 2, 200, 3)
+	beat(t, &c, 1, 101, 1) // slot 1's successor, during a reload
+	if v, _ := value(c.Families(), "hybrid_http_requests_total"); v != 9 {
+		t.Errorf("requests = %v; want 9", v)
+	}
+	if _, n := value(c.Families(), "hybrid_worker_goroutines"); n != 2 {
+		t.Errorf("goroutines has %d series; want one per slot", n)
+	}
+	c.Exit(1, 100)
+	c.Exit(1, 100)                     // twice: no double count
+	c.Beat(2, 200, []byte(`{"v":99}`)) // another version: ignored
+	if v, _ := value(c.Families(), "hybrid_http_requests_total"); v != 9 {
+		t.Errorf("after an exit: requests = %v; want 9", v)
+	}
+	var next Cluster
+	next.Carry(c.Totals())
+	if v, _ := value(next.Families(), "hybrid_http_requests_total"); v != 9 {
+		t.Errorf("carried: requests = %v; want 9", v)
+	}
+}
+
+// BenchmarkRecord is what the metrics add to every request.
+func BenchmarkRecord(b *testing.B) {
+	rt := new(Requests).Route("/v1/hash/")
+	post := []byte("POST")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			rt.Record(post, 200, ModePool, 3*time.Millisecond)
+		}
+	})
+}
+
+// BenchmarkScrape is one /metrics of the workers' part, with 2 and 16
+// workers' worth of series (each: 10 routes × 3 statuses, histograms,
+// gauges, pools).
+func BenchmarkScrape(b *testing.B) {
+	for _, workers := range []int{2, 16} {
+		b.Run(fmt.Sprint(workers, "workers"), func(b *testing.B) {
+			var c Cluster
+			var size int
+			for w := range workers {
+				var r Requests
+				for i := range 10 {
+					rt := r.Route(fmt.Sprintf("/v1/route%d/", i))
+					for _, st := range []int{200, 400, 503} {
+						rt.Record([]byte("POST"), st, ModePool, time.Millisecond)
+					}
+				}
+				snap := &Snapshot{V: SnapshotVersion}
+				r.AppendTo(snap)
+				for _, g := range []string{"hybrid_worker_goroutines", "hybrid_worker_open_connections", "hybrid_http_requests_in_flight",
+					"hybrid_worker_resident_memory_bytes", "hybrid_http_body_bytes_in_flight"} {
+					snap.Add(g, 1)
+				}
+				for _, p := range []string{"pool", "isolate"} {
+					for _, g := range []string{"hybrid_tasks_queued", "hybrid_tasks_running", "hybrid_tasks_capacity", "hybrid_tasks_predicted_wait_seconds",
+						"hybrid_tasks_refused_total", "hybrid_tasks_completed_total", "hybrid_tasks_timed_out_total"} {
+						snap.Add(g, 1, "pool", p)
+					}
+				}
+				p, _ := json.Marshal(snap)
+				size = len(p)
+				c.Beat(w+1, 1000+w, p)
+			}
+			var out []byte
+			b.ReportAllocs()
+			for b.Loop() {
+				out = promtext.Append(out[:0], c.Families())
+			}
+			b.ReportMetric(float64(len(out)), "scrape-bytes")
+			b.ReportMetric(float64(size), "heartbeat-bytes")
+		})
+	}
+}
