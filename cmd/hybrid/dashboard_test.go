@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"image/png"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +18,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hybrid-server/hybrid/procpool"
+	"github.com/hybrid-server/hybrid/server"
 )
 
 // The dashboard at the admin address, in headless Chromium driven over the
@@ -407,4 +412,79 @@ func (b *browser) close() {
 		<-b.exited
 	}
 	b.w.Close()
+}
+
+// markupCluster is a cluster whose figures are markup, with a request
+// counter that grows on every look.
+type markupCluster struct {
+	mu   sync.Mutex
+	reqs uint64
+}
+
+const markup = `<img src=x onerror="console.error('injected')">`
+
+func (h *markupCluster) Snapshot() procpool.Snapshot {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.reqs += 100
+	conns := int32(3)
+	return procpool.Snapshot{PrimaryPID: 1, Version: markup, Addr: markup, ListenMode: markup,
+		Circuit: "open", CircuitReason: markup, WorkersWanted: 1, WorkersReady: 1, WorkersMax: 4,
+		Workers: []procpool.WorkerInfo{{ID: 1, PID: 4242, State: markup, StartedAt: time.Now(), RSS: 50 << 20,
+			Requests: h.reqs, Version: markup, Conns: &conns}}}
+}
+
+func (*markupCluster) Reload() error                 { return nil }
+func (*markupCluster) Upgrade(context.Context) error { return nil }
+func (*markupCluster) Scale(int) error               { return nil }
+func (*markupCluster) SetPoolSize(int) error         { return nil }
+
+// The page inserts what /cluster says as text: markup in every string
+// field shows as itself and runs nothing. Without /metrics (an admin
+// built without it) the pool and isolate figures say n/a. Hidden, the page
+// stops polling; visible again, it resumes.
+func TestDashboardEscapesInChromium(t *testing.T) {
+	ln, err := server.ListenAdmin("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := server.NewAdmin(&markupCluster{}, slog.New(slog.DiscardHandler))
+	go a.Serve(ln)
+	t.Cleanup(func() { a.Shutdown(context.Background()) })
+	b := startBrowser(t)
+	b.navigate("http://" + ln.Addr().String() + "/")
+	var s dashState
+	b.waitState(20*time.Second, "req/s from the fake cluster and the pool's n/a", &s, func(s dashState) bool {
+		return s.RPS > 0 && strings.HasPrefix(s.Pool, "n/a")
+	})
+	if !strings.Contains(s.Pool, "serves no /metrics") || !strings.Contains(s.Isolate, "serves no /metrics") {
+		t.Errorf("without /metrics the page reads %q and %q; want n/a saying why", s.Pool, s.Isolate)
+	}
+	if s.Circuit != "open" {
+		t.Errorf("circuit card %q; want open", s.Circuit)
+	}
+	if n := b.eval(`document.querySelectorAll("img, [onerror]").length`); n != "0" {
+		t.Errorf("the page holds %s elements made from /cluster's markup; want 0", n)
+	}
+	if got := b.eval(`document.querySelector("#workers tr").cells[2].textContent`); got != markup {
+		t.Errorf("the state cell reads %q; want the markup as text, %q", got, markup)
+	}
+
+	// Hidden: no poll for 3 s. Visible: polls again.
+	hide := func(state string) {
+		b.eval(`Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "` + state + `"});
+			document.dispatchEvent(new Event("visibilitychange")); true`)
+	}
+	hide("hidden")
+	time.Sleep(1500 * time.Millisecond) // a poll under way when hidden ends
+	var before, after dashState
+	b.waitState(time.Second, "the page state", &before, func(dashState) bool { return true })
+	time.Sleep(3 * time.Second)
+	b.waitState(time.Second, "the page state", &after, func(dashState) bool { return true })
+	if after.Polls != before.Polls {
+		t.Errorf("hidden, the page polled %d times in 3s; want none", after.Polls-before.Polls)
+	}
+	hide("visible")
+	b.waitState(5*time.Second, "polls to resume once visible", &after, func(s dashState) bool { return s.Polls > before.Polls })
+	b.checkConsole()
 }
