@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"io"
 	"os"
 	"strings"
@@ -107,19 +106,4 @@ func TestFlagsRefuseZero(t *testing.T) {
 			t.Errorf("serve --%s 0: %v; want it taken (its 0 means off or auto)", name, err)
 		}
 	}
-}
-
-// The README documents every flag with its environment variable.
-func TestREADMEListsEveryFlag(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs, _ := serveFlagSet(io.Discard)
-	fs.VisitAll(func(f *flag.Flag) {
-		row := "`--" + f.Name + "`"
-		if !strings.Contains(string(readme), row) || !strings.Contains(string(readme), "`"+envName(f.Name)+"`") {
-			t.Errorf("README.md lacks a row for %s with %s", row, envName(f.Name))
-		}
-	})
 }
