@@ -40,6 +40,7 @@ type Cluster interface {
 
 // Admin is the primary's own small HTTP surface. It does no request work.
 //
+//	GET  /          the live dashboard (dashboard.html)
 //	GET  /health    200, or 503 when degraded
 //	GET  /cluster   the procpool.Snapshot
 //	GET  /metrics   Prometheus text format (WithMetrics)

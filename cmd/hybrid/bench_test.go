@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"flag"
 	"image/png"
 	"os"
 	"os/exec"
@@ -274,22 +273,4 @@ func TestBenchCompareBadFile(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "bad.json") {
 		t.Errorf("compare of a broken file: exit %d, %q; want exit 1 naming the file", code, errs)
 	}
-}
-
-// The README documents every flag of hybrid bench.
-func TestREADMEListsEveryBenchFlag(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs, _, _ := benchFlagSet()
-	fs.VisitAll(func(f *flag.Flag) {
-		dash := "--"
-		if len(f.Name) == 1 {
-			dash = "-"
-		}
-		if row := "| `" + dash + f.Name + "` |"; !strings.Contains(string(readme), row) {
-			t.Errorf("README.md lacks a row for %s", row)
-		}
-	})
 }

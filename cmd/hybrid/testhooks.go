@@ -24,7 +24,7 @@ import (
 // testHooksEnv switches on fault injection for the integration tests. This
 // file is built only with -tags testhooks, which the test harness sets: the
 // release binary has no test route, no fault workload and ignores the
-// variable (testhooks_off.go). Documented in the README: it names a file that a
+// variable (testhooks_off.go). Documented in docs/architecture.md: it names a file that a
 // worker reads when it starts, whose first word picks the fault:
 //
 //	crash   exit 1 before reporting ready
