@@ -65,10 +65,7 @@ func (h testHooks) atStart(log *slog.Logger) (code int, stop bool) {
 	case "crash":
 		log.Error("test hook: crashing before ready")
 		return 1, true
-	case "config":
-		msg := "test hook: bad configuration"
-		fmt.Fprintln(os.Stderr, msg)
-		h.w.Fatal(msg)
+	case "config": // runWorker reports it as its own configuration errors
 		return procpool.ExitConfig, true
 	case "slow":
 		log.Warn("test hook: never becoming ready")

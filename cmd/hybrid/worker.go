@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -29,7 +30,13 @@ func runWorker(args []string) int {
 		return procpool.ExitConfig
 	}
 	defer w.Close()
+	// unguard lets go of the start-up guard (guardStartup) before a fatal
+	// message: the primary may close the control channel on reading it,
+	// and the guard must not turn this worker's exit 78 (a configuration
+	// error, never retried) into an exit 1 (a crash, retried).
+	unguard := func() {}
 	fatal := func(format string, a ...any) int {
+		unguard()
 		msg := fmt.Sprintf(format, a...)
 		fmt.Fprintf(os.Stderr, "hybrid worker %d: %s\n", w.ID, msg)
 		w.Fatal(msg)
@@ -51,12 +58,16 @@ func runWorker(args []string) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	signal.Ignore(syscall.SIGHUP) // reload is the primary's business
 	serving := guardStartup(w, sigs, log)
+	unguard = sync.OnceFunc(serving)
 
 	hooks, err := loadTestHooks(w)
 	if err != nil {
 		return fatal("test hooks: %v", err)
 	}
 	if code, stop := hooks.atStart(log); stop {
+		if code == procpool.ExitConfig {
+			return fatal("test hook: bad configuration")
+		}
 		return code
 	}
 
@@ -74,7 +85,7 @@ func runWorker(args []string) int {
 	defer st.close()
 	hooks.register(st.srv.Router, st.exec)
 
-	serving()
+	unguard()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- st.srv.Serve(ln) }()
 	select {
