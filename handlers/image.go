@@ -357,9 +357,21 @@ const MaxDecodedBytesPerPixel = 4
 // budget: over 8 Mi pixels and 4× the decoded area, with the aspect ratio
 // changed more than 4×) is refused, and so is an animation past it (one scaler
 // serves every frame; nothing is shrunk).
+//
+// Whatever the sizes, no resize takes more than MaxScratch (16 Mi entries,
+// 512 MiB, the isolate's default memory limit): twice an honest √ of two
+// 50 MP images is 3.2 GB, and two such requests at once ran the worker out
+// of memory (the second review). Near-size resizes of large images that
+// need more are refused; a banded resampler of our own would lift it.
+//
+// An animation's resampling work is frames × scaled width × canvas height
+// (one column pass per frame); it may be at most 4 × --image-max-pixels,
+// what a 4× upscale of the largest animation the input budget admits
+// costs: 1,000 frames of a 223×223 canvas asked for 37,449×1 burned 30 s.
 const (
-	MinScratch = 8 << 20 // entries of 32 bytes
-	maxScratch = 1 << 30 // x/image computes dw·sh in int32
+	MinScratch = 8 << 20  // entries of 32 bytes
+	MaxScratch = 16 << 20 // entries of 32 bytes: 512 MiB
+	maxScratch = MaxScratch
 	// A source side longer than JPEG's longest (a PNG may declare 2^31) is
 	// box-shrunk to at most twice its scaled side first: the resampler's
 	// weights cost 64 bytes per source column or row (3.2 GB for a
@@ -486,6 +498,10 @@ func (r resizeReq) plan(h imageHeader) (p resizePlan, err error) {
 		// canvas: its scratch is scaledW × canvas height; no box shrink.
 		if s := p.scratch(); s > budget {
 			return p, scratchError(p, s, budget)
+		}
+		if work := p.scratch() * int64(frames); work > 4*int64(r.maxPixels) {
+			return p, unprocessable(CodeImageTooLarge, "resampling %d frames of %d×%d to %d×%d is %d column passes of work; the limit is %d",
+				frames, p.decW, p.decH, scaledW, scaledH, work, 4*int64(r.maxPixels))
 		}
 		return p, nil
 	}
