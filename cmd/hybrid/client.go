@@ -248,8 +248,10 @@ func runStatus(args []string) int {
 	if fi, err := os.Stdout.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
 		clear = "\x1b[H\x1b[2J"
 	}
+	var prev *statusSample // the last look, for req/s
 	for {
-		err := printStatus(ctx, c, os.Stdout, asJSON)
+		var err error
+		prev, err = printStatus(ctx, c, os.Stdout, asJSON, prev)
 		if !watch {
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "hybrid: %v\n", err)
@@ -269,47 +271,151 @@ func runStatus(args []string) int {
 	}
 }
 
-// printStatus writes the cluster's state to w: its JSON, or a table.
-func printStatus(ctx context.Context, c *primaryClient, w io.Writer, asJSON bool) error {
+// statusSample is one look at the cluster, kept to compute req/s at the
+// next.
+type statusSample struct {
+	at       time.Time
+	requests map[int]uint64 // by worker pid
+}
+
+// printStatus writes the cluster's state to w: its JSON, or a table. The
+// table's req/s is over the time since prev (a --watch's last look); the
+// first look takes a second sample 1 s later.
+func printStatus(ctx context.Context, c *primaryClient, w io.Writer, asJSON bool, prev *statusSample) (*statusSample, error) {
 	body, err := c.call(ctx, http.MethodGet, "/cluster", "")
 	if err != nil {
-		return err
+		return prev, err
 	}
 	if asJSON {
 		_, err := w.Write(body)
-		return err
+		return prev, err
 	}
 	var s procpool.Snapshot
 	if err := json.Unmarshal(body, &s); err != nil {
-		return fmt.Errorf("admin endpoint at %s: GET /cluster: %w", c.addr, err)
+		return prev, fmt.Errorf("admin endpoint at %s: GET /cluster: %w", c.addr, err)
 	}
-	return writeStatus(w, s, time.Now())
+	if prev == nil {
+		prev = sampleOf(s, time.Now())
+		select {
+		case <-ctx.Done():
+			return prev, nil
+		case <-time.After(time.Second):
+		}
+		if body, err = c.call(ctx, http.MethodGet, "/cluster", ""); err != nil {
+			return prev, err
+		}
+		s = procpool.Snapshot{}
+		if err := json.Unmarshal(body, &s); err != nil {
+			return prev, fmt.Errorf("admin endpoint at %s: GET /cluster: %w", c.addr, err)
+		}
+	}
+	now := time.Now()
+	// The pools' figures are in /metrics; an older primary has none.
+	var tasks map[taskKey]float64
+	if text, err := c.call(ctx, http.MethodGet, "/metrics", ""); err == nil {
+		tasks = parseTasks(text)
+	}
+	return sampleOf(s, now), writeStatus(w, s, now, prev, tasks)
 }
 
-// writeStatus writes s as a table, one worker a row (pm2 ls).
-func writeStatus(w io.Writer, s procpool.Snapshot, now time.Time) error {
+func sampleOf(s procpool.Snapshot, at time.Time) *statusSample {
+	ss := &statusSample{at: at, requests: map[int]uint64{}}
+	for _, wk := range s.Workers {
+		ss.requests[wk.PID] = wk.Requests
+	}
+	return ss
+}
+
+// taskKey names one task-pool figure of /metrics: the metric (queued,
+// running, capacity, predicted_wait_seconds), the pool and the worker slot.
+type taskKey struct{ metric, pool, worker string }
+
+// parseTasks reads the hybrid_tasks_* gauges of a /metrics text: lines of
+// name{labels} value, as internal/promtext writes them.
+func parseTasks(text []byte) map[taskKey]float64 {
+	out := map[taskKey]float64{}
+	for _, line := range strings.Split(string(text), "\n") {
+		name, rest, ok := strings.Cut(line, "{")
+		metric, isTask := strings.CutPrefix(name, "hybrid_tasks_")
+		if !ok || !isTask {
+			continue
+		}
+		labels, value, ok := strings.Cut(rest, "} ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			continue
+		}
+		k := taskKey{metric: metric}
+		for _, kv := range strings.Split(labels, ",") {
+			key, val, _ := strings.Cut(kv, "=")
+			val = strings.Trim(val, `"`)
+			switch key {
+			case "pool":
+				k.pool = val
+			case "worker":
+				k.worker = val
+			}
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// writeStatus writes s as a table, one worker a row (pm2 ls): req/s since
+// prev, and each pool's running/capacity, queued and predicted wait when
+// tasks (from /metrics) has them.
+func writeStatus(w io.Writer, s procpool.Snapshot, now time.Time, prev *statusSample, tasks map[taskKey]float64) error {
 	circuit := s.Circuit
 	if s.CircuitReason != "" && s.Circuit == "open" {
 		circuit += " (" + s.CircuitReason + ")"
 	}
-	fmt.Fprintf(w, "primary %d  addr %s  listen %s  workers %d/%d ready  circuit %s",
-		s.PrimaryPID, s.Addr, s.ListenMode, s.WorkersReady, s.WorkersWanted, circuit)
+	fmt.Fprintf(w, "primary %d", s.PrimaryPID)
+	if s.Version != "" {
+		fmt.Fprintf(w, " %s", s.Version)
+	}
+	fmt.Fprintf(w, "  addr %s  listen %s  workers %d/%d ready  circuit %s",
+		s.Addr, s.ListenMode, s.WorkersReady, s.WorkersWanted, circuit)
 	switch {
 	case s.ShuttingDown:
 		fmt.Fprint(w, "  shutting down")
 	case s.Reloading:
 		fmt.Fprint(w, "  reloading")
+	case s.Upgrading:
+		fmt.Fprint(w, "  upgrading")
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "id\tpid\tstate\tuptime\trestarts\trss\trequests\tin flight\tconns")
+	fmt.Fprintln(tw, "id\tpid\tstate\tuptime\trestarts\trss\treq/s\tin flight\tconns\tpool run/cap\tqueued\twait\tisolate run/cap\tqueued\twait")
 	for _, wk := range s.Workers {
 		conns := "-"
 		if wk.Conns != nil {
 			conns = strconv.Itoa(int(*wk.Conns))
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", wk.ID, wk.PID, wk.State,
-			formatUptime(now.Sub(wk.StartedAt)), wk.Restarts, formatRSS(wk.RSS), wk.Requests, wk.InFlight, conns)
+		rate := "-"
+		if prev != nil {
+			if before, ok := prev.requests[wk.PID]; ok && now.After(prev.at) && wk.Requests >= before {
+				rate = strconv.FormatFloat(float64(wk.Requests-before)/now.Sub(prev.at).Seconds(), 'f', 1, 64)
+			}
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%d\t%s\t%s\t%d\t%s", wk.ID, wk.PID, wk.State,
+			formatUptime(now.Sub(wk.StartedAt)), wk.Restarts, formatRSS(wk.RSS), rate, wk.InFlight, conns)
+		for _, pool := range []string{"pool", "isolate"} {
+			id := strconv.Itoa(wk.ID)
+			get := func(m string) (float64, bool) { v, ok := tasks[taskKey{m, pool, id}]; return v, ok }
+			running, ok1 := get("running")
+			capacity, ok2 := get("capacity")
+			queued, _ := get("queued")
+			wait, _ := get("predicted_wait_seconds")
+			if !ok1 || !ok2 || wk.State != procpool.StateReady {
+				fmt.Fprint(tw, "\t-\t-\t-")
+				continue
+			}
+			fmt.Fprintf(tw, "\t%.0f/%.0f\t%.0f\t%s", running, capacity, queued, time.Duration(wait*float64(time.Second)).Round(time.Millisecond))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }

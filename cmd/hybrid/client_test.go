@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,14 +47,26 @@ func TestWriteStatus(t *testing.T) {
 			{ID: 1, PID: 102, State: "starting", StartedAt: start.Add(3*time.Hour + 59*time.Minute)},
 		},
 	}
+	now := start.Add(4*time.Hour + 5*time.Second)
+	prev := &statusSample{at: now.Add(-2 * time.Second), requests: map[int]uint64{101: 1000}}
+	metrics := []byte(`# TYPE hybrid_tasks_running gauge
+hybrid_tasks_running{pool="pool",worker="0"} 1
+hybrid_tasks_running{pool="isolate",worker="0"} 2
+hybrid_tasks_capacity{pool="pool",worker="0"} 2
+hybrid_tasks_capacity{pool="isolate",worker="0"} 4
+hybrid_tasks_queued{pool="pool",worker="0"} 5
+hybrid_tasks_queued{pool="isolate",worker="0"} 0
+hybrid_tasks_predicted_wait_seconds{pool="pool",worker="0"} 0.0125
+hybrid_tasks_predicted_wait_seconds{pool="isolate",worker="0"} 0
+`)
 	var b strings.Builder
-	if err := writeStatus(&b, s, start.Add(4*time.Hour+5*time.Second)); err != nil {
+	if err := writeStatus(&b, s, now, prev, parseTasks(metrics)); err != nil {
 		t.Fatal(err)
 	}
 	want := `primary 100  addr [::]:8080  listen shared  workers 1/2 ready  circuit open (6 crashes)  reloading
-id  pid  state     uptime  restarts  rss      requests  in flight  conns
-0   101  ready     4h0m    2         23.0MiB  1234      3          7
-1   102  starting  1m5s    0         0KiB     0         0          -
+id  pid  state     uptime  restarts  rss      req/s  in flight  conns  pool run/cap  queued  wait  isolate run/cap  queued  wait
+0   101  ready     4h0m    2         23.0MiB  117.0  3          7      1/2           5       13ms  2/4              0       0s
+1   102  starting  1m5s    0         0KiB     -      0          -      -             -       -     -                -       -
 `
 	if got := b.String(); got != want {
 		t.Errorf("writeStatus =\n%s\nwant\n%s", got, want)
@@ -167,5 +180,36 @@ func TestClientScale(t *testing.T) {
 	// A token no request could carry is a usage error, not a 401.
 	if _, errOut, code := runHybrid(t, []string{"HYBRID_ADMIN_TOKEN= tok en "}, "status", "--admin-addr", c.admin); code != 2 || !strings.Contains(errOut, "whitespace") {
 		t.Errorf("hybrid status with the token \" tok en \": exit %d, %q; want 2 and why", code, errOut)
+	}
+}
+
+// hybrid status --watch prints the table again every --interval, with req/s
+// from the last look and the pools' figures from /metrics, until
+// interrupted; then it exits 0.
+func TestClientStatusWatch(t *testing.T) {
+	c := startCluster(t, nil, 2, "--workers", "2")
+	l := startLoad("http://"+c.addr+"/health", []*http.Client{keptAlive(), keptAlive()})
+	defer l.stop()
+	cmd := exec.Command(binPath, "status", "--watch", "--interval", "300ms", "--admin-addr", c.admin)
+	var out strings.Builder
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("hybrid status --watch after an interrupt: %v; want exit 0", err)
+	}
+	tables := strings.Count(out.String(), "req/s")
+	if tables < 3 {
+		t.Errorf("hybrid status --watch printed %d tables in 2.5 s at a 300 ms interval:\n%s", tables, out.String())
+	}
+	// Under load the workers' req/s is a number, and the pool columns are
+	// filled (run/cap), not "-".
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	last := strings.Fields(lines[len(lines)-1])
+	if len(last) < 15 || last[6] == "-" || !strings.Contains(last[9], "/") || !strings.Contains(last[12], "/") {
+		t.Errorf("last row %q: want req/s and the pool and isolate run/cap", lines[len(lines)-1])
 	}
 }
