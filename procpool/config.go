@@ -104,6 +104,20 @@ type Config struct {
 
 	// ShutdownTimeout bounds a worker's drain; stragglers are killed after it.
 	ShutdownTimeout time.Duration
+
+	// CarryOut and CarryIn carry the caller's state (its metrics' totals)
+	// over a binary upgrade, opaque to procpool. CarryOut is called in the
+	// old primary, on the supervisor's loop goroutine (it must not block),
+	// twice: when the new primary is ready (provisional: this primary's
+	// workers drain and serve on meanwhile) and once they have all exited
+	// (final). CarryIn is called in the new primary with each, in that
+	// order, from a goroutine of its own, one call at a time; the
+	// provisional one returns before [Supervisor.TookOver] closes (unless
+	// it took longer than 2 s to come). A final payload supersedes the
+	// provisional one. Either may be nil: nothing is carried but the
+	// supervisor's own counters ([Counts]).
+	CarryOut func() []byte
+	CarryIn  func(payload []byte, final bool)
 }
 
 // DefaultConfig returns the configuration hybrid serve uses without flags.

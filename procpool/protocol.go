@@ -27,8 +27,8 @@ const (
 )
 
 // upgradeEnv tells a primary started by an upgrade what it inherited:
-// "mode=<listen mode>,listener=<fd>,ready=<fd>[,<name>=<fd>…]" (see
-// upgrade.go). Like [RoleEnv] it is private to the binary.
+// "mode=<listen mode>,listener=<fd>,ready=<fd>,carry=<fd>[,<name>=<fd>…]"
+// (see upgrade.go and carry.go). Like [RoleEnv] it is private to the binary.
 const upgradeEnv = "HYBRID_UPGRADE"
 
 // Descriptor numbers in the worker (0-2 are stdio).
@@ -57,6 +57,9 @@ type Heartbeat struct {
 	// primary hands it to its [MetricsSink]. At most [MaxMetrics] bytes;
 	// a larger one is left out of the heartbeat.
 	Metrics json.RawMessage `json:"metrics,omitempty"`
+	// Pprof is the base URL of the worker's loopback profiling server
+	// (--pprof), secret path included; empty without one.
+	Pprof string `json:"pprof,omitempty"`
 }
 
 // MaxMetrics bounds Heartbeat.Metrics, within the 64 KiB a control

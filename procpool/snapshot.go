@@ -27,9 +27,11 @@ type Snapshot struct {
 	WorkersMax      int    `json:"workers_max"`         // the most Scale takes
 	PoolSize        int    `json:"pool_size,omitempty"` // set by SetPoolSize; absent: the flags'
 	Reloading       bool   `json:"reloading"`
-	// Reloads and Upgrades count those this primary started (an upgrade's
-	// new primary counts from zero): a reload that began and ended between
-	// two looks at the snapshot still shows.
+	// Reloads and Upgrades count those started: a reload that began and
+	// ended between two looks at the snapshot still shows. They, Forks,
+	// Crashes and Restarts are totals over upgrades: an upgrade's new
+	// primary counts on from the old one's ([Counts], carried once it took
+	// over).
 	Reloads  int64 `json:"reloads_total"`
 	Upgrades int64 `json:"upgrades_total"`
 	// Crashes counts the workers' unexpected exits (failed starts
@@ -63,6 +65,9 @@ type WorkerInfo struct {
 	// Conns is the worker's open connections, live from the accept board;
 	// absent without one (a single worker, reuseport, --accept-balance off).
 	Conns *int32 `json:"open_conns,omitempty"`
+	// Pprof is the worker's Heartbeat.Pprof. Not published: its path is
+	// the secret that keeps other local users out.
+	Pprof string `json:"-"`
 }
 
 // Health says whether the cluster serves at full strength, and if not, why.
@@ -81,6 +86,7 @@ func (s Snapshot) Health() (ok bool, reason string) {
 // publish stores a fresh snapshot for readers on other goroutines.
 func (s *Supervisor) publish() {
 	version, build := BuildInfo()
+	c := s.counts()
 	snap := &Snapshot{
 		PrimaryPID:      os.Getpid(),
 		Version:         version,
@@ -88,20 +94,20 @@ func (s *Supervisor) publish() {
 		Binary:          s.cfg.Binary,
 		WorkersMax:      s.cfg.MaxWorkers,
 		PoolSize:        s.poolSize,
-		Upgrading:       s.upgrade.active && !s.upgrade.succeeded || s.handover != nil,
+		Upgrading:       s.upgrade.active && !s.upgrade.succeeded || s.handover != nil || !s.carryAwait.IsZero(),
 		LastUpgrade:     s.lastUpgrade,
 		Addr:            s.sock.addr.String(),
 		ListenMode:      s.cfg.ListenMode,
 		Circuit:         "closed",
 		CircuitReason:   s.circuitWhy,
 		CrashesInWindow: s.crashes.count(time.Now()),
-		Forks:           s.forks.Load(),
-		Crashes:         s.crashCount,
-		Restarts:        s.restarts,
+		Forks:           c.Forks,
+		Crashes:         c.Crashes,
+		Restarts:        c.Restarts,
 		WorkersWanted:   len(s.slots),
 		Reloading:       s.reload.active,
-		Reloads:         s.reloads,
-		Upgrades:        s.upgrades,
+		Reloads:         c.Reloads,
+		Upgrades:        c.Upgrades,
 		ShuttingDown:    s.shutting,
 		Workers:         make([]WorkerInfo, 0, len(s.procs)),
 	}
@@ -132,6 +138,7 @@ func (s *Supervisor) publish() {
 			Goroutines: p.beat.Goroutines,
 			Version:    p.version,
 			Build:      p.build,
+			Pprof:      p.beat.Pprof,
 		})
 	}
 	slices.SortFunc(snap.Workers, func(a, b WorkerInfo) int {

@@ -73,6 +73,12 @@ type Supervisor struct {
 	tookOver    chan struct{} // closed once this primary serves (TookOver)
 	passOn      []namedListener
 	poolSize    int // the task-pool size set at run time; 0: the flags'
+
+	// A primary started by an upgrade: the old primary's totals.
+	carried    Counts
+	carryIn    *os.File  // the carry pipe, until Run reads it
+	carryGot   bool      // the provisional totals came, or none will
+	carryAwait time.Time // told "ready", waiting for them until then
 }
 
 type slot struct {
@@ -172,6 +178,8 @@ func New(cfg Config, log *slog.Logger) (*Supervisor, error) {
 	}
 	if inh != nil {
 		s.handover = &handover{ready: inh.ready, from: os.Getppid()}
+		s.carryIn = inh.carry
+		s.carryGot = inh.carry == nil // an old primary that carries nothing
 	} else {
 		close(s.tookOver)
 	}
@@ -180,6 +188,9 @@ func New(cfg Config, log *slog.Logger) (*Supervisor, error) {
 		if s.board, err = newBoard(boardEntries(cfg.MaxWorkers)); err != nil {
 			sock.Close()
 			s.handover.close()
+			if s.carryIn != nil {
+				s.carryIn.Close()
+			}
 			return nil, err
 		}
 	}
@@ -239,6 +250,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		attrs = append(attrs, "upgrade_from_pid", s.handover.from)
 	}
 	s.log.Info("primary starting", attrs...)
+	if s.carryIn != nil {
+		go s.readCarry(s.carryIn)
+		s.carryIn = nil
+	}
 	for _, sl := range s.slots {
 		s.spawn(sl, false)
 	}
@@ -273,6 +288,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		// sockets, and once this process is gone nobody would stop it.
 		if s.shutting && len(s.procs) == 0 && !(s.upgrade.active && !s.upgrade.succeeded) {
 			s.log.Info("primary stopped: all workers exited")
+			if u := &s.upgrade; u.active && u.succeeded {
+				s.sendCarry(u.carry, true) // every worker's last heartbeat is in
+				u.carry.close(true)
+			}
 			return nil
 		}
 	}
@@ -757,6 +776,7 @@ func (s *Supervisor) onTick(now time.Time) {
 		}
 	}
 	s.upgradeTick(now)
+	s.carryTick(now)
 	for _, sl := range s.slots {
 		if !sl.restartAt.IsZero() && !now.Before(sl.restartAt) {
 			sl.restartAt = time.Time{}

@@ -60,6 +60,7 @@ type upgradeState struct {
 	why       string    // a rollback's reason
 	killAt    time.Time // SIGKILL to a new primary being rolled back
 	waiters   []chan error
+	carry     *carrier // this primary's totals, to the new one
 }
 
 // handover is the new primary's side: the pipe to tell the old one "ready"
@@ -158,7 +159,7 @@ func (s *Supervisor) onUpgrade(reply chan error) {
 		reply <- fmt.Errorf("upgrade refused: %s: %w", why, ErrUnsupported)
 		return
 	}
-	cmd, report, err := s.startPrimary()
+	cmd, report, carry, err := s.startPrimary()
 	if err != nil {
 		// ErrRolledBack names the package already.
 		why := strings.TrimPrefix(err.Error(), "procpool: ")
@@ -168,7 +169,8 @@ func (s *Supervisor) onUpgrade(reply chan error) {
 		return
 	}
 	now := time.Now()
-	s.upgrade = upgradeState{active: true, cmd: cmd, started: now, deadline: now.Add(s.cfg.StartTimeout), waiters: []chan error{reply}}
+	s.upgrade = upgradeState{active: true, cmd: cmd, started: now, deadline: now.Add(s.cfg.StartTimeout), waiters: []chan error{reply},
+		carry: newCarrier(carry)}
 	s.upgrades++
 	s.log.Info("upgrade: new primary starting", "new_primary_pid", cmd.Process.Pid, "binary", s.cfg.Binary,
 		"start_timeout", s.cfg.StartTimeout.String())
@@ -184,26 +186,37 @@ func (s *Supervisor) onUpgrade(reply chan error) {
 }
 
 // startPrimary starts the new primary with the sockets on fd 3 (the
-// cluster's), 4 (the pipe it reports on) and 5… (PassOn's), and returns
-// the pipe's read end.
-func (s *Supervisor) startPrimary() (*exec.Cmd, *os.File, error) {
+// cluster's), 4 (the pipe it reports on), 5 (the pipe this primary's
+// totals go on: carry.go) and 6… (PassOn's), and returns the read end of
+// the first pipe and the write end of the second.
+func (s *Supervisor) startPrimary() (_ *exec.Cmd, report, carry *os.File, err error) {
 	r, w, err := os.Pipe() // close-on-exec; ExtraFiles clears it on w in the child
 	if err != nil {
-		return nil, nil, fmt.Errorf("upgrade pipe: %w", err)
+		return nil, nil, nil, fmt.Errorf("upgrade pipe: %w", err)
 	}
 	defer w.Close()
-	files := []*os.File{s.sock.file, w}
-	spec := fmt.Sprintf("mode=%s,listener=3,ready=4", s.cfg.ListenMode)
+	cr, cw, err := os.Pipe()
+	if err != nil {
+		r.Close()
+		return nil, nil, nil, fmt.Errorf("upgrade pipe: %w", err)
+	}
+	defer cr.Close()
+	defer func() {
+		if err != nil {
+			r.Close()
+			cw.Close()
+		}
+	}()
+	files := []*os.File{s.sock.file, w, cr}
+	spec := fmt.Sprintf("mode=%s,listener=3,ready=4,carry=5", s.cfg.ListenMode)
 	for _, nl := range s.passOn {
 		sc, ok := nl.ln.(syscall.Conn)
 		if !ok {
-			r.Close()
-			return nil, nil, fmt.Errorf("listener %q (%T) has no descriptor", nl.name, nl.ln)
+			return nil, nil, nil, fmt.Errorf("listener %q (%T) has no descriptor", nl.name, nl.ln)
 		}
 		f, err := dupListener(sc)
 		if err != nil {
-			r.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		defer f.Close()
 		spec += fmt.Sprintf(",%s=%d", nl.name, 3+len(files))
@@ -223,10 +236,9 @@ func (s *Supervisor) startPrimary() (*exec.Cmd, *os.File, error) {
 	// parent-death signal: it must outlive this process.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		r.Close()
-		return nil, nil, fmt.Errorf("start %s: %w", s.cfg.Binary, err)
+		return nil, nil, nil, fmt.Errorf("start %s: %w", s.cfg.Binary, err)
 	}
-	return cmd, r, nil
+	return cmd, r, cw, nil
 }
 
 // onUpgradeReport takes the new primary's one line: "ready", or "fail
@@ -244,7 +256,8 @@ func (s *Supervisor) onUpgradeReport(cmd *exec.Cmd, line string) {
 			OldPID: os.Getpid(), NewPID: pid}
 		s.log.Info("upgrade: the new primary and its workers are ready; draining this primary's workers",
 			"new_primary_pid", pid, "took_ms", float64(time.Since(u.started).Microseconds())/1000)
-		s.publish() // /cluster shows the outcome before Upgrade returns it
+		s.sendCarry(u.carry, false) // provisional: the workers drain and serve on
+		s.publish()                 // /cluster shows the outcome before Upgrade returns it
 		for _, w := range u.waiters {
 			w <- nil
 		}
@@ -308,6 +321,7 @@ func (s *Supervisor) onUpgradeExit(cmd *exec.Cmd, werr error) {
 	s.lastUpgrade = &UpgradeOutcome{At: time.Now().UTC(), Result: UpgradeRolledBack, Reason: u.why, Binary: s.cfg.Binary,
 		OldPID: os.Getpid(), NewPID: cmd.Process.Pid}
 	err := fmt.Errorf("%w: %s", ErrRolledBack, u.why)
+	u.carry.close(false)
 	waiters := u.waiters
 	s.upgrade = upgradeState{}
 	s.publish() // /cluster shows the rollback before Upgrade returns it
@@ -360,7 +374,7 @@ func (s *Supervisor) handoverIfReady() {
 		s.log.Warn("upgrade: cannot tell the old primary; it is gone, so this one serves", "err", err.Error())
 	}
 	h.close()
-	close(s.tookOver)
+	s.awaitCarry() // TookOver closes once the old primary's totals are in
 	s.lastUpgrade = &UpgradeOutcome{At: time.Now().UTC(), Result: UpgradeSucceeded, Binary: s.cfg.Binary,
 		OldPID: h.from, NewPID: os.Getpid()}
 	s.log.Info("upgrade: all workers ready; the old primary drains its own", "old_primary_pid", h.from)
@@ -399,6 +413,7 @@ type inheritance struct {
 	mode     string
 	listener int
 	ready    *os.File
+	carry    *os.File // nil from an old primary that carries nothing
 }
 
 // inherited parses upgradeEnv; nil when this process is no upgrade's.
@@ -413,7 +428,16 @@ func inherited() (*inheritance, error) {
 	if err1 != nil || err2 != nil || kv["mode"] == "" {
 		return nil, fmt.Errorf("procpool: bad %s %q", upgradeEnv, spec)
 	}
-	return &inheritance{mode: kv["mode"], listener: lfd, ready: os.NewFile(uintptr(rfd), "upgrade-ready")}, nil
+	in := &inheritance{mode: kv["mode"], listener: lfd, ready: os.NewFile(uintptr(rfd), "upgrade-ready")}
+	if v, ok := kv["carry"]; ok {
+		cfd, err := strconv.Atoi(v)
+		if err != nil || cfd < 3 {
+			in.ready.Close()
+			return nil, fmt.Errorf("procpool: bad %s %q", upgradeEnv, spec)
+		}
+		in.carry = os.NewFile(uintptr(cfd), "upgrade-carry")
+	}
+	return in, nil
 }
 
 func parseSpec(spec string) map[string]string {
@@ -428,6 +452,9 @@ func parseSpec(spec string) map[string]string {
 func (in *inheritance) close() {
 	if in != nil {
 		in.ready.Close()
+		if in.carry != nil {
+			in.carry.Close()
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
@@ -218,5 +219,72 @@ func TestMetricsCountRequestsAndSurviveReloadAndKill(t *testing.T) {
 	if afterKill.sum("hybrid_worker_crashes_total") != 1 || afterKill.sum("hybrid_worker_restarts_total") != 1 {
 		t.Errorf("after kill -9: crashes %v, restarts %v; want 1 and 1",
 			afterKill.sum("hybrid_worker_crashes_total"), afterKill.sum("hybrid_worker_restarts_total"))
+	}
+}
+
+// Two upgrades, alternating builds: the new primaries carry the old ones'
+// totals, so that no counter or bucket goes backwards, the request counts
+// stay exact, and upgrades_total reads 2 on the last primary.
+func TestMetricsSurviveUpgrades(t *testing.T) {
+	binB, err := secondBuild()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "hybrid")
+	flip(t, link, binPath)
+	c := startClusterCmd(t, serveCmd(link, "--workers", "2", "--heartbeat-interval", "200ms"), nil, 2)
+	t.Cleanup(c.killSeen)
+	versionA := c.snapshot().Version
+	// No keep-alive: an idle connection to a drained worker would fail a POST.
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	hash := func(n int) {
+		for range n {
+			resp, err := client.Post("http://"+c.addr+"/v1/hash/sha256", "text/plain", strings.NewReader("hello"))
+			if err != nil {
+				t.Fatalf("hash: %v", err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("hash: %d", resp.StatusCode)
+			}
+		}
+	}
+	hashes := func(s scrape) float64 {
+		return s.sum("hybrid_http_requests_total", "route=/v1/hash/", "method=POST", "status=200")
+	}
+	waitHashes := func(want float64) scrape {
+		var s scrape
+		c.waitFor(10*time.Second, fmt.Sprintf("the scrape to count %v hashes", want), func() bool {
+			s = c.scrape()
+			return hashes(s) == want && s.sum("hybrid_http_request_duration_seconds", "route=/v1/hash/") == want
+		})
+		return s
+	}
+	hash(9)
+	before := waitHashes(9)
+
+	flip(t, link, binB)
+	c.upgradeTo(upgradeVersion, 2)
+	hash(4) // served by the new primary's workers
+	middle := waitHashes(13)
+	notBackwards(t, "the first upgrade", before, middle)
+	flip(t, link, binPath)
+	c.upgradeTo(versionA, 2)
+	hash(5)
+	after := waitHashes(18)
+	notBackwards(t, "the second upgrade", middle, after)
+	notBackwards(t, "both upgrades", before, after)
+	if got := after.sum("hybrid_http_requests_total"); got != 18 {
+		t.Errorf("requests_total sums to %v; want 18", got)
+	}
+	if got := after.sum("hybrid_upgrades_total"); got != 2 {
+		t.Errorf("upgrades_total = %v; want 2", got)
+	}
+	if got := after.sum("hybrid_worker_forks_total"); got != 6 {
+		t.Errorf("worker_forks_total = %v; want 6 (2 workers per primary)", got)
+	}
+	if s := c.snapshot(); s.Upgrades != 2 || s.Forks != 6 {
+		t.Errorf("/cluster: upgrades_total %d, forks_total %d; want 2 and 6", s.Upgrades, s.Forks)
 	}
 }

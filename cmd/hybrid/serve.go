@@ -54,6 +54,13 @@ type serveConfig struct {
 	imageMaxPixels int
 	imageMaxOutput int
 	imageMaxFrames int
+
+	// accessLog is --access-log: off, stderr or a file path
+	// (server.OpenAccessLog).
+	accessLog string
+	// pprof is --pprof: each worker serves net/http/pprof on loopback, for
+	// the admin's /workers/{id}/debug/pprof/.
+	pprof bool
 }
 
 func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -116,6 +123,8 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.IntVar(&c.isoProcs, "isolate-procs", 0, "isolated children running at once per worker (0: the pool size)")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.accessLog, "access-log", "off", "a JSON line per request: off, stderr, or a file path each worker appends to (whole lines, never interleaved)")
+	fs.BoolVar(&c.pprof, "pprof", false, "profile workers through the admin endpoint: GET /workers/{id}/debug/pprof/… (each worker serves net/http/pprof on a loopback port)")
 	return fs, c
 }
 
@@ -232,6 +241,16 @@ func runServe(args []string) int {
 		cfg.pool.Listener = sdCluster
 		log.Info("listening on the socket systemd passed", "addr", sdCluster.Addr().String())
 	}
+	// An upgrade carries the workers' metrics totals from the old primary
+	// to the new one (procpool's own counters travel with them), so that
+	// no counter goes backwards across it.
+	clusterMetrics := &metrics.Cluster{}
+	cfg.pool.CarryOut = clusterMetrics.CarryOut
+	cfg.pool.CarryIn = func(payload []byte, final bool) {
+		if err := clusterMetrics.CarryIn(payload); err != nil {
+			log.Warn("upgrade: the old primary's metrics are not carried", "final", final, "err", err.Error())
+		}
+	}
 	sup, err := procpool.New(cfg.pool, log)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
@@ -243,7 +262,6 @@ func runServe(args []string) int {
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
-	clusterMetrics := &metrics.Cluster{}
 	sup.SetMetricsSink(clusterMetrics)
 	var admin *server.Admin
 	runDone := make(chan struct{}) // closed when sup.Run has returned

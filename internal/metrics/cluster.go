@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ type Cluster struct {
 	mu      sync.Mutex
 	live    map[int]worker // by pid
 	retired map[string]*acc
+	carried map[string]*acc // the previous primaries' totals (Carry)
 }
 
 type worker struct {
@@ -85,15 +87,62 @@ func (c *Cluster) Exit(slot, pid int) {
 	c.sumCounters(c.retired, w.snap)
 }
 
-// Carry adds totals, another primary's counters and histograms (from
-// [Cluster.Totals]), to the retired sums.
+// Carry takes totals, the previous primary's counters and histograms
+// (from [Cluster.Totals]), as the base this cluster's counts add to. It
+// may be called again with later totals of the same primary (a
+// provisional, then a final one): each series then keeps the larger of
+// the two, count by count, so that nothing goes backwards.
 func (c *Cluster) Carry(totals []Series) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.retired == nil {
-		c.retired = map[string]*acc{}
+	if c.carried == nil {
+		c.carried = map[string]*acc{}
 	}
-	c.sumCounters(c.retired, &Snapshot{Series: totals})
+	for i := range totals {
+		s := &totals[i]
+		d, ok := catalog[s.Name]
+		if !ok || d.typ == promtext.Gauge {
+			continue
+		}
+		k := key(s.Name, s.Labels)
+		a := c.carried[k]
+		if a == nil {
+			a = &acc{name: s.Name, labels: s.Labels}
+			c.carried[k] = a
+		}
+		a.value = max(a.value, s.Value)
+		if len(a.counts) < len(s.Counts) {
+			a.counts = append(a.counts, make([]uint64, len(s.Counts)-len(a.counts))...)
+		}
+		for i, n := range s.Counts {
+			a.counts[i] = max(a.counts[i], n)
+		}
+	}
+}
+
+// CarryOut is [Cluster.Totals] encoded for the next primary's
+// [Cluster.CarryIn]: a [Snapshot] of [SnapshotVersion].
+func (c *Cluster) CarryOut() []byte {
+	b, err := json.Marshal(Snapshot{V: SnapshotVersion, Series: c.Totals()})
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// CarryIn decodes payload, the previous primary's [Cluster.CarryOut], and
+// carries it ([Cluster.Carry]). A payload that does not decode, or of
+// another version, is refused: the cluster counts on without it.
+func (c *Cluster) CarryIn(payload []byte) error {
+	var snap Snapshot
+	if err := json.Unmarshal(payload, &snap); err != nil {
+		return fmt.Errorf("metrics: carried totals: %w", err)
+	}
+	if snap.V != SnapshotVersion {
+		return fmt.Errorf("metrics: carried totals of version %d; this binary reads %d", snap.V, SnapshotVersion)
+	}
+	c.Carry(snap.Series)
+	return nil
 }
 
 func (c *Cluster) sumCounters(into map[string]*acc, snap *Snapshot) {
@@ -114,7 +163,8 @@ func (c *Cluster) sumCounters(into map[string]*acc, snap *Snapshot) {
 }
 
 // Totals returns the cluster's counters and histograms, summed over live
-// and exited workers: what a primary that takes over carries on from.
+// and exited workers and what was carried: what a primary that takes over
+// carries on from.
 func (c *Cluster) Totals() []Series {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -126,11 +176,18 @@ func (c *Cluster) Totals() []Series {
 	return out
 }
 
-// counterSums is retired plus every live worker's counters. c.mu held.
+// counterSums is carried plus retired plus every live worker's counters.
+// c.mu held.
 func (c *Cluster) counterSums() map[string]*acc {
-	sums := make(map[string]*acc, len(c.retired)+16)
-	for k, a := range c.retired {
-		sums[k] = &acc{name: a.name, labels: a.labels, value: a.value, counts: append([]uint64(nil), a.counts...)}
+	sums := make(map[string]*acc, len(c.carried)+len(c.retired)+16)
+	for _, m := range []map[string]*acc{c.carried, c.retired} {
+		for k, a := range m {
+			if b := sums[k]; b != nil {
+				b.add(&Series{Value: a.value, Counts: a.counts}, false)
+				continue
+			}
+			sums[k] = &acc{name: a.name, labels: a.labels, value: a.value, counts: append([]uint64(nil), a.counts...)}
+		}
 	}
 	for _, w := range c.live {
 		c.sumCounters(sums, w.snap)

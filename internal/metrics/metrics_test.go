@@ -149,3 +149,41 @@ func BenchmarkScrape(b *testing.B) {
 		})
 	}
 }
+
+// A new primary takes the old one's provisional totals, then its final
+// ones (the draining workers served on): nothing goes backwards, and the
+// totals it hands on include what it was handed.
+func TestClusterCarryProvisionalThenFinal(t *testing.T) {
+	var old Cluster
+	beat(t, &old, 1, 100, 5)
+	provisional := old.CarryOut()
+	beat(t, &old, 1, 100, 8) // served on while draining
+	old.Exit(1, 100)
+	final := old.CarryOut()
+
+	var next Cluster
+	beat(t, &next, 1, 200, 2)
+	if err := next.CarryIn(provisional); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := value(next.Families(), "hybrid_http_requests_total"); v != 7 {
+		t.Errorf("provisional: requests = %v; want 5 + 2", v)
+	}
+	if err := next.CarryIn(final); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.CarryIn(provisional); err != nil { // late or twice: no dip
+		t.Fatal(err)
+	}
+	if v, _ := value(next.Families(), "hybrid_http_requests_total"); v != 10 {
+		t.Errorf("final: requests = %v; want 8 + 2", v)
+	}
+	if err := next.CarryIn([]byte(`{"v":99}`)); err == nil {
+		t.Error("CarryIn took a payload of another version")
+	}
+	var third Cluster
+	third.Carry(next.Totals())
+	if v, _ := value(third.Families(), "hybrid_http_requests_total"); v != 10 {
+		t.Errorf("carried twice: requests = %v; want 10", v)
+	}
+}
