@@ -33,8 +33,9 @@
 // size, and [Supervisor.Upgrade] replaces the primary itself (SIGUSR2):
 //
 //  1. The old primary executes Config.Binary with its own arguments, handing
-//     it the cluster's socket (fd 3), a pipe (fd 4) and the listeners given
-//     to [Supervisor.PassOn] (fd 5…), named in HYBRID_UPGRADE.
+//     it the cluster's socket (fd 3), a pipe (fd 4), a second pipe the
+//     other way (fd 5, "carry") and the listeners given to
+//     [Supervisor.PassOn] (fd 6…), named in HYBRID_UPGRADE.
 //  2. The new primary adopts the socket (it never binds), starts its own
 //     workers with its own accept board, and once every one is ready writes
 //     "ready" on the pipe; a worker that fails first makes it write "fail
@@ -48,9 +49,19 @@
 //     upgrade rolls it back too, and Run returns only once the new primary
 //     has exited.
 //
-// Until it has written "ready", the new primary does not serve the
-// listeners it inherited through PassOn ([Supervisor.TookOver]): the old
-// one answers every request on them.
+// Counters survive an upgrade: on the carry pipe the old primary writes
+// one versioned JSON line with its totals on "ready" (provisional: its
+// workers drain and serve on) and one once they have all exited (final),
+// then closes it. Each line holds its own counters ([Counts]: forks,
+// crashes, restarts, reloads, upgrades) and Config.CarryOut's opaque
+// payload (hybrid's: its metrics' totals), which the new primary hands to
+// Config.CarryIn. The new primary's [Snapshot] counts on from them; the
+// final line supersedes the provisional one, so no counter goes backwards.
+//
+// Until it has written "ready" and has the provisional totals (or waited
+// 2 s for them), the new primary does not serve the listeners it
+// inherited through PassOn ([Supervisor.TookOver]): the old one answers
+// every request on them until "ready".
 //
 // The new primary has no parent-death signal: it must outlive the old one.
 // Should the old one die during the upgrade, the new one serves on.
