@@ -16,7 +16,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/valyala/fasthttp"
@@ -48,6 +50,7 @@ type Cluster interface {
 //	POST /upgrade   200 once a new primary serves; 502 rolled_back with the reason
 //	POST /scale     {"workers":N}, N from 1 to the snapshot's workers_max: 202
 //	POST /pool      {"size":N}, N from 1 to procpool.MaxPoolSize: 202
+//	GET  /workers/{id}/debug/pprof/{profile}   worker id's net/http/pprof (--pprof)
 //
 // A POST that is busy (a reload or an upgrade runs) is a 409 busy.
 //
@@ -71,6 +74,10 @@ type Admin struct {
 	token   [sha256.Size]byte // the token's hash; zero without a token
 	hasTok  bool
 	metrics func([]byte) []byte // appends the Prometheus text; nil: no /metrics
+
+	pprofClient *fasthttp.Client
+	profMu      sync.Mutex
+	profiling   map[int]bool // worker ids with a profile under way
 }
 
 // AdminHeader is the header that marks a state-changing admin call as not
@@ -117,6 +124,13 @@ func NewAdmin(cluster Cluster, log *slog.Logger, opts ...AdminOption) *Admin {
 	r.Handle(fasthttp.MethodPost, "/upgrade", a.guard(a.upgrade, true, true))
 	r.Handle(fasthttp.MethodPost, "/scale", a.guard(a.scale, true, true))
 	r.Handle(fasthttp.MethodPost, "/pool", a.guard(a.pool, true, true))
+	r.HandlePrefix(fasthttp.MethodGet, "/workers/", a.guard(a.pprof, true, false))
+	a.profiling = map[int]bool{}
+	a.pprofClient = &fasthttp.Client{
+		NoDefaultUserAgentHeader: true,
+		MaxResponseBodySize:      maxProfile,
+		MaxConnsPerHost:          4,
+	}
 	cfg := DefaultConfig()
 	cfg.MaxBody = maxAdminBody
 	a.fs = newFastServer(cfg, r.Serve, log)
@@ -391,4 +405,108 @@ func KeepAdminSocket(ln net.Listener) {
 	if ul, ok := ln.(*net.UnixListener); ok {
 		ul.SetUnlinkOnClose(false)
 	}
+}
+
+// pprofProfiles are the profiles GET /workers/{id}/debug/pprof/{profile}
+// passes on ("": the index).
+var pprofProfiles = map[string]bool{"": true, "cmdline": true, "profile": true, "symbol": true, "trace": true,
+	"goroutine": true, "heap": true, "allocs": true, "block": true, "mutex": true, "threadcreate": true}
+
+// Bounds of a proxied profile: its ?seconds= and its size.
+const (
+	maxProfileSeconds = 60
+	maxProfile        = 64 << 20
+)
+
+// pprof proxies GET /workers/{id}/debug/pprof/{profile}[?seconds=N&debug=N&gc=N]
+// to worker id's loopback pprof server (the worker's --pprof; see
+// cmd/hybrid's servePprof): 404 for a worker not running or without one,
+// and for an unknown profile; 400 for ?seconds= out of 1 to 60 (or ?debug=
+// out of 0 to 2, ?gc= out of 0 to 1); 409 busy while
+// another profile of the worker runs, 502 if the worker does not answer.
+// Only those three query parameters pass.
+func (a *Admin) pprof(ctx *fasthttp.RequestCtx) {
+	rest := PathParam(ctx, "/workers/")
+	idText, profile, ok := strings.Cut(rest, "/debug/pprof/")
+	id, err := strconv.Atoi(idText)
+	if !ok || err != nil || id < 0 {
+		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "want /workers/{id}/debug/pprof/{profile}"))
+		return
+	}
+	if !pprofProfiles[profile] {
+		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "no profile %q", profile))
+		return
+	}
+	q := ctx.QueryArgs()
+	var query []byte
+	wait := 30 * time.Second // pprof's own default for profile
+	for _, p := range [...]struct {
+		name     string
+		most     int
+		duration bool
+	}{{"seconds", maxProfileSeconds, true}, {"debug", 2, false}, {"gc", 1, false}} {
+		v := q.Peek(p.name)
+		if v == nil {
+			continue
+		}
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 0 || n > p.most || p.duration && n == 0 {
+			WriteError(ctx, Errorf(fasthttp.StatusBadRequest, CodeBadRequest, "%s: want an integer from %d to %d", p.name, min(1, p.most), p.most))
+			return
+		}
+		if p.duration {
+			wait = time.Duration(n) * time.Second
+		}
+		query = strconv.AppendInt(append(append(append(query, '&'), p.name...), '='), int64(n), 10)
+	}
+	base := ""
+	found := false
+	for _, w := range a.cluster.Snapshot().Workers {
+		if w.ID == id && w.State == procpool.StateReady {
+			found, base = true, w.Pprof
+		}
+	}
+	switch {
+	case !found:
+		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "no worker %d is ready", id))
+		return
+	case !strings.HasPrefix(base, "http://127.0.0.1:"):
+		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "worker %d serves no profiles: start hybrid serve with --pprof", id))
+		return
+	}
+	a.profMu.Lock()
+	busy := a.profiling[id]
+	a.profiling[id] = true
+	a.profMu.Unlock()
+	if busy {
+		WriteError(ctx, Errorf(fasthttp.StatusConflict, "busy", "a profile of worker %d is under way; one at a time", id))
+		return
+	}
+	defer func() {
+		a.profMu.Lock()
+		delete(a.profiling, id)
+		a.profMu.Unlock()
+	}()
+	url := base + "/debug/pprof/" + profile
+	if len(query) > 0 {
+		query[0] = '?'
+		url += string(query)
+	}
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(url)
+	a.log.Info("profile requested over the admin endpoint", "worker", id, "profile", profile,
+		"query", strings.TrimPrefix(string(query), "?"), "remote", ctx.RemoteAddr().String())
+	if err := a.pprofClient.DoTimeout(req, resp, wait+15*time.Second); err != nil {
+		WriteError(ctx, Errorf(fasthttp.StatusBadGateway, "bad_gateway", "worker %d: %v", id, err))
+		return
+	}
+	ctx.SetStatusCode(resp.StatusCode())
+	for _, h := range [...]string{"Content-Type", "Content-Disposition", "X-Content-Type-Options"} {
+		if v := resp.Header.Peek(h); len(v) > 0 {
+			ctx.Response.Header.SetBytesV(h, v)
+		}
+	}
+	ctx.SetBody(resp.Body())
 }

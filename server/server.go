@@ -173,6 +173,8 @@ type Server struct {
 	extras    []healthSection // sorted by key
 	readyJSON []byte          // the /ready body: its figures never change
 	draining  atomic.Bool
+	accessLog *AccessLog // nil: off
+	ids       requestIDs
 	accepting chan struct{}
 	acceptOne sync.Once
 }
@@ -201,6 +203,7 @@ func New(cfg Config, log *slog.Logger, workerID int) *Server {
 		refusalOf(Errorf(fasthttp.StatusTooManyRequests, CodeTooManyConns,
 			"this worker serves its limit of %d connections from one address", cfg.MaxConnsPerIP)),
 	}
+	s.ids.init()
 	s.Router.metrics = &s.metrics
 	s.unmatched = s.metrics.Route(metrics.Unmatched)
 	s.readyJSON = readyDoc(os.Getpid(), workerID)
@@ -301,14 +304,27 @@ func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
 }
 
 // done counts a request answered: the one place of the request path that
-// records its metrics, with stats its route's (nil: no route took it).
+// records its metrics, with stats its route's (nil: no route took it),
+// echoes its request id (X-Request-ID: the client's if it is safe, else
+// one generated) and writes its access-log line.
 func (s *Server) done(ctx *fasthttp.RequestCtx, stats *metrics.Route) {
 	s.requests.Add(1)
 	if stats == nil {
 		stats = s.unmatched
 	}
-	stats.Record(ctx.Method(), ctx.Response.StatusCode(), modeOf(ctx), time.Since(ctx.Time()))
+	mode, took := modeOf(ctx), time.Since(ctx.Time())
+	stats.Record(ctx.Method(), ctx.Response.StatusCode(), mode, took)
+	var buf [32]byte
+	id := s.ids.requestID(ctx, &buf)
+	ctx.Response.Header.SetBytesV(RequestIDHeader, id)
+	if s.accessLog != nil {
+		s.accessLog.write(ctx, id, mode, took, s.workerID)
+	}
 }
+
+// SetAccessLog makes the server write l's line for every request it
+// answers (nil: none). Call it before Serve.
+func (s *Server) SetAccessLog(l *AccessLog) { s.accessLog = l }
 
 // modeKey is the request's user value that holds its metrics.Mode.
 type modeKey struct{}

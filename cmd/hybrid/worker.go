@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"sync"
@@ -84,6 +88,23 @@ func runWorker(args []string) int {
 	}
 	defer st.close()
 	hooks.register(st.srv.Router, st.exec)
+	alog, err := server.OpenAccessLog(cfg.accessLog, func(err error) {
+		log.Error("access log: a write failed; lines are being lost", "err", err.Error())
+	})
+	if err != nil {
+		return fatal("%v", err)
+	}
+	defer alog.Close()
+	st.srv.SetAccessLog(alog)
+	var pprofBase string
+	if cfg.pprof {
+		base, stop, err := servePprof(log)
+		if err != nil {
+			return fatal("pprof: %v", err)
+		}
+		defer stop()
+		pprofBase = base
+	}
 
 	unguard()
 	serveErr := make(chan error, 1)
@@ -106,7 +127,7 @@ func runWorker(args []string) int {
 	status := func() procpool.Heartbeat {
 		s := st.srv.Stats()
 		return procpool.Heartbeat{RSS: s.RSS, Goroutines: s.Goroutines, Requests: s.Requests, InFlight: s.InFlight,
-			Metrics: workerMetrics(st)}
+			Metrics: workerMetrics(st), Pprof: pprofBase}
 	}
 	beating := make(chan struct{})
 	if hooks.heartbeats() {
@@ -305,4 +326,38 @@ func tunePool(ctx context.Context, w *procpool.Worker, pool *taskpool.Pool, log 
 		}
 		log.Info("pool size set", "pool_size", n)
 	}
+}
+
+// servePprof serves net/http/pprof's handlers (--pprof) on a listener of
+// its own, on loopback and an ephemeral port, never on the cluster's
+// address, and returns its base URL, http://127.0.0.1:<port>/<secret>,
+// which the heartbeat carries to the primary: the admin endpoint proxies
+// GET /workers/{id}/debug/pprof/… to it (server.Admin). The secret path,
+// 128 random bits, keeps other local users out: the port is anyone's to
+// connect to. The handlers are on a private mux: importing net/http/pprof
+// registers them on http.DefaultServeMux too, which nothing here serves.
+// stop closes the server.
+func servePprof(log *slog.Logger) (base string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	secret := rand.Text()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{
+		Handler:           http.StripPrefix("/"+secret, mux),
+		ReadHeaderTimeout: 5 * time.Second,
+		// Above the admin's bound on ?seconds= (60), which pprof checks
+		// against it.
+		WriteTimeout: 90 * time.Second,
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go srv.Serve(ln)
+	log.Info("pprof listening on loopback", "pprof_addr", ln.Addr().String())
+	return "http://" + ln.Addr().String() + "/" + secret, func() { srv.Close() }, nil
 }
