@@ -27,8 +27,8 @@ const (
 )
 
 // upgradeEnv tells a primary started by an upgrade what it inherited:
-// "mode=<listen mode>,listener=<fd>,ready=<fd>[,<name>=<fd>…]" (see
-// upgrade.go). Like [RoleEnv] it is private to the binary.
+// "mode=<listen mode>,listener=<fd>,ready=<fd>,carry=<fd>[,<name>=<fd>…]"
+// (see upgrade.go and carry.go). Like [RoleEnv] it is private to the binary.
 const upgradeEnv = "HYBRID_UPGRADE"
 
 // Descriptor numbers in the worker (0-2 are stdio).

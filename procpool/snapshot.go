@@ -27,9 +27,11 @@ type Snapshot struct {
 	WorkersMax      int    `json:"workers_max"`         // the most Scale takes
 	PoolSize        int    `json:"pool_size,omitempty"` // set by SetPoolSize; absent: the flags'
 	Reloading       bool   `json:"reloading"`
-	// Reloads and Upgrades count those this primary started (an upgrade's
-	// new primary counts from zero): a reload that began and ended between
-	// two looks at the snapshot still shows.
+	// Reloads and Upgrades count those started: a reload that began and
+	// ended between two looks at the snapshot still shows. They, Forks,
+	// Crashes and Restarts are totals over upgrades: an upgrade's new
+	// primary counts on from the old one's ([Counts], carried once it took
+	// over).
 	Reloads  int64 `json:"reloads_total"`
 	Upgrades int64 `json:"upgrades_total"`
 	// Crashes counts the workers' unexpected exits (failed starts
@@ -84,6 +86,7 @@ func (s Snapshot) Health() (ok bool, reason string) {
 // publish stores a fresh snapshot for readers on other goroutines.
 func (s *Supervisor) publish() {
 	version, build := BuildInfo()
+	c := s.counts()
 	snap := &Snapshot{
 		PrimaryPID:      os.Getpid(),
 		Version:         version,
@@ -91,20 +94,20 @@ func (s *Supervisor) publish() {
 		Binary:          s.cfg.Binary,
 		WorkersMax:      s.cfg.MaxWorkers,
 		PoolSize:        s.poolSize,
-		Upgrading:       s.upgrade.active && !s.upgrade.succeeded || s.handover != nil,
+		Upgrading:       s.upgrade.active && !s.upgrade.succeeded || s.handover != nil || !s.carryAwait.IsZero(),
 		LastUpgrade:     s.lastUpgrade,
 		Addr:            s.sock.addr.String(),
 		ListenMode:      s.cfg.ListenMode,
 		Circuit:         "closed",
 		CircuitReason:   s.circuitWhy,
 		CrashesInWindow: s.crashes.count(time.Now()),
-		Forks:           s.forks.Load(),
-		Crashes:         s.crashCount,
-		Restarts:        s.restarts,
+		Forks:           c.Forks,
+		Crashes:         c.Crashes,
+		Restarts:        c.Restarts,
 		WorkersWanted:   len(s.slots),
 		Reloading:       s.reload.active,
-		Reloads:         s.reloads,
-		Upgrades:        s.upgrades,
+		Reloads:         c.Reloads,
+		Upgrades:        c.Upgrades,
 		ShuttingDown:    s.shutting,
 		Workers:         make([]WorkerInfo, 0, len(s.procs)),
 	}

@@ -241,6 +241,16 @@ func runServe(args []string) int {
 		cfg.pool.Listener = sdCluster
 		log.Info("listening on the socket systemd passed", "addr", sdCluster.Addr().String())
 	}
+	// An upgrade carries the workers' metrics totals from the old primary
+	// to the new one (procpool's own counters travel with them), so that
+	// no counter goes backwards across it.
+	clusterMetrics := &metrics.Cluster{}
+	cfg.pool.CarryOut = clusterMetrics.CarryOut
+	cfg.pool.CarryIn = func(payload []byte, final bool) {
+		if err := clusterMetrics.CarryIn(payload); err != nil {
+			log.Warn("upgrade: the old primary's metrics are not carried", "final", final, "err", err.Error())
+		}
+	}
 	sup, err := procpool.New(cfg.pool, log)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
@@ -252,7 +262,6 @@ func runServe(args []string) int {
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
-	clusterMetrics := &metrics.Cluster{}
 	sup.SetMetricsSink(clusterMetrics)
 	var admin *server.Admin
 	runDone := make(chan struct{}) // closed when sup.Run has returned
