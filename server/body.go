@@ -368,6 +368,14 @@ func Body(ctx *fasthttp.RequestCtx, limit int) (body []byte, release func(), err
 			if half {
 				step = n - s.held
 			}
+			// A declared body of up to a chunk that has mostly arrived
+			// already (in the socket's receive queue: at least half of it,
+			// so the rule of at most twice what was sent holds) is read
+			// into one buffer of its length: no buffer grown by copies
+			// (16 → 32 → 64 KiB cost a 64 KiB hash ~3 µs, 6 %).
+			if s.held == 0 && n > minBodyBuf && n <= bodyChunk && c != nil && 2*c.arrived() >= n {
+				step = n
+			}
 			if !s.budget.take(step, total, wait) {
 				budget := s.budget
 				s.free()

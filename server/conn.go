@@ -112,6 +112,7 @@ type conn struct {
 	net.Conn
 	set *conns
 	raw syscall.RawConn                 // the socket, for FIONREAD; nil if not a socket
+	fd  int                             // its descriptor, read once at accept; -1 if none
 	cw  interface{ CloseWrite() error } // the socket's write side; nil if none
 
 	phase atomic.Int32 // changed under mu; read without it on the hot path
@@ -135,8 +136,12 @@ type conn struct {
 func (cs *conns) track(nc net.Conn) (c *conn, refusal []byte) {
 	c = &conn{Conn: nc, set: cs, idleSince: time.Now()}
 	inner := netConn(nc)
+	c.fd = -1
 	if sc, ok := inner.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
+		if c.raw != nil {
+			c.raw.Control(func(fd uintptr) { c.fd = int(fd) })
+		}
 	}
 	c.cw, _ = inner.(interface{ CloseWrite() error })
 	var ip netip.Addr
@@ -466,6 +471,16 @@ func (c *conn) unread() int {
 		return 0
 	}
 	return unreadBytes(c.raw)
+}
+
+// arrived is unread for the request path, without the allocation of a
+// RawConn.Control closure: the descriptor read at accept, valid while the
+// connection's handler runs (the connection cannot be closed under it).
+func (c *conn) arrived() int {
+	if c.fd < 0 {
+		return 0
+	}
+	return unreadFD(c.fd)
 }
 
 // listener is the server's view of its listening socket: it tracks every

@@ -12,6 +12,15 @@ import (
 
 // unreadBytes returns the bytes waiting in the socket's receive queue
 // (SIOCINQ, which is FIONREAD); 0 if it cannot tell.
+// unreadFD is FIONREAD (SIOCINQ) of a socket's descriptor; 0 on error.
+func unreadFD(fd int) int {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
 func unreadBytes(rc syscall.RawConn) int {
 	n := 0
 	rc.Control(func(fd uintptr) {
