@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -95,6 +96,18 @@ func (l *AccessLog) write(ctx *fasthttp.RequestCtx, id []byte, mode metrics.Mode
 		if c == '?' {
 			uri = uri[:i]
 			break
+		}
+	}
+	// An absolute-form target (http://user:pass@host/p) logs its path
+	// only: userinfo may be a credential, as a query may.
+	if len(uri) > 0 && uri[0] != '/' {
+		if i := bytes.Index(uri, []byte("://")); i >= 0 {
+			rest := uri[i+3:]
+			if j := bytes.IndexByte(rest, '/'); j >= 0 {
+				uri = rest[j:]
+			} else {
+				uri = uri[:0]
+			}
 		}
 	}
 	o.B = appendCapped(o.B, uri, MaxLogPath)

@@ -135,3 +135,14 @@ func BenchmarkDone(b *testing.B) {
 		})
 	}
 }
+
+// An absolute-form target logs its path only: its userinfo may be a
+// credential.
+func TestAccessLogDropsUserinfo(t *testing.T) {
+	srv, path := accessLogServer(t)
+	serveOne(srv, "http://user:secretpw@host/p?q=1")
+	lines := readLines(t, path)
+	if len(lines) != 1 || lines[0]["path"] != "/p" {
+		t.Errorf("lines %v; want one with the path /p and no userinfo", lines)
+	}
+}

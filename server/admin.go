@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -124,7 +125,10 @@ func NewAdmin(cluster Cluster, log *slog.Logger, opts ...AdminOption) *Admin {
 	r.Handle(fasthttp.MethodPost, "/upgrade", a.guard(a.upgrade, true, true))
 	r.Handle(fasthttp.MethodPost, "/scale", a.guard(a.scale, true, true))
 	r.Handle(fasthttp.MethodPost, "/pool", a.guard(a.pool, true, true))
-	r.HandlePrefix(fasthttp.MethodGet, "/workers/", a.guard(a.pprof, true, false))
+	// A profile costs the worker (a 60 s trace, one at a time): a page on
+	// another origin must not start one, so it wants the admin header as
+	// the POSTs do.
+	r.HandlePrefix(fasthttp.MethodGet, "/workers/", a.guard(a.pprof, true, true))
 	a.profiling = map[int]bool{}
 	a.pprofClient = &fasthttp.Client{
 		NoDefaultUserAgentHeader: true,
@@ -470,7 +474,7 @@ func (a *Admin) pprof(ctx *fasthttp.RequestCtx) {
 	case !found:
 		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "no worker %d is ready", id))
 		return
-	case !strings.HasPrefix(base, "http://127.0.0.1:"):
+	case !loopbackPprof(base):
 		WriteError(ctx, Errorf(fasthttp.StatusNotFound, CodeNotFound, "worker %d serves no profiles: start hybrid serve with --pprof", id))
 		return
 	}
@@ -509,4 +513,16 @@ func (a *Admin) pprof(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	ctx.SetBody(resp.Body())
+}
+
+// loopbackPprof reports whether base, a worker's pprof address from its
+// heartbeat, is plainly http://127.0.0.1:PORT/PATH: no userinfo (which a
+// client would read as the host's prefix), no other host.
+func loopbackPprof(base string) bool {
+	u, err := url.Parse(base)
+	if err != nil || u.Scheme != "http" || u.User != nil || u.Hostname() != "127.0.0.1" || u.RawQuery != "" || u.Fragment != "" {
+		return false
+	}
+	port, err := strconv.Atoi(u.Port())
+	return err == nil && port > 0 && port < 65536 && strings.HasPrefix(u.Path, "/")
 }

@@ -170,7 +170,9 @@ func TestPprof(t *testing.T) {
 	admin := "http://" + c.admin + "/workers/"
 	get := func(url string) (int, []byte) {
 		t.Helper()
-		resp, err := client.Get(url)
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("X-Hybrid-Admin", "1") // a profile costs the worker: as a POST, not from a page
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -208,13 +210,61 @@ func TestPprof(t *testing.T) {
 	if s, b := get(admin + "1/debug/pprof/profile?seconds=1"); s != 200 || len(b) == 0 {
 		t.Errorf("a 1 s CPU profile: %d, %d bytes", s, len(b))
 	}
-	// The admin's Host check applies.
-	req, _ := http.NewRequest("GET", admin+"1/debug/pprof/goroutine", nil)
-	req.Host = "evil.example"
-	if resp, err := client.Do(req); err != nil || resp.StatusCode != 403 {
-		t.Errorf("GET with a foreign Host: %v, %v; want 403", resp, err)
-	} else {
-		resp.Body.Close()
+	// The admin's Host check applies, and a page on another origin (no
+	// admin header, or an Origin) cannot start a profile.
+	for _, tc := range []struct {
+		what         string
+		host, origin string
+		header       bool
+	}{
+		{"a foreign Host", "evil.example", "", true},
+		{"no admin header (an <img> or a no-cors fetch)", "", "", false},
+		{"an Origin", "", "https://evil.example", true},
+	} {
+		req, _ := http.NewRequest("GET", admin+"1/debug/pprof/goroutine", nil)
+		if tc.host != "" {
+			req.Host = tc.host
+		}
+		if tc.origin != "" {
+			req.Header.Set("Origin", tc.origin)
+		}
+		if tc.header {
+			req.Header.Set("X-Hybrid-Admin", "1")
+		}
+		if resp, err := client.Do(req); err != nil || resp.StatusCode != 403 {
+			t.Errorf("GET with %s: %v, %v; want 403", tc.what, resp, err)
+		} else {
+			resp.Body.Close()
+		}
+	}
+	// Idle connections to a worker's own pprof port are closed, and at
+	// most a few are held: a local user cannot take the worker's
+	// descriptors (the review opened 20,000 and stopped its listener).
+	var pprofAddr string
+	for _, m := range c.logs.find("pprof listening on loopback") {
+		pprofAddr, _ = m["pprof_addr"].(string)
+	}
+	if pprofAddr == "" {
+		t.Fatal("no pprof address in the log")
+	}
+	workerPID := c.snapshot().Workers[0].PID
+	before := fdCount(workerPID)
+	var held []net.Conn
+	for range 3 * pprofConns {
+		conn, err := net.DialTimeout("tcp", pprofAddr, time.Second)
+		if err != nil {
+			break
+		}
+		held = append(held, conn)
+	}
+	time.Sleep(300 * time.Millisecond)
+	during := fdCount(workerPID)
+	for _, conn := range held {
+		conn.Close()
+	}
+	if during-before > pprofConns+2 {
+		t.Errorf("the worker went from %d to %d descriptors with %d connections open to its pprof port; want at most %d of them accepted",
+			before, during, len(held), pprofConns)
 	}
 
 	off := startCluster(t, nil, 1, "--workers", "1")

@@ -352,12 +352,50 @@ func servePprof(log *slog.Logger) (base string, stop func(), err error) {
 	srv := &http.Server{
 		Handler:           http.StripPrefix("/"+secret, mux),
 		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		// Idle connections close: any local user can connect to the port
+		// (the secret is checked only once a request arrives), and kept
+		// ones would pile up to the worker's descriptor limit and stop
+		// its own listener (the issue-13 review did, with 20,000).
+		IdleTimeout: 5 * time.Second,
 		// Above the admin's bound on ?seconds= (60), which pprof checks
 		// against it.
 		WriteTimeout: 90 * time.Second,
 		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	go srv.Serve(ln)
+	go srv.Serve(&capListener{Listener: ln, slots: make(chan struct{}, pprofConns)})
 	log.Info("pprof listening on loopback", "pprof_addr", ln.Addr().String())
 	return "http://" + ln.Addr().String() + "/" + secret, func() { srv.Close() }, nil
+}
+
+// pprofConns bounds the connections a worker's pprof listener holds at
+// once: the admin makes one per profile, one profile per worker at a time.
+const pprofConns = 8
+
+// capListener accepts at most cap(slots) connections at once; Accept waits
+// for one to close. It keeps a flood of local connections from taking a
+// worker's descriptors.
+type capListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *capListener) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &capConn{Conn: c, free: sync.OnceFunc(func() { <-l.slots })}, nil
+}
+
+type capConn struct {
+	net.Conn
+	free func()
+}
+
+func (c *capConn) Close() error {
+	c.free()
+	return c.Conn.Close()
 }
