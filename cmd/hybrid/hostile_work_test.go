@@ -46,6 +46,9 @@ func TestHostileWorkPasswordsAndJSON(t *testing.T) {
 	marker := strings.Repeat("K", 60<<10)
 	r := send(t, client, "POST", base+"/v1/password/hash/bcrypt", []byte(`{"`+marker+`":1}`), json)
 	r.expect(t, "a 60 KiB unknown key", 400, "bad_request", 500*time.Millisecond)
+	if strings.Contains(r.Message, strings.Repeat("K", 41)) {
+		t.Errorf("the unknown key came back at length: %.120s", r.Message)
+	}
 	// A 30 MiB field came back as a 188 MB 422 before; six of them took a
 	// worker to ~3 GB. The JSON endpoints take 64 KiB.
 	huge := `{"password":"x","hash":"$argon2id$v=19$m=` + strings.Repeat("9", 30<<20) + `,t=1,p=1$a$b"}`
@@ -54,7 +57,11 @@ func TestHostileWorkPasswordsAndJSON(t *testing.T) {
 			expect(t, fmt.Sprintf("a 30 MiB field in a stored hash (%d of 6)", i+1), 413, "body_too_large", 2*time.Second)
 	}
 	// Honest requests still work, on the same connection.
-	hash("an honest argon2id hash", "argon2id", `{"password":"café-secret"}`, 200, "", 2*time.Second)
+	r = send(t, client, "POST", base+"/v1/password/hash/argon2id", []byte(`{"password":"café-secret"}`), json)
+	r.expect(t, "an honest argon2id hash", 200, "", 2*time.Second)
+	if !strings.HasPrefix(string(r.Body), `{"hash":"$argon2id$v=19$m=19456,t=2,p=1$`) {
+		t.Errorf("honest hash = %s; want an argon2id hash at the defaults", r.Body)
+	}
 	c.sameWorker(t, pid, 150<<20)
 }
 
@@ -70,8 +77,11 @@ func TestHostileWorkCompressLevels(t *testing.T) {
 		fmt.Fprintf(&text, "ts=%d level=info path=/v1/item/%d status=%d\n", rng.Int63(), rng.Intn(1e5), 200+rng.Intn(4)*100)
 	}
 	in := text.Bytes()[:1<<20]
-	send(t, client, "POST", base+"/v1/compress/brotli?level=11", in, nil).
-		expect(t, "brotli 11 of 1 MiB", 422, "param_out_of_range", 500*time.Millisecond)
+	r := send(t, client, "POST", base+"/v1/compress/brotli?level=11", in, nil)
+	r.expect(t, "brotli 11 of 1 MiB", 422, "param_out_of_range", 500*time.Millisecond)
+	if !strings.Contains(r.Message, "524288") {
+		t.Errorf("brotli 11's refusal %q does not name its cap (512 KiB)", r.Message)
+	}
 	send(t, client, "POST", base+"/v1/compress/brotli?level=10", append(in, 'x'), nil).
 		expect(t, "brotli 10 of 1 MiB + 1", 422, "param_out_of_range", 500*time.Millisecond)
 	// Two-letter random text: gzip 9 spent ~4 s of a core per MiB of it,
