@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"time"
 )
@@ -60,6 +61,12 @@ type Config struct {
 	Args []string
 	// Env is added to every worker's environment, after os.Environ().
 	Env []string
+	// Shared are descriptors every worker gets (state shared by the box's
+	// processes, such as a memfd the caller maps) and an upgrade hands to
+	// the new primary, opaque to procpool: a worker, or a new primary,
+	// finds each by its name (os.File.Name) with [SharedFile]. Names are
+	// letters, digits and '-'.
+	Shared []*os.File
 	// Listener, when set, is the cluster's socket, opened by someone else
 	// (systemd's socket activation): the supervisor adopts it instead of
 	// binding Addr. A TCP listener, in ListenShared mode only.

@@ -24,6 +24,9 @@ const (
 	// (Supervisor.SetPoolSize). Not HYBRID_POOL_SIZE: that is --pool-size's
 	// own variable, which workerEnv would strip from the user's environment.
 	poolSizeEnv = "HYBRID_RUNTIME_POOL_SIZE"
+	// sharedEnv names Config.Shared's descriptors: "<name>=<fd>,…", from
+	// fd 6 on.
+	sharedEnv = "HYBRID_SHARED"
 )
 
 // upgradeEnv tells a primary started by an upgrade what it inherited:
@@ -36,6 +39,7 @@ const (
 	listenerFD = 3
 	controlFD  = 4
 	boardFD    = 5
+	sharedFD   = 6 // the first of Config.Shared's
 )
 
 // ExitConfig is the exit code of a worker whose start-up checks failed

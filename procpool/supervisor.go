@@ -414,7 +414,7 @@ func (s *Supervisor) start(p *proc) error {
 	if p.entry >= 0 {
 		boardFile = s.board.file
 	}
-	cmd.ExtraFiles = []*os.File{lnFile, childEnd, boardFile} // fd 3, 4, 5
+	cmd.ExtraFiles = append([]*os.File{lnFile, childEnd, boardFile}, s.cfg.Shared...) // fd 3, 4, 5, 6…
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:   true, // terminal signals reach the primary only; it decides
 		Pdeathsig: syscall.SIGTERM,
@@ -460,7 +460,7 @@ func (s *Supervisor) workerEnv(p *proc) []string {
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		k, _, _ := strings.Cut(kv, "=")
 		return k == RoleEnv || k == workerIDEnv || k == listenEnv || k == boardEnv || k == poolSizeEnv ||
-			k == upgradeEnv || k == "GOMAXPROCS"
+			k == upgradeEnv || k == sharedEnv || k == "GOMAXPROCS"
 	})
 	env = append(env,
 		RoleEnv+"="+RoleWorker,
@@ -476,6 +476,9 @@ func (s *Supervisor) workerEnv(p *proc) []string {
 	}
 	if s.poolSize > 0 {
 		env = append(env, poolSizeEnv+"="+strconv.Itoa(s.poolSize))
+	}
+	if len(s.cfg.Shared) > 0 {
+		env = append(env, sharedEnv+"="+sharedSpec(s.cfg.Shared, sharedFD))
 	}
 	return append(env, s.cfg.Env...)
 }

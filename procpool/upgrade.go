@@ -222,10 +222,16 @@ func (s *Supervisor) startPrimary() (_ *exec.Cmd, report, carry *os.File, err er
 		spec += fmt.Sprintf(",%s=%d", nl.name, 3+len(files))
 		files = append(files, f)
 	}
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, upgradeEnv+"=") || strings.HasPrefix(kv, sharedEnv+"=")
+	})
+	env = append(env, upgradeEnv+"="+spec)
+	if len(s.cfg.Shared) > 0 {
+		env = append(env, sharedEnv+"="+sharedSpec(s.cfg.Shared, 3+len(files)))
+		files = append(files, s.cfg.Shared...)
+	}
 	cmd := exec.Command(s.cfg.Binary, s.cfg.Args...)
-	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, upgradeEnv+"=")
-	}), upgradeEnv+"="+spec)
+	cmd.Env = env
 	// The new primary writes where this one does; *os.File values are
 	// handed over as they are, so nothing here copies after this exits.
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
