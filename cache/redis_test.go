@@ -1,0 +1,196 @@
+package cache
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hybrid-server/hybrid/internal/redistest"
+	"github.com/redis/go-redis/v9"
+)
+
+func newRedisClient(t *testing.T, url string, tweak func(*redis.Options)) redis.UniversalClient {
+	t.Helper()
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tweak != nil {
+		tweak(opt)
+	}
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+func TestRedisRoundTrip(t *testing.T) {
+	s := redistest.Start(t)
+	r := NewRedis(newRedisClient(t, s.URL(), nil), RedisConfig{Prefix: "t:", Timeout: time.Second})
+	val := bytes.Repeat([]byte("result\x00"), 3000)
+	if _, ok := mustGet(t, r, key(1)); ok {
+		t.Fatal("Get on an empty Redis hit")
+	}
+	mustPut(t, r, key(1), val)
+	if v, ok := mustGet(t, r, key(1)); !ok || !bytes.Equal(v, val) {
+		t.Fatalf("Get after Put = %d bytes, %v; want the %d bytes put", len(v), ok, len(val))
+	}
+	// The key is the prefix and the key in hex.
+	k := key(1)
+	if got, err := s.Do("STRLEN", "t:"+k.String()); got != ":"+strconv.Itoa(len(val)) {
+		t.Errorf("STRLEN t:%s = %q, %v; want :%d", k, got, err, len(val))
+	}
+	// An empty value is never stored: GETRANGE cannot tell it from a miss.
+	mustPut(t, r, key(2), nil)
+	if _, ok := mustGet(t, r, key(2)); ok {
+		t.Error("Get of an empty value hit")
+	}
+	if got, want := r.Stats(), (Stats{Hits: 1, Misses: 2, Puts: 1}); got != want {
+		t.Errorf("Stats = %+v; want %+v", got, want)
+	}
+}
+
+func TestRedisTTL(t *testing.T) {
+	s := redistest.Start(t)
+	r := NewRedis(newRedisClient(t, s.URL(), nil), RedisConfig{TTL: 90 * time.Second, Timeout: time.Second})
+	mustPut(t, r, key(1), []byte("v"))
+	k := key(1)
+	got, err := s.Do("PTTL", DefaultRedisPrefix+k.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := strconv.Atoi(strings.TrimPrefix(got, ":"))
+	if err != nil || ms <= 85_000 || ms > 90_000 {
+		t.Errorf("PTTL = %q; want about 90000 ms", got)
+	}
+}
+
+func TestRedisTooLarge(t *testing.T) {
+	s := redistest.Start(t)
+	r := NewRedis(newRedisClient(t, s.URL(), nil), RedisConfig{MaxEntry: 1000, Timeout: time.Second})
+	if err := r.Put(bg, key(1), make([]byte, 1001)); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("Put of 1001 bytes with MaxEntry 1000 = %v; want ErrTooLarge", err)
+	}
+	k := key(1)
+	if got, _ := s.Do("EXISTS", DefaultRedisPrefix+k.String()); got != ":0" {
+		t.Errorf("EXISTS after a refused Put = %q; want :0", got)
+	}
+	mustPut(t, r, key(2), make([]byte, 1000))
+	// A value over MaxEntry stored by someone else is an error, never a
+	// value: GETRANGE reads at most MaxEntry+1 bytes of it.
+	k = key(3)
+	if _, err := s.Do("SET", DefaultRedisPrefix+k.String(), strings.Repeat("x", 5000)); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, err := r.Get(bg, key(3)); ok || v != nil || !errors.Is(err, ErrTooLarge) {
+		t.Errorf("Get of a stored 5000-byte value with MaxEntry 1000 = %d bytes, %v, %v; want ErrTooLarge", len(v), ok, err)
+	}
+	if v, ok := mustGet(t, r, key(2)); !ok || len(v) != 1000 {
+		t.Errorf("Get of a value of exactly MaxEntry = %d bytes, %v", len(v), ok)
+	}
+	if got, want := r.Stats(), (Stats{Hits: 1, Puts: 1, TooLarge: 1, Errors: 1}); got != want {
+		t.Errorf("Stats = %+v; want %+v", got, want)
+	}
+}
+
+// TestRedisStopRestart stops Redis under a client: calls fail within the
+// Timeout (with slack for a loaded machine) instead of hanging, and work
+// again once Redis is back.
+func TestRedisStopRestart(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	const slack = 400 * time.Millisecond
+	s := redistest.Start(t)
+	r := NewRedis(newRedisClient(t, s.URL(), nil), RedisConfig{Timeout: timeout})
+	mustPut(t, r, key(1), []byte("v"))
+	s.Stop()
+	start := time.Now()
+	_, ok, err := r.Get(bg, key(1))
+	if took := time.Since(start); err == nil || ok || took > timeout+slack {
+		t.Errorf("Get with Redis stopped = %v, %v after %v; want an error within %v", ok, err, took, timeout)
+	}
+	start = time.Now()
+	err = r.Put(bg, key(2), []byte("w"))
+	if took := time.Since(start); err == nil || took > timeout+slack {
+		t.Errorf("Put with Redis stopped = %v after %v; want an error within %v", err, took, timeout)
+	}
+	s.Restart()
+	mustPut(t, r, key(2), []byte("w"))
+	if v, ok := mustGet(t, r, key(2)); !ok || string(v) != "w" {
+		t.Errorf("Get after the restart = %q, %v; want the value put after it", v, ok)
+	}
+	if st := r.Stats(); st.Errors != 2 {
+		t.Errorf("Stats = %+v; want 2 errors", st)
+	}
+}
+
+// TestRedisHang points the store at a server that accepts and never
+// answers, through a client built without ContextTimeoutEnabled (whose
+// own read timeout is 3 s): each call still returns within the Timeout,
+// and calls past MaxInFlight are refused at once.
+func TestRedisHang(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	const slack = 400 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	// Closing the server's side ends the calls left in the background.
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	rdb := newRedisClient(t, "redis://"+ln.Addr().String()+"/0", nil)
+	r := NewRedis(rdb, RedisConfig{Timeout: timeout, MaxInFlight: 2})
+	for range 2 {
+		start := time.Now()
+		_, _, err := r.Get(bg, key(1))
+		if took := time.Since(start); err == nil || took > timeout+slack {
+			t.Errorf("Get from a server that never answers = %v after %v; want an error within %v", err, took, timeout)
+		}
+	}
+	start := time.Now()
+	if err := r.Put(bg, key(1), []byte("v")); !errors.Is(err, ErrBusy) || time.Since(start) > slack {
+		t.Errorf("Put with 2 calls hung in flight = %v after %v; want ErrBusy at once", err, time.Since(start))
+	}
+	if st := r.Stats(); st.Errors != 3 {
+		t.Errorf("Stats = %+v; want 3 errors", st)
+	}
+}
+
+func TestRedisConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg RedisConfig
+		ok  bool
+	}{
+		{RedisConfig{}, true},
+		{RedisConfig{Prefix: "p:", TTL: time.Hour, MaxEntry: 1, Timeout: time.Second, MaxInFlight: 1}, true},
+		{RedisConfig{TTL: time.Microsecond}, false},
+		{RedisConfig{Timeout: -1}, false},
+		{RedisConfig{MaxEntry: -1}, false},
+	} {
+		if err := tc.cfg.Validate(); (err == nil) != tc.ok {
+			t.Errorf("%+v.Validate() = %v; want ok %v", tc.cfg, err, tc.ok)
+		}
+	}
+}
