@@ -30,10 +30,15 @@ type Server struct {
 }
 
 // StartServer runs exe serve on a free loopback port with args after the
-// bench's own (`--addr`, `--admin-addr`, `--log-format json`), and returns
+// bench's own (`--addr`, `--admin-addr`, `--log-format json`, `--cache-size
+// 0`), and returns
 // once the admin endpoint says every worker is ready.
 func StartServer(ctx context.Context, exe string, args []string) (*Server, error) {
-	full := append([]string{"serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"}, args...)
+	// No result cache: the bench measures the work, and it sends the same
+	// request again and again (--serve-args "--cache-size 64MiB" measures
+	// hits).
+	full := append([]string{"serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json",
+		"--cache-size", "0"}, args...)
 	cmd := exec.Command(exe, full...)
 	// The cell is exactly its flags: no HYBRID_* setting leaks in from the
 	// bench's own environment.

@@ -200,7 +200,7 @@ func zstdEncoder(level int) *zstd.Encoder {
 }
 
 func init() {
-	Register(&Workload{Name: "compress", Estimate: 10 * time.Millisecond, Group: "compress", CheckParams: checkCompress, Check: checkCompressInput, Run: runCompress,
+	Register(&Workload{Name: "compress", Cacheable: true, Estimate: 10 * time.Millisecond, Group: "compress", CheckParams: checkCompress, Check: checkCompressInput, Run: runCompress,
 		Short: func(p Params, n int) bool {
 			c, level, err := compressArgs(p, n)
 			return err == nil && level < len(c.worst) && c.worst[level]*time.Duration(n)/(1<<20) <= shortCompression

@@ -105,6 +105,10 @@ type Executor struct {
 	TaskTimeout time.Duration
 	// MaxOutput bounds decompressed output.
 	MaxOutput int
+	// Access is the gate of API keys and rate limits (nil: open).
+	Access *Access
+	// Cache holds the results of cacheable workloads (nil: none).
+	Cache *ResultCache
 	// IsolateTimeout is the isolate wall clock, for its 504's message.
 	IsolateTimeout time.Duration
 	// Image bounds: declared pixels (width × height × frames), output
@@ -357,10 +361,21 @@ func (e *Executor) Serve(ctx *fasthttp.RequestCtx, w *Workload, p Params) {
 			return
 		}
 	}
+	var key cacheKey
+	if e.Cache != nil && w.Cacheable {
+		var done bool
+		if key, done = e.Cache.lookup(ctx, w, p, input); done {
+			release()
+			return
+		}
+	}
 	out, err := e.run(ctx.Time(), w, mode, p, input, release)
 	if err != nil {
 		e.writeError(ctx, w, mode, err)
 		return
+	}
+	if key.ok {
+		e.Cache.store(ctx, key, out)
 	}
 	ctx.SetContentType(w.contentType(p))
 	ctx.Response.Header.Set("X-Hybrid-Mode", string(mode))
@@ -376,6 +391,9 @@ func (e *Executor) Serve(ctx *fasthttp.RequestCtx, w *Workload, p Params) {
 // with Expect: 100-continue, the client never sends it). It reports
 // whether the request goes on; if not, it has written the response.
 func (e *Executor) admit(ctx *fasthttp.RequestCtx, w *Workload, p Params) (Mode, bool) {
+	if !e.Access.check(ctx) {
+		return "", false
+	}
 	mode, err := e.mode(ctx, w)
 	if err == nil && w.CheckParams != nil {
 		err = w.CheckParams(p)

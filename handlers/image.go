@@ -52,7 +52,7 @@ const (
 // output is lossless (github.com/HugoSmits86/nativewebp, pure
 // Go; quality is ignored).
 func init() {
-	Register(&Workload{Name: "image-resize", Estimate: 150 * time.Millisecond, Group: "image", BigHeap: true, CheckParams: checkResizeParams, Check: checkResize, Run: runResize,
+	Register(&Workload{Name: "image-resize", Cacheable: true, Estimate: 150 * time.Millisecond, Group: "image", BigHeap: true, CheckParams: checkResizeParams, Check: checkResize, Run: runResize,
 		ContentTypeOf: func(p Params) string { return "image/" + outputFormat(p) }})
 	Register(&Workload{Name: "image-info", Estimate: time.Millisecond, Group: "image-info", MaxReply: 4 << 10, Check: checkInfo, Run: runInfo,
 		ContentType: "application/json"})

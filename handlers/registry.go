@@ -57,6 +57,12 @@ type Workload struct {
 	// its input's size (argon2id's 19 MiB, an image decode): isolated, its
 	// child maps its heap ahead as huge pages (isolate.Job.Heap).
 	BigHeap bool
+	// Cacheable marks a workload whose output is a function of its params
+	// and input alone, and dear enough that a digest of the input (~1 ms
+	// for 4 MiB) is worth its saving: its results are cached and carry an
+	// ETag (see ResultCache). Never a password workload: its key would be
+	// a fast digest of the password.
+	Cacheable bool
 	// ContentType of the output.
 	ContentType string
 	// ContentTypeOf, when set, gives the output's type from the params

@@ -228,7 +228,7 @@ var primarySettings = []string{
 	"addr", "admin-addr", "admin-token", "workers", "worker-procs", "listen-mode", "accept-balance",
 	"start-timeout", "restart-backoff", "restart-backoff-max", "max-crashes", "crash-window",
 	"heartbeat-interval", "heartbeat-timeout", "max-rss", "max-requests", "shutdown-timeout",
-	"isolate-cgroup", "log-format", "log-level",
+	"isolate-cgroup", "log-format", "log-level", "rate-limit-keys", "cache-size",
 }
 
 // resolveServe returns the value of every flag of hybrid serve as args, the

@@ -161,7 +161,7 @@ type codeStatus struct {
 // The sources of the error codes: each declares Code* constants, with the
 // statuses they are answered with in the constant's comment ("// 503, 429
 // per client address").
-var errorSources = []string{"server/errors.go", "handlers/registry.go", "handlers/image.go"}
+var errorSources = []string{"server/errors.go", "handlers/registry.go", "handlers/image.go", "handlers/access.go"}
 
 var statusInComment = regexp.MustCompile(`\b[1-5][0-9][0-9]\b`)
 
@@ -217,7 +217,7 @@ func declaredCodes(t *testing.T) (values map[string]string, pairs map[codeStatus
 // fasthttpStatus maps the fasthttp.Status* names the error call sites use
 // to their numbers.
 var fasthttpStatus = map[string]int{
-	"StatusBadRequest": 400, "StatusNotFound": 404, "StatusMethodNotAllowed": 405, "StatusRequestTimeout": 408,
+	"StatusBadRequest": 400, "StatusUnauthorized": 401, "StatusNotFound": 404, "StatusMethodNotAllowed": 405, "StatusRequestTimeout": 408,
 	"StatusRequestEntityTooLarge": 413, "StatusUnsupportedMediaType": 415, "StatusUnprocessableEntity": 422,
 	"StatusTooManyRequests": 429, "StatusRequestHeaderFieldsTooLarge": 431, "StatusInternalServerError": 500,
 	"StatusNotImplemented": 501, "StatusServiceUnavailable": 503, "StatusGatewayTimeout": 504,

@@ -24,7 +24,7 @@ func jpegOf(t *testing.T, img image.Image) []byte {
 // Thumbnails through hybrid serve: the same bytes in every mode, the right
 // size, format and orientation.
 func TestThumbnailsInEveryMode(t *testing.T) {
-	c := startCluster(t, nil, 1, "--workers", "1", "--allow-mode-override")
+	c := startCluster(t, nil, 1, "--workers", "1", "--allow-mode-override", "--cache-size", "0") // each mode computes
 	base := "http://" + c.addr
 	photo := jpegOf(t, sampleimages.Photo(1600, 1200))
 	sideways := sampleimages.WithOrientation(photo, 6)
@@ -70,7 +70,7 @@ func TestThumbnailsInEveryMode(t *testing.T) {
 // Hostile images get their documented errors quickly; the worker's memory
 // does not jump and it is the same process afterwards.
 func TestHostileImagesOverHTTP(t *testing.T) {
-	c := startCluster(t, nil, 1, "--workers", "1", "--allow-mode-override")
+	c := startCluster(t, nil, 1, "--workers", "1", "--allow-mode-override", "--cache-size", "0") // each mode computes
 	base := "http://" + c.addr
 	pid := c.snapshot().Workers[0].PID
 	rss := func() uint64 {

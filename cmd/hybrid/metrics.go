@@ -36,6 +36,25 @@ func workerMetrics(st *workerStack) json.RawMessage {
 		snap.Add("hybrid_isolate_outcomes_total", float64(n), "outcome", outcome)
 	}
 	snap.Add("hybrid_isolate_children_started_total", float64(is.Started))
+	if a := st.exec.Access; a != nil {
+		as := a.Stats()
+		snap.Add("hybrid_access_requests_total", float64(as.Allowed), "outcome", "allowed")
+		snap.Add("hybrid_access_requests_total", float64(as.Limited), "outcome", "rate_limited")
+		snap.Add("hybrid_access_requests_total", float64(as.Unauthorized), "outcome", "unauthorized")
+		snap.Add("hybrid_access_requests_total", float64(as.FailedClosed), "outcome", "redis_failed_closed")
+		snap.Add("hybrid_ratelimit_redis_errors_total", float64(as.RedisErrors))
+		snap.Add("hybrid_ratelimit_redis_failed_open_total", float64(as.FailedOpen))
+	}
+	if rc := st.exec.Cache; rc != nil {
+		cs := rc.Stats()
+		snap.Add("hybrid_cache_requests_total", float64(cs.HitsLocal), "result", "hit", "tier", "box")
+		snap.Add("hybrid_cache_requests_total", float64(cs.HitsRemote), "result", "hit", "tier", "redis")
+		snap.Add("hybrid_cache_requests_total", float64(cs.Misses), "result", "miss", "tier", "")
+		snap.Add("hybrid_cache_requests_total", float64(cs.NotModified), "result", "not_modified", "tier", "")
+		snap.Add("hybrid_cache_stores_total", float64(cs.Stores))
+		snap.Add("hybrid_cache_stores_dropped_total", float64(cs.StoreDropped))
+		snap.Add("hybrid_cache_errors_total", float64(cs.Errors))
+	}
 	b, err := json.Marshal(snap)
 	if err != nil {
 		return nil
@@ -46,11 +65,12 @@ func workerMetrics(st *workerStack) json.RawMessage {
 // metricsText appends the primary's /metrics: its workers' metrics
 // (cluster), its own counters and gauges from sup's snapshot, and the build
 // info. lastSize sizes the next buffer.
-func metricsText(sup *procpool.Supervisor, cluster *metrics.Cluster) func([]byte) []byte {
+func metricsText(sup *procpool.Supervisor, cluster *metrics.Cluster, shared *primaryShared) func([]byte) []byte {
 	var lastSize atomic.Int64
 	version, build := procpool.BuildInfo()
 	return func(b []byte) []byte {
 		fams := append(cluster.Families(), primaryFamilies(sup.Snapshot())...)
+		fams = append(fams, shared.families()...)
 		fams = append(fams, promtext.Family{Name: "hybrid_build_info", Type: promtext.Gauge,
 			Help: "Always 1: the primary's version, build and Go version as labels.",
 			Series: []promtext.Series{{Value: 1, Labels: []promtext.Label{
@@ -92,4 +112,24 @@ func primaryFamilies(s procpool.Snapshot) []promtext.Family {
 		f.Series = append(f.Series, promtext.Series{Labels: []promtext.Label{{Name: "state", Value: st}}, Value: n})
 	}
 	return append(fams, f)
+}
+
+// families are the primary's metrics of the box's shared state: the
+// cache it holds and the rate table's evictions.
+func (ps *primaryShared) families() []promtext.Family {
+	one := func(name, help string, typ promtext.Type, v float64) promtext.Family {
+		return promtext.Family{Name: name, Help: help, Type: typ, Series: []promtext.Series{{Value: v}}}
+	}
+	fams := []promtext.Family{one("hybrid_ratelimit_evictions_total",
+		"Clients the box's rate table forgot while their state still restricted them (it was full).",
+		promtext.Counter, float64(ps.table.Evictions()))}
+	if ps.cache == nil {
+		return fams
+	}
+	cs := ps.cache.Stats()
+	return append(fams,
+		one("hybrid_cache_evictions_total", "Results the box's cache dropped to stay within --cache-size.", promtext.Counter, float64(cs.Evictions)),
+		one("hybrid_cache_expired_total", "Results the box's cache dropped past --cache-ttl.", promtext.Counter, float64(cs.Expired)),
+		one("hybrid_cache_bytes", "Bytes the box's cache holds, its per-entry overhead included.", promtext.Gauge, float64(cs.Bytes)),
+		one("hybrid_cache_entries", "Results the box's cache holds.", promtext.Gauge, float64(cs.Entries)))
 }

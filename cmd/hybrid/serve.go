@@ -61,6 +61,9 @@ type serveConfig struct {
 	// pprof is --pprof: each worker serves net/http/pprof on loopback, for
 	// the admin's /workers/{id}/debug/pprof/.
 	pprof bool
+
+	// scale is API keys, rate limits, the result cache and Redis.
+	scale scaleConfig
 }
 
 func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -124,6 +127,8 @@ func serveFlagSet(out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.accessLog, "access-log", "off", "a JSON line per request: off, stderr, or a file path each worker appends to (whole lines, never interleaved)")
+	c.scale = defaultScaleConfig()
+	c.scale.flags(fs)
 	fs.BoolVar(&c.pprof, "pprof", false, "profile workers through the admin endpoint: GET /workers/{id}/debug/pprof/… (each worker serves net/http/pprof on a loopback port)")
 	return fs, c
 }
@@ -172,6 +177,9 @@ func parseServe(args []string, out io.Writer) (*serveConfig, error) {
 	if c.tasks.QueueWait < 0 || c.tasks.QueueWait >= c.taskTimeout {
 		return nil, fmt.Errorf("queue wait %v: want > 0 and below the task timeout (%v), or admitted tasks time out in the queue",
 			c.tasks.QueueWait, c.taskTimeout)
+	}
+	if err := c.scale.parse(); err != nil {
+		return nil, err
 	}
 	if err := errors.Join(c.pool.Validate(), c.server.Validate(), c.tasks.Validate(), c.iso.Validate()); err != nil {
 		return nil, err
@@ -251,6 +259,12 @@ func runServe(args []string) int {
 			log.Warn("upgrade: the old primary's metrics are not carried", "final", final, "err", err.Error())
 		}
 	}
+	shared, err := startShared(&cfg.scale, &cfg.pool, log)
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	defer shared.close()
 	sup, err := procpool.New(cfg.pool, log)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
@@ -281,7 +295,7 @@ func runServe(args []string) int {
 		}
 		sup.PassOn("admin", ln)
 		admin = server.NewAdmin(cluster, log, server.WithToken(cfg.adminToken),
-			server.WithMetrics(metricsText(sup, clusterMetrics)))
+			server.WithMetrics(metricsText(sup, clusterMetrics, shared)))
 		// Started by an upgrade, this primary answers on the inherited
 		// admin socket only once it has taken over: until then the old
 		// one answers every request, and a change asked of this one (POST

@@ -194,6 +194,7 @@ type workerStack struct {
 	pool, isoPool *taskpool.Pool
 	iso           *isolate.Isolator
 	exec          *handlers.Executor
+	closeShared   func() // the Redis client's connections
 }
 
 // newWorkerStack builds a worker's stack from its configuration, with the
@@ -223,7 +224,12 @@ func newWorkerStack(cfg *serveConfig, log *slog.Logger, id int) (*workerStack, e
 		AllowOverride: cfg.allowOverride, MaxBody: cfg.server.MaxBody, TaskTimeout: cfg.taskTimeout,
 		MaxOutput: int(cfg.maxOutput), Log: log, IsolateTimeout: cfg.iso.Timeout,
 		ImageMaxPixels: cfg.imageMaxPixels, ImageMaxOutput: cfg.imageMaxOutput, ImageMaxFrames: cfg.imageMaxFrames}
+	if st.exec.Access, st.exec.Cache, st.closeShared, err = workerShared(&cfg.scale, log); err != nil {
+		st.close()
+		return nil, err
+	}
 	st.exec.Mount(st.srv.Router)
+	addSharedHealth(st)
 	st.srv.AddHealth("pool", st.pool.AppendStats)
 	st.srv.AddHealth("isolate", func(b []byte) []byte {
 		o := jsonw.Open(b)
@@ -244,6 +250,9 @@ func (st *workerStack) close() {
 	}
 	if st.iso != nil {
 		st.iso.Close()
+	}
+	if st.closeShared != nil {
+		st.closeShared()
 	}
 }
 

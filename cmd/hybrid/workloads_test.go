@@ -48,7 +48,7 @@ func withMode(url, mode string) string {
 // Every workload gives byte-identical results inline, on the pool and in an
 // isolated child.
 func TestModesGiveIdenticalResults(t *testing.T) {
-	c := startCluster(t, nil, 1, "--workers", "1", "--allow-mode-override")
+	c := startCluster(t, nil, 1, "--workers", "1", "--allow-mode-override", "--cache-size", "0") // each mode computes
 	base := "http://" + c.addr
 	data := bytes.Repeat([]byte("the same bytes in every mode "), 3000)
 	var requests []struct {
@@ -226,7 +226,7 @@ func TestOverrunPooledTaskAnsweredAtDeadline(t *testing.T) {
 // A panicking task is a 500 for its request; the worker lives on.
 func TestPanickingTaskIs500(t *testing.T) {
 	env, _ := faultFile(t)
-	c := startCluster(t, env, 1, "--workers", "1", "--allow-mode-override")
+	c := startCluster(t, env, 1, "--workers", "1", "--allow-mode-override", "--cache-size", "0") // each mode computes
 	base := "http://" + c.addr
 	pid := c.snapshot().Workers[0].PID
 	for _, mode := range []string{"pool", "inline"} {
