@@ -34,6 +34,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -49,6 +50,7 @@ type manifests struct {
 	services    []*corev1.Service
 	hpas        []*autoscalingv2.HorizontalPodAutoscaler
 	pdbs        []*policyv1.PodDisruptionBudget
+	netpols     []*networkingv1.NetworkPolicy
 	where       map[any]string // object → file:document
 }
 
@@ -102,6 +104,9 @@ func decodeManifests(files []string) (*manifests, []error) {
 			case "policy/v1 PodDisruptionBudget":
 				p := &policyv1.PodDisruptionBudget{}
 				ms.pdbs, obj = append(ms.pdbs, p), p
+			case "networking.k8s.io/v1 NetworkPolicy":
+				np := &networkingv1.NetworkPolicy{}
+				ms.netpols, obj = append(ms.netpols, np), np
 			default:
 				errs = append(errs, fmt.Errorf("%s: %s %s: a kind this test does not check; add it", where, tm.APIVersion, tm.Kind))
 				continue
@@ -599,4 +604,43 @@ func TestHybridDeployment(t *testing.T) {
 	if !slices.Equal(c.Command, ep) {
 		t.Errorf("%s: command %q; the Dockerfile's ENTRYPOINT is %q", where, c.Command, ep)
 	}
+}
+
+// Redis holds no password here: a NetworkPolicy must let only hybrid's pods
+// reach it, on its port.
+func TestRedisReachableOnlyFromHybrid(t *testing.T) {
+	ms := loadManifests(t)
+	var hybridPods, redisPods labels.Set
+	for _, d := range ms.deployments {
+		if d.Name == "hybrid" {
+			hybridPods = d.Spec.Template.Labels
+		} else if strings.Contains(d.Name, "redis") {
+			redisPods = d.Spec.Template.Labels
+		}
+	}
+	if redisPods == nil {
+		t.Skip("no Redis in these manifests")
+	}
+	for _, np := range ms.netpols {
+		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		if err != nil || !sel.Matches(redisPods) {
+			continue
+		}
+		if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) || len(np.Spec.Ingress) != 1 {
+			t.Fatalf("%s: want one ingress rule", ms.where[np])
+		}
+		rule := np.Spec.Ingress[0]
+		if len(rule.From) != 1 || rule.From[0].PodSelector == nil || rule.From[0].NamespaceSelector != nil {
+			t.Fatalf("%s: want ingress from one pod selector of this namespace", ms.where[np])
+		}
+		from, err := metav1.LabelSelectorAsSelector(rule.From[0].PodSelector)
+		if err != nil || !from.Matches(hybridPods) || from.Matches(redisPods) || from.Empty() {
+			t.Errorf("%s: ingress from %v: want hybrid's pods only", ms.where[np], from)
+		}
+		if len(rule.Ports) != 1 || rule.Ports[0].Port == nil || rule.Ports[0].Port.IntValue() != 6379 {
+			t.Errorf("%s: want port 6379 only", ms.where[np])
+		}
+		return
+	}
+	t.Error("no NetworkPolicy selects the Redis pods: a password-less Redis must be reachable from hybrid only")
 }

@@ -26,7 +26,7 @@ type Access struct {
 	Keys   *APIKeys       // nil: no keys, every client is anonymous
 	Rule   ratelimit.Rule // the limit of a client whose key names none; zero: none
 	Local  *ratelimit.Table
-	Remote *ratelimit.Redis // nil: the box's table decides
+	Remote RemoteLimiter // nil: the box's table decides
 	// RedisFail is what a request gets while Redis cannot decide.
 	RedisFail RedisFail
 	Log       *slog.Logger
@@ -35,12 +35,20 @@ type Access struct {
 	lastWarn                                                              atomic.Int64
 }
 
+// RemoteLimiter decides across hosts: a *ratelimit.Redis, possibly behind
+// a breaker that fails fast while Redis is failing.
+type RemoteLimiter interface {
+	Allow(ctx context.Context, id string, r ratelimit.Rule) (ratelimit.Decision, error)
+}
+
 // RedisFail is --redis-fail.
 type RedisFail string
 
 const (
 	// FailLocal decides by the box's own table while Redis is down: the
-	// limit then holds per box (at most hosts × the limit in all).
+	// limit then holds per box (at most hosts × the limit in all). The
+	// table is charged with every request Redis admits, so that it knows
+	// the box's share when Redis goes away and an outage is no fresh burst.
 	FailLocal RedisFail = "local"
 	// FailOpen admits every request while Redis is down.
 	FailOpen RedisFail = "open"
@@ -63,6 +71,10 @@ const (
 	CodeRateLimited        = "rate_limited"           // 429
 	CodeRateLimitUnhealthy = "rate_limit_unavailable" // 503, --redis-fail closed
 )
+
+// tenantKey holds the name of the request's API key, which scopes its
+// cached results (ResultCache).
+type tenantKey struct{}
 
 // accessKey marks a request the gate has passed: an Expect: 100-continue
 // request is decided once, from its headers, not again with its body.
@@ -87,6 +99,7 @@ func (a *Access) check(ctx *fasthttp.RequestCtx) bool {
 			return false
 		}
 		id = "k:" + k.Name
+		ctx.SetUserValue(tenantKey{}, k.Name)
 		if k.HasRule {
 			rule = k.Rule
 		}
@@ -123,6 +136,9 @@ func (a *Access) decide(id string, r ratelimit.Rule) (ratelimit.Decision, bool) 
 	if a.Remote != nil {
 		d, err := a.Remote.Allow(context.Background(), id, r)
 		if err == nil {
+			if d.Allowed && a.Local != nil {
+				a.Local.Allow(id, r) // the box's share, for an outage
+			}
 			return d, true
 		}
 		a.redisErrors.Add(1)

@@ -32,7 +32,11 @@ type APIKey struct {
 type APIKeys struct {
 	byDigest map[[32]byte]*APIKey
 	names    []string
+	raw      []byte // the file as it was parsed
 }
+
+// Raw is the file's contents as parsed: what a primary passes its workers.
+func (ks *APIKeys) Raw() []byte { return ks.raw }
 
 // MinKeyLen is the shortest key accepted: 16 bytes of a random key is
 // more than 2^90 guesses.
@@ -70,7 +74,7 @@ func LoadAPIKeys(path string) (*APIKeys, error) {
 
 // ParseAPIKeys parses the --api-keys format (see LoadAPIKeys).
 func ParseAPIKeys(data []byte) (*APIKeys, error) {
-	ks := &APIKeys{byDigest: map[[32]byte]*APIKey{}}
+	ks := &APIKeys{byDigest: map[[32]byte]*APIKey{}, raw: data}
 	names := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(nil, 64<<10)
@@ -87,12 +91,13 @@ func ParseAPIKeys(data []byte) (*APIKeys, error) {
 		digest := sha256.Sum256([]byte(secret))
 		k := &APIKey{Name: "key-" + hex.EncodeToString(digest[:4]), secret: []byte(secret)}
 		burst := 0
-		for _, f := range fields[1:] {
+		for i, f := range fields[1:] {
 			name, v, ok := strings.Cut(f, "=")
 			var err error
 			switch {
 			case !ok:
-				err = fmt.Errorf("%s: want name=value", strconv.Quote(f))
+				// Never quoted: it may be a key in the wrong place.
+				err = fmt.Errorf("field %d: want name=value", i+2)
 			case name == "name":
 				if v == "" || len(v) > 64 || !printable(v) || strings.ContainsAny(v, `"\`) {
 					err = fmt.Errorf("name: 1 to 64 printable ASCII bytes")
@@ -108,7 +113,7 @@ func ParseAPIKeys(data []byte) (*APIKeys, error) {
 					err = fmt.Errorf("burst: want 1 to %d", ratelimit.MaxCount)
 				}
 			default:
-				err = fmt.Errorf("unknown field %s: want name=, limit= or burst=", strconv.Quote(name))
+				err = fmt.Errorf("field %d: unknown; want name=, limit= or burst=", i+2)
 			}
 			if err != nil {
 				return nil, fmt.Errorf("line %d: %w", line, err)

@@ -28,15 +28,20 @@ type ResultCache struct {
 	Store *cache.Tiered
 	// Timeout bounds a lookup; past it the request runs as a miss.
 	Timeout time.Duration
+	// Version is the build's (procpool.BuildInfo): part of every key, so
+	// that a new build's results never answer for an old one's, nor its
+	// ETags.
+	Version string
 	Log     *slog.Logger
 
 	notModified, hitsLocal, hitsRemote, misses, errors, stores, storeDropped atomic.Uint64
-	storing                                                                  atomic.Int32
+	storing                                                                  atomic.Int64 // bytes
 }
 
-// maxStoring bounds the stores in flight after their responses; more are
-// dropped (counted): a slow Redis must not pile up goroutines.
-const maxStoring = 64
+// maxStoring bounds the bytes of the stores in flight after their
+// responses; more are dropped (counted): a slow store must hold neither
+// goroutines nor results without bound.
+const maxStoring = 16 << 20
 
 // xCacheHit is the X-Cache header of a hit, by the tier that answered: the
 // box's cache (its primary's) or Redis.
@@ -50,9 +55,18 @@ type cacheKey struct {
 // lookup answers the request from the cache if it can (done: the response
 // is written); else it returns the key to store the result under.
 func (c *ResultCache) lookup(ctx *fasthttp.RequestCtx, w *Workload, p Params, input []byte) (cacheKey, bool) {
-	k := cache.NewKey(w.Name, p, input)
+	// The key names the build, and the tenant when keys are set: one
+	// client's results (and whether some input was sent before) are never
+	// another's to learn.
+	scope := w.Name + "\x00" + c.Version
+	if tenant, ok := ctx.UserValue(tenantKey{}).(string); ok {
+		scope += "\x00" + tenant
+	}
+	k := cache.NewKey(scope, p, input)
 	etag := k.ETag()
-	if inm := ctx.Request.Header.Peek(fasthttp.HeaderIfNoneMatch); len(inm) > 0 && cache.MatchETag(inm, etag) {
+	// "*" would match an input never seen; hybrid's tags have no '*'.
+	if inm := ctx.Request.Header.Peek(fasthttp.HeaderIfNoneMatch); len(inm) > 0 && bytes.IndexByte(inm, '*') < 0 &&
+		cache.MatchETag(inm, etag) {
 		c.notModified.Add(1)
 		tag(ctx, etag)
 		ctx.SetStatusCode(fasthttp.StatusNotModified)
@@ -102,13 +116,14 @@ func tag(ctx *fasthttp.RequestCtx, etag string) {
 // does not wait for it. out is the task's own and never changes.
 func (c *ResultCache) store(ctx *fasthttp.RequestCtx, key cacheKey, out []byte) {
 	tag(ctx, key.key.ETag())
-	if c.storing.Add(1) > maxStoring {
-		c.storing.Add(-1)
+	n := int64(len(out))
+	if c.storing.Add(n) > maxStoring {
+		c.storing.Add(-n)
 		c.storeDropped.Add(1)
 		return
 	}
 	go func() {
-		defer c.storing.Add(-1)
+		defer c.storing.Add(-n)
 		ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
 		defer cancel()
 		if err := c.Store.Put(ctx, key.key, out); err != nil {

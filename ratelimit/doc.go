@@ -40,7 +40,8 @@
 // A worker killed while it holds a lock (kill -9 between two instructions)
 // would hold it forever: a waiter that has spun for lockStale checks
 // whether the holder's pid is alive, and takes the lock from a dead one;
-// any holder is overruled after lockForce (a stopped process).
+// any holder is overruled after lockForce, 2 s (a stopped process; far
+// longer than a CPU quota's 100 ms throttling periods).
 //
 // A full bucket forgets one client to make room: an expired one (its TAT is
 // past, the same state as a client never seen) if any, else the one closest

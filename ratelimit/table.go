@@ -31,9 +31,9 @@ const (
 	// DefaultSlots is the table's size without --rate-limit-keys: 1 MiB.
 	DefaultSlots = 8192 * bucketSlots
 
-	lockSpin  = 64                     // busy tries before yielding
-	lockStale = time.Millisecond       // then a dead holder's lock is taken
-	lockForce = 100 * time.Millisecond // then any holder's is
+	lockSpin  = 64               // busy tries before yielding
+	lockStale = time.Millisecond // then a dead holder's lock is taken
+	lockForce = 2 * time.Second  // then any holder's is (a CPU quota throttles in 100 ms periods)
 )
 
 // Table is the box's shared GCRA state; see the package doc.

@@ -234,17 +234,18 @@ var primarySettings = []string{
 // resolveServe returns the value of every flag of hybrid serve as args, the
 // environment and the configuration file set them now, after checking them
 // as a worker would (parseServe).
-func resolveServe(args []string) (map[string]string, error) {
-	if _, err := parseServe(args, io.Discard); err != nil {
-		return nil, err
+func resolveServe(args []string) (map[string]string, *serveConfig, error) {
+	cfg, err := parseServe(args, io.Discard)
+	if err != nil {
+		return nil, nil, err
 	}
 	fs, _ := serveFlagSet(io.Discard)
 	if err := parseFlags(fs, args); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	values := map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) { values[f.Name] = f.Value.String() })
-	return values, nil
+	return values, cfg, nil
 }
 
 // changedPrimarySettings returns the names of the primary-level settings
@@ -273,8 +274,12 @@ func checkServeConfig(args []string) (env []string, values map[string]string, er
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	path := configPath(fs, given)
 	if path == "" {
-		values, err := resolveServe(args)
-		return nil, values, err
+		values, cfg, err := resolveServe(args)
+		if err != nil {
+			return nil, nil, err
+		}
+		env, err := cfg.scale.keysEnv()
+		return env, values, err
 	}
 	data, err := readConfigFile(path)
 	if err != nil {
@@ -288,10 +293,15 @@ func checkServeConfig(args []string) (env []string, values map[string]string, er
 		pinned.data, pinned.set = nil, false
 		pinned.Unlock()
 	}()
-	if values, err = resolveServe(args); err != nil {
+	values, cfg, err := resolveServe(args)
+	if err != nil {
 		return nil, nil, err
 	}
-	return []string{snapshotEnv + "=" + string(data)}, values, nil
+	keys, err := cfg.scale.keysEnv()
+	if err != nil {
+		return nil, nil, err
+	}
+	return append([]string{snapshotEnv + "=" + string(data)}, keys...), values, nil
 }
 
 // reloadChecker is the cluster as SIGHUP and the admin endpoint reload it:

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -10,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hybrid-server/hybrid/cache"
@@ -32,6 +33,7 @@ type scaleConfig struct {
 	rateBurst    int
 	rateKeys     int
 	redisURL     string
+	redisCache   string
 	redisFail    string
 	redisTimeout time.Duration
 	cacheSize    uint64
@@ -49,7 +51,8 @@ func (c *scaleConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.rateLimit, "rate-limit", "off", "requests per client (per API key, or per client IP without --api-keys): COUNT/PERIOD such as 100/min, or off; exact across the box's workers, and across hosts with --redis")
 	fs.IntVar(&c.rateBurst, "rate-burst", 0, "requests a client may send at once, within --rate-limit (0: its count)")
 	fs.IntVar(&c.rateKeys, "rate-limit-keys", ratelimit.DefaultSlots, "clients the box's rate-limit table holds (1 MiB per 57,344); past it the client with most allowance left is forgotten")
-	fs.StringVar(&c.redisURL, "redis", "", "redis://[:password@]host:port/db (or rediss://) shared by every instance: rate limits and the result cache across hosts")
+	fs.StringVar(&c.redisURL, "redis", "", "redis://[:password@]host:port/db (or rediss://) shared by every instance: rate limits across hosts (give it maxmemory-policy noeviction)")
+	fs.StringVar(&c.redisCache, "redis-cache", "", "a Redis for the result cache across hosts (maxmemory with allkeys-lru); not --redis's, whose limits the cache's writes would evict or refuse")
 	fs.StringVar(&c.redisFail, "redis-fail", string(handlers.FailLocal), "rate limits while Redis fails: local (the box's own table decides), open (admit) or closed (503)")
 	fs.DurationVar(&c.redisTimeout, "redis-timeout", 100*time.Millisecond, "bound of every Redis call, connecting included")
 	fs.Var(sizeFlag{&c.cacheSize}, "cache-size", "the box's result cache, held by the primary and shared by its workers (0: no cache)")
@@ -81,10 +84,10 @@ func (c *scaleConfig) parse() error {
 	if c.fail, err = handlers.ParseRedisFail(c.redisFail); err != nil {
 		return fmt.Errorf("redis-fail %q: %w", c.redisFail, err)
 	}
-	if c.redisURL != "" {
-		if _, err := redis.ParseURL(c.redisURL); err != nil {
+	for name, u := range map[string]string{"redis": c.redisURL, "redis-cache": c.redisCache} {
+		if _, err := redis.ParseURL(u); u != "" && err != nil {
 			// The URL may hold a password: name the scheme's rule, not it.
-			return errors.New("redis: want redis://[:password@]host:port/db or rediss://…")
+			return fmt.Errorf("%s: want redis://[:password@]host:port/db or rediss://…", name)
 		}
 	}
 	if c.redisTimeout < time.Millisecond || c.redisTimeout > 10*time.Second {
@@ -99,11 +102,77 @@ func (c *scaleConfig) parse() error {
 		}
 	}
 	if c.apiKeys != "" {
-		if c.keys, err = handlers.LoadAPIKeys(c.apiKeys); err != nil {
+		// A worker reads the keys its primary last accepted, never the
+		// file: a worker restarted after a crash must not pick up an edit
+		// that no reload has checked (nor a broken file, which would keep
+		// it from starting).
+		path := c.apiKeys
+		if procpool.IsWorker() {
+			if path = os.Getenv(keysSnapshotEnv); path == "" {
+				return fmt.Errorf("api keys: the primary passed no %s: a worker never reads the file itself", keysSnapshotEnv)
+			}
+		}
+		if c.keys, err = handlers.LoadAPIKeys(path); err != nil {
+			if procpool.IsWorker() {
+				return fmt.Errorf("api keys: the primary's snapshot: %w", err)
+			}
 			return err
 		}
 	}
 	return nil
+}
+
+// keysSnapshotEnv names the file in which the primary passes its workers
+// the keys it last accepted (a copy, 0400, in a 0700 directory of its own,
+// removed when it exits).
+const keysSnapshotEnv = "HYBRID_API_KEYS_SNAPSHOT"
+
+var keysSnapshots struct {
+	sync.Mutex
+	dir     string
+	n       int
+	written []string
+}
+
+// keysEnv writes the keys this primary accepted to a new snapshot file and
+// returns the environment that names it to the workers; none without keys.
+// The two latest snapshots are kept: a worker starting during a reload may
+// still be given the one before.
+func (c *scaleConfig) keysEnv() ([]string, error) {
+	if c.keys == nil {
+		return nil, nil
+	}
+	ks := &keysSnapshots
+	ks.Lock()
+	defer ks.Unlock()
+	if ks.dir == "" {
+		dir, err := os.MkdirTemp("", "hybrid-keys-")
+		if err != nil {
+			return nil, fmt.Errorf("api keys: snapshot for the workers: %w", err)
+		}
+		ks.dir = dir
+	}
+	ks.n++
+	path := filepath.Join(ks.dir, fmt.Sprintf("keys-%d", ks.n))
+	if err := os.WriteFile(path, c.keys.Raw(), 0o400); err != nil {
+		return nil, fmt.Errorf("api keys: snapshot for the workers: %w", err)
+	}
+	ks.written = append(ks.written, path)
+	for len(ks.written) > 2 {
+		os.Remove(ks.written[0])
+		ks.written = ks.written[1:]
+	}
+	return []string{keysSnapshotEnv + "=" + path}, nil
+}
+
+// removeKeysSnapshots removes this primary's snapshots; it runs at exit.
+func removeKeysSnapshots() {
+	ks := &keysSnapshots
+	ks.Lock()
+	defer ks.Unlock()
+	if ks.dir != "" {
+		os.RemoveAll(ks.dir)
+	}
 }
 
 // bucketSlotsMin is the smallest table: one bucket.
@@ -122,6 +191,7 @@ type primaryShared struct {
 	table *ratelimit.Table
 	cache *cache.Memory
 	ln    net.Listener
+	dir   string // the socket's
 }
 
 // startShared makes (or, after an upgrade, adopts) the rate table, and
@@ -148,51 +218,68 @@ func startShared(c *scaleConfig, pool *procpool.Config, log *slog.Logger) (*prim
 		ps.table = t
 		pool.Shared = append(pool.Shared, t.File())
 	}
+	if c.redisURL != "" && c.redisURL == c.redisCache {
+		log.Warn("--redis-cache is --redis: the cache's writes will evict the rate limits' keys (allkeys-lru) or make " +
+			"their script fail (noeviction) once Redis is full; give the cache a Redis of its own")
+	}
 	os.Unsetenv(cacheSockEnv) // an old primary's, after an upgrade
 	if c.cacheSize == 0 {
 		return ps, nil
 	}
 	mem := cache.NewMemory(cache.MemoryConfig{MaxBytes: int64(c.cacheSize), MaxEntry: int(c.cacheEntry), TTL: c.cacheTTL})
-	// An abstract socket: no file to place or remove (a read-only root
-	// needs none), and gone with the primary. Serve refuses a peer of
-	// another uid (SO_PEERCRED), and isolated children may open no socket.
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	name := fmt.Sprintf("@hybrid-cache-%d-%x", os.Getpid(), rnd)
-	ln, err := net.Listen("unix", name)
+	// A socket file in a directory of the primary's own (0700, in
+	// $TMPDIR, where the workers make the isolated children's directories
+	// too): only this uid, in this container, reaches it. An abstract
+	// socket would be reachable from every container of a pod (they share
+	// the network namespace), and a sidecar of the same uid could write
+	// results. Serve also refuses a peer of another uid (SO_PEERCRED), and
+	// isolated children may open no socket.
+	dir, err := os.MkdirTemp("", "hybrid-cache-")
 	if err != nil {
-		return nil, fmt.Errorf("cache: listen on %s: %w", name, err)
+		return nil, fmt.Errorf("cache: %w", err)
 	}
-	ps.cache, ps.ln = mem, ln
+	ln, path, err := cache.Listen(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	ps.cache, ps.ln, ps.dir = mem, ln, dir
 	go mem.Serve(ln)
-	os.Setenv(cacheSockEnv, name)
+	os.Setenv(cacheSockEnv, path)
 	return ps, nil
 }
 
 func (ps *primaryShared) close() {
 	if ps.ln != nil {
 		ps.ln.Close()
+		os.RemoveAll(ps.dir)
 	}
 }
 
 // workerShared builds a worker's gate and cache from the primary's table
 // and socket and --redis.
 func workerShared(c *scaleConfig, log *slog.Logger) (*handlers.Access, *handlers.ResultCache, func(), error) {
-	var rdb *redis.Client
+	var clients []*redis.Client
 	closeAll := func() {
-		if rdb != nil {
+		for _, rdb := range clients {
 			rdb.Close()
 		}
 	}
-	if c.redisURL != "" {
-		opt, _ := redis.ParseURL(c.redisURL) // checked by parse
+	dial := func(url string) *redis.Client {
+		if url == "" {
+			return nil
+		}
+		opt, _ := redis.ParseURL(url) // checked by parse
 		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = c.redisTimeout, c.redisTimeout, c.redisTimeout
 		opt.PoolTimeout = c.redisTimeout
 		opt.MaxRetries = -1 // a retry doubles the wait; the caller decides what a failure means
 		opt.ContextTimeoutEnabled = true
-		rdb = redis.NewClient(opt)
+		rdb := redis.NewClient(opt)
+		clients = append(clients, rdb)
 		redis.SetLogger(redisLogger{log})
+		return rdb
 	}
+	rdb, cacheRDB := dial(c.redisURL), dial(c.redisCache)
 	var access *handlers.Access
 	if c.keys != nil || !c.rule.Off() {
 		f := procpool.SharedFile(rateTableName)
@@ -208,18 +295,21 @@ func workerShared(c *scaleConfig, log *slog.Logger) (*handlers.Access, *handlers
 		}
 		access = &handlers.Access{Keys: c.keys, Rule: c.rule, Local: t, RedisFail: c.fail, Log: log}
 		if rdb != nil {
-			access.Remote = ratelimit.NewRedis(rdb, ratelimit.RedisConfig{Timeout: c.redisTimeout})
+			access.Remote = &breakerLimiter{ratelimit.NewRedis(rdb, ratelimit.RedisConfig{Timeout: c.redisTimeout}),
+				newBreaker("rate limits", log)}
 		}
 	}
 	var rc *handlers.ResultCache
 	if path := os.Getenv(cacheSockEnv); path != "" && c.cacheSize > 0 {
 		local := cache.NewClient(path, cache.ClientConfig{Timeout: 50 * time.Millisecond, MaxEntry: int(c.cacheEntry), Conns: 8})
 		var remote cache.Store
-		if rdb != nil {
-			remote = cache.NewRedis(rdb, cache.RedisConfig{Prefix: "hybrid:cache:", TTL: c.cacheTTL,
-				MaxEntry: int(c.cacheEntry), Timeout: c.redisTimeout})
+		if cacheRDB != nil {
+			remote = &breakerStore{cache.NewRedis(cacheRDB, cache.RedisConfig{Prefix: "hybrid:cache:", TTL: c.cacheTTL,
+				MaxEntry: int(c.cacheEntry), Timeout: c.redisTimeout}), newBreaker("result cache", log)}
 		}
-		rc = &handlers.ResultCache{Store: cache.NewTiered(local, remote), Timeout: 50*time.Millisecond + c.redisTimeout, Log: log}
+		version, build := procpool.BuildInfo()
+		rc = &handlers.ResultCache{Store: cache.NewTiered(local, remote), Timeout: 50*time.Millisecond + c.redisTimeout,
+			Version: version + " " + build, Log: log}
 	}
 	return access, rc, closeAll, nil
 }
@@ -248,4 +338,99 @@ func addSharedHealth(st *workerStack) {
 			return append(b, j...)
 		})
 	}
+}
+
+// breaker fails Redis calls fast while Redis is failing: a Redis that
+// hangs would otherwise add --redis-timeout to every request. After a
+// failure it lets no call through for a pause (500 ms, doubling to 5 s
+// while failures go on), then one probe; a success closes it. It WARNs
+// when it opens and says when Redis is back.
+type breaker struct {
+	what string
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	openUntil time.Time // zero: closed
+	pause     time.Duration
+	probing   bool
+}
+
+// errBreakerOpen is a call not made.
+var errBreakerOpen = errors.New("redis failing: not asked (breaker open)")
+
+func newBreaker(what string, log *slog.Logger) *breaker { return &breaker{what: what, log: log} }
+
+// allow reports whether a call may go to Redis now.
+func (b *breaker) allow() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.openUntil.IsZero():
+		return true
+	case b.probing || time.Now().Before(b.openUntil):
+		return false
+	}
+	b.probing = true
+	return true
+}
+
+// done records a call's outcome.
+func (b *breaker) done(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.probing = false
+	if err == nil {
+		if !b.openUntil.IsZero() {
+			b.log.Info("redis: back", "for", b.what)
+		}
+		b.openUntil, b.pause = time.Time{}, 0
+		return
+	}
+	if b.openUntil.IsZero() {
+		b.log.Warn("redis: failing; not asked for a while", "for", b.what, "err", err.Error())
+	}
+	b.pause = min(max(2*b.pause, 500*time.Millisecond), 5*time.Second)
+	b.openUntil = time.Now().Add(b.pause)
+}
+
+// breakerLimiter is a RemoteLimiter behind a breaker.
+type breakerLimiter struct {
+	*ratelimit.Redis
+	b *breaker
+}
+
+func (l *breakerLimiter) Allow(ctx context.Context, id string, r ratelimit.Rule) (ratelimit.Decision, error) {
+	if !l.b.allow() {
+		return ratelimit.Decision{}, fmt.Errorf("%w: %w", ratelimit.ErrUnavailable, errBreakerOpen)
+	}
+	d, err := l.Redis.Allow(ctx, id, r)
+	l.b.done(err)
+	return d, err
+}
+
+// breakerStore is a cache.Store behind a breaker.
+type breakerStore struct {
+	cache.Store
+	b *breaker
+}
+
+func (s *breakerStore) Get(ctx context.Context, k cache.Key) ([]byte, bool, error) {
+	if !s.b.allow() {
+		return nil, false, errBreakerOpen
+	}
+	v, ok, err := s.Store.Get(ctx, k)
+	s.b.done(err)
+	return v, ok, err
+}
+
+func (s *breakerStore) Put(ctx context.Context, k cache.Key, v []byte) error {
+	if !s.b.allow() {
+		return errBreakerOpen
+	}
+	err := s.Store.Put(ctx, k, v)
+	if errors.Is(err, cache.ErrTooLarge) {
+		err = nil // Redis answered; the value was not for it
+	}
+	s.b.done(err)
+	return err
 }

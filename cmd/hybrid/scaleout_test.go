@@ -201,6 +201,17 @@ func TestAPIKeys(t *testing.T) {
 	// Reload with bob removed and carol added.
 	const carol = "carol-0123456789abcdef"
 	writeKeys(t, keys, alice+" name=alice limit=5/hour\n"+carol+"\n")
+	// Until a reload, nothing changes, even for a worker that restarts:
+	// workers take the keys the primary accepted, not the file.
+	c.killWorker(firstKey(c.readyPIDs()), 2)
+	for _, k := range []string{bob, carol} {
+		want := map[string]int{bob: 200, carol: 401}[k]
+		for range 4 { // fresh connections reach both workers
+			if o := do(freshClient(), "POST", url, []byte("x"), "X-API-Key", k); o.status != want {
+				t.Errorf("the file edited, no reload, a worker restarted: %d; want %d", o.status, want)
+			}
+		}
+	}
 	old := c.readyPIDs()
 	if _, stderr, code := runHybrid(t, nil, "reload", "--admin-addr", c.admin); code != 0 {
 		t.Fatalf("hybrid reload: exit %d: %s", code, stderr)
@@ -262,6 +273,9 @@ func TestResultCacheOneBox(t *testing.T) {
 	nm := do(client, "POST", url, body, "If-None-Match", `W/"other", `+etag)
 	if nm.status != 304 || len(nm.body) != 0 || nm.header.Get("ETag") != etag {
 		t.Errorf("If-None-Match: %d, %d bytes, ETag %q; want 304, none, the same", nm.status, len(nm.body), nm.header.Get("ETag"))
+	}
+	if o := do(client, "POST", url, append(body, '*'), "If-None-Match", `*`); o.status != 200 {
+		t.Errorf("If-None-Match: * on an input never sent: %d; want 200 (the work done)", o.status)
 	}
 	if o := do(client, "POST", url, body, "If-None-Match", `"stale"`); o.status != 200 {
 		t.Errorf("If-None-Match of another: %d; want 200", o.status)
@@ -361,11 +375,12 @@ func freeTCPPort(t *testing.T) int {
 // other, and a reload of one under load through the balancer fails no
 // request.
 func TestTwoInstancesBehindALoadBalancer(t *testing.T) {
-	rs := redistest.Start(t)
+	// One Redis for the limits, one for the cache, as the docs say.
+	rs, rc := redistest.Start(t), redistest.Start(t)
 	keys := filepath.Join(t.TempDir(), "keys")
 	const limited, free = "limited-0123456789abcdef", "unlimited-0123456789abcd"
 	writeKeys(t, keys, limited+" name=limited limit=100/hour\n"+free+" name=free limit=off\n")
-	args := []string{"--workers", "1", "--api-keys", keys, "--redis", rs.URL(), "--redis-timeout", "500ms"}
+	args := []string{"--workers", "1", "--api-keys", keys, "--redis", rs.URL(), "--redis-cache", rc.URL(), "--redis-timeout", "500ms"}
 	a := startCluster(t, nil, 1, args...)
 	b := startCluster(t, nil, 1, args...)
 	lb := haproxy(t, a.addr, b.addr)
@@ -390,12 +405,19 @@ func TestTwoInstancesBehindALoadBalancer(t *testing.T) {
 	}
 	c := pooledClient(1)
 	a.waitFor(5*time.Second, "A's result in Redis", func() bool {
-		n, _ := rs.Do("EVAL", "return #redis.call('KEYS', 'hybrid:cache:*')", "0")
+		n, _ := rc.Do("EVAL", "return #redis.call('KEYS', 'hybrid:cache:*')", "0")
 		return n == ":1"
 	})
 	o := do(c, "POST", "http://"+b.addr+url, body, "X-API-Key", free)
 	if o.status != 200 || o.header.Get("X-Cache") != "hit-redis" || !bytes.Equal(o.body, first.body) || o.header.Get("ETag") != first.header.Get("ETag") {
 		t.Errorf("through B: %d X-Cache %q, same body %v", o.status, o.header.Get("X-Cache"), bytes.Equal(o.body, first.body))
+	}
+	if n, _ := rs.Do("EVAL", "return #redis.call('KEYS', 'hybrid:cache:*')", "0"); n != ":0" {
+		t.Errorf("the limits' Redis holds %s cached results; want none", n)
+	}
+	// Another tenant never gets (nor learns of) that result.
+	if o := do(c, "POST", "http://"+b.addr+url, body, "X-API-Key", limited); o.status == 200 && o.header.Get("X-Cache") != "miss" {
+		t.Errorf("another key, the same input: X-Cache %q; want miss", o.header.Get("X-Cache"))
 	}
 	if o := do(c, "POST", "http://"+b.addr+url, body, "X-API-Key", free); o.header.Get("X-Cache") != "hit-box" {
 		// B's box took a copy of Redis' answer.
@@ -481,9 +503,10 @@ func TestRedisDownAndBack(t *testing.T) {
 			got := statuses(outs)
 			switch mode {
 			case "local":
-				// The box's table has seen none of them: 10 pass.
-				if got[200] != 10 || got[429] != 10 {
-					t.Errorf("Redis down, local: %v; want 10 × 200 (the box's own limit), 10 × 429", got)
+				// The box's table was charged with the 4 Redis admitted:
+				// 6 more pass, not a fresh burst.
+				if got[200] != 6 || got[429] != 14 {
+					t.Errorf("Redis down, local: %v; want 6 × 200 (the box's own limit, 4 used), 14 × 429", got)
 				}
 			case "open":
 				if got[200] != 20 {
@@ -517,4 +540,54 @@ func TestRedisDownAndBack(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A Redis that accepts and never answers costs the first request its
+// timeout, then the breaker answers at once until Redis is back.
+func TestRedisHangingFailsFast(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, conn) // never answered
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	url := "redis://" + ln.Addr().String() + "/0"
+	c := startCluster(t, nil, 1, "--workers", "1", "--rate-limit", "1000/hour", "--redis", url, "--redis-cache", url,
+		"--redis-timeout", "300ms")
+	client := pooledClient(4)
+	body := bytes.Repeat([]byte("z"), 64<<10)
+	start := time.Now()
+	outs := fire(client, 40, 4, "POST", "http://"+c.addr+"/v1/compress/zstd?level=3", body)
+	took := time.Since(start)
+	if got := statuses(outs); got[200] != 40 {
+		t.Fatalf("Redis hanging, --redis-fail local: %v; want 40 × 200", got)
+	}
+	// Without the breaker: 40 × (300 ms limiter + 300 ms cache) over 4
+	// connections is 6 s; with it, the first few pay.
+	if took > 3*time.Second {
+		t.Errorf("40 requests with Redis hanging took %v; want the breaker to fail fast", took)
+	}
+	if len(c.logs.find("redis: failing")) == 0 {
+		t.Error("no WARN when Redis started failing")
+	}
+	t.Logf("40 requests with a hanging Redis: %v", took.Round(time.Millisecond))
 }

@@ -265,6 +265,7 @@ func runServe(args []string) int {
 		return 1
 	}
 	defer shared.close()
+	defer removeKeysSnapshots()
 	sup, err := procpool.New(cfg.pool, log)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())

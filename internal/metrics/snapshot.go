@@ -106,7 +106,7 @@ var catalog = map[string]desc{
 	"hybrid_ratelimit_redis_failed_open_total": {"Requests admitted without a decision while Redis failed (--redis-fail open).", promtext.Counter, false},
 	"hybrid_cache_requests_total":              {"Cacheable workload requests by result (hit, miss, not_modified: a 304) and, for hits, the tier that answered (box, redis).", promtext.Counter, false},
 	"hybrid_cache_stores_total":                {"Results stored in the cache.", promtext.Counter, false},
-	"hybrid_cache_stores_dropped_total":        {"Results not stored because 64 stores were already in flight.", promtext.Counter, false},
+	"hybrid_cache_stores_dropped_total":        {"Results not stored because 16 MiB of stores were already in flight.", promtext.Counter, false},
 	"hybrid_cache_errors_total":                {"Cache lookups and stores that failed (counted as misses).", promtext.Counter, false},
 
 	"hybrid_http_requests_in_flight":      {"HTTP requests being served, per worker.", promtext.Gauge, false},
