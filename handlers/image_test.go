@@ -2,8 +2,10 @@ package handlers
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
+	"github.com/gen2brain/jpegn"
 	"image"
 	"image/color"
 	"image/gif"
@@ -385,4 +387,31 @@ func FuzzImageHeader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Every EXIF orientation comes out upright from the 1/8 DC decode
+// (internal/jpegdc) as from jpegn's own AutoRotate at 1/8.
+func TestEXIFOrientationAtOneEighth(t *testing.T) {
+	plain := encodeAs(t, "jpeg", sampleimages.Photo(1600, 1200))
+	for o := 1; o <= 8; o++ {
+		input := sampleimages.WithOrientation(plain, uint16(o))
+		h, err := readHeader(input, DefaultMaxFrames)
+		if err != nil || h.Orientation != o {
+			t.Fatalf("orientation %d: header %+v, %v", o, h, err)
+		}
+		got, err := decode(context.Background(), h, input, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := jpegn.Decode(bytes.NewReader(input), &jpegn.Options{ScaleDenom: 8, AutoRotate: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Bounds() != want.Bounds() {
+			t.Fatalf("orientation %d: %v; jpegn %v", o, got.Bounds(), want.Bounds())
+		}
+		if p := psnr(got, want); p < 35 {
+			t.Errorf("orientation %d: PSNR %.1f dB against jpegn's; want ≥ 35", o, p)
+		}
+	}
 }
