@@ -86,7 +86,7 @@
 // of live heap. The Go runtime lets the heap grow past live data by GOGC
 // before it collects, so the primary's GOMEMLIMIT, if set, should leave
 // room for MaxBytes twice over. Each Client keeps at most Conns idle
-// connections; a Redis store at most MaxInFlight calls in progress.
+// connections; a Redis store's client at most its PoolSize.
 //
 // # Versions
 //
@@ -126,9 +126,8 @@
 // bytes, which are never written again and must not be modified; a
 // Client's and a Redis store's Get return bytes of their own. Put never
 // keeps the caller's slice. Serve's connection goroutines have all ended
-// when it returns. A Redis call abandoned at its Timeout may run on in the
-// background until the go-redis client's own timeouts end it (see
-// [Redis]).
+// when it returns. A Redis call ends by its Timeout, its connection's
+// deadline, and leaves nothing running behind it (see [Redis]).
 //
 // # Measured
 //

@@ -13,7 +13,6 @@ func TestErrorStrings(t *testing.T) {
 		{ErrFull, "cache: no room: values in flight hold the byte bound"},
 		{ErrProtocol, "cache: protocol error"},
 		{ErrClosed, "cache: client closed"},
-		{ErrBusy, "cache: redis: too many calls in flight"},
 	} {
 		if got := tc.err.Error(); got != tc.want {
 			t.Errorf("error %q; want %q", got, tc.want)

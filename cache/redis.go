@@ -3,12 +3,11 @@ package cache
 import (
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/hybrid-server/hybrid/internal/resp"
 )
 
 // Defaults of [RedisConfig] beyond those it shares with the other stores.
@@ -17,14 +16,7 @@ const (
 	DefaultRedisPrefix = "hybrid:cache:"
 	// DefaultRedisTTL is how long Redis keeps a result (SET … PX).
 	DefaultRedisTTL = 24 * time.Hour
-	// DefaultMaxInFlight bounds the calls to Redis in progress at once
-	// (see RedisConfig.MaxInFlight).
-	DefaultMaxInFlight = 256
 )
-
-// ErrBusy: a Redis call was refused at once because MaxInFlight calls
-// were in progress already, which happens when Redis stops answering.
-var ErrBusy = errors.New("cache: redis: too many calls in flight")
 
 // RedisConfig configures a [Redis] store. Zero fields take the defaults.
 type RedisConfig struct {
@@ -37,14 +29,9 @@ type RedisConfig struct {
 	// MaxEntry is the largest value stored or read back. Default:
 	// DefaultMaxEntry.
 	MaxEntry int
-	// Timeout bounds each call. Default: DefaultTimeout.
+	// Timeout bounds each call, on top of the client's own Timeout.
+	// Default: DefaultTimeout.
 	Timeout time.Duration
-	// MaxInFlight bounds the calls in progress; one more fails at once
-	// with ErrBusy. A call abandoned at its timeout may go on in the
-	// background until the client's own timeouts end it, and this bound
-	// keeps a Redis that hangs from piling those up. Default:
-	// DefaultMaxInFlight.
-	MaxInFlight int
 }
 
 func (c RedisConfig) withDefaults() RedisConfig {
@@ -60,17 +47,14 @@ func (c RedisConfig) withDefaults() RedisConfig {
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout
 	}
-	if c.MaxInFlight == 0 {
-		c.MaxInFlight = DefaultMaxInFlight
-	}
 	return c
 }
 
 // Validate reports a field out of range (zero fields are the defaults).
 func (c RedisConfig) Validate() error {
-	if c.TTL < 0 || c.MaxEntry < 0 || c.Timeout < 0 || c.MaxInFlight < 0 {
-		return fmt.Errorf("cache: redis TTL %v, max entry %d, timeout %v, max in flight %d: want each > 0 (or 0 for the default)",
-			c.TTL, c.MaxEntry, c.Timeout, c.MaxInFlight)
+	if c.TTL < 0 || c.MaxEntry < 0 || c.Timeout < 0 {
+		return fmt.Errorf("cache: redis TTL %v, max entry %d, timeout %v: want each > 0 (or 0 for the default)",
+			c.TTL, c.MaxEntry, c.Timeout)
 	}
 	if c.TTL > 0 && c.TTL < time.Millisecond {
 		return fmt.Errorf("cache: redis TTL %v: want at least 1ms (PX counts milliseconds)", c.TTL)
@@ -86,34 +70,31 @@ func (c RedisConfig) Validate() error {
 // answers GETRANGE on a missing key with an empty string, so an empty
 // value is never stored: its Put is a no-op, its Get a miss.
 //
-// Each call runs under context.WithTimeout(ctx, Timeout) and returns by
-// then whatever the client does. Build the client with
-// ContextTimeoutEnabled (context_timeout_enabled=true in a URL) so that
-// it also gives the connection up at that deadline; without it, go-redis
-// keeps its own read and write timeouts (3 s by default) and a call that
-// Redis does not answer runs on in the background until they end, at
-// most MaxInFlight of them.
+// Each call runs under context.WithTimeout(ctx, Timeout). A *resp.Client
+// puts that deadline on its connection, so a Redis that does not answer
+// fails the call by then, and the call leaves nothing running behind it;
+// the client's PoolSize bounds the connections, and a call that finds
+// them all busy waits for one only until the same deadline.
 //
 // Lifetimes: Get returns a value of its own; Put does not keep v.
 type Redis struct {
-	rdb      redis.UniversalClient
-	cfg      RedisConfig
-	inflight chan struct{}
+	rdb resp.Doer
+	cfg RedisConfig
 
 	hits, misses, puts, tooLarge, errs atomic.Uint64
 }
 
-// NewRedis returns a Redis store over rdb, which stays the caller's to
-// close. It panics if rdb is nil or cfg.Validate fails.
-func NewRedis(rdb redis.UniversalClient, cfg RedisConfig) *Redis {
+// NewRedis returns a Redis store over rdb, a *resp.Client that stays the
+// caller's to close (or a test's fake). It panics if rdb is nil or
+// cfg.Validate fails.
+func NewRedis(rdb resp.Doer, cfg RedisConfig) *Redis {
 	if rdb == nil {
 		panic("cache: NewRedis with a nil client")
 	}
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
-	cfg = cfg.withDefaults()
-	return &Redis{rdb: rdb, cfg: cfg, inflight: make(chan struct{}, cfg.MaxInFlight)}
+	return &Redis{rdb: rdb, cfg: cfg.withDefaults()}
 }
 
 func (r *Redis) key(k Key) string {
@@ -125,19 +106,12 @@ func (r *Redis) key(k Key) string {
 
 // Get reads k's value from Redis.
 func (r *Redis) Get(ctx context.Context, k Key) ([]byte, bool, error) {
-	key := r.key(k)
-	// got is written by the call's goroutine and read only once it is
-	// done: a call abandoned at the deadline writes a variable nobody
-	// reads.
-	var got []byte
-	err := r.bounded(ctx, func(ctx context.Context) error {
-		var err error
-		got, err = r.rdb.GetRange(ctx, key, 0, int64(r.cfg.MaxEntry)).Bytes()
-		return err
-	})
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	reply, err := r.rdb.Do(ctx, "GETRANGE", r.key(k), 0, r.cfg.MaxEntry)
 	var v []byte
 	if err == nil {
-		v = got
+		v, err = reply.Bytes()
 	}
 	switch {
 	case err != nil:
@@ -163,39 +137,14 @@ func (r *Redis) Put(ctx context.Context, k Key, v []byte) error {
 	if len(v) == 0 {
 		return nil
 	}
-	key := r.key(k)
-	err := r.bounded(ctx, func(ctx context.Context) error {
-		return r.rdb.Do(ctx, "set", key, v, "px", r.cfg.TTL.Milliseconds()).Err()
-	})
-	if err != nil {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	if _, err := r.rdb.Do(ctx, "SET", r.key(k), v, "PX", r.cfg.TTL.Milliseconds()); err != nil {
 		r.errs.Add(1)
 		return fmt.Errorf("cache: redis put: %w", err)
 	}
 	r.puts.Add(1)
 	return nil
-}
-
-// bounded runs call under the timeout and returns by its end, leaving a
-// call that has not returned to finish in the background.
-func (r *Redis) bounded(ctx context.Context, call func(context.Context) error) error {
-	select {
-	case r.inflight <- struct{}{}:
-	default:
-		return ErrBusy
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		defer func() { <-r.inflight }()
-		done <- call(ctx)
-	}()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // Stats returns the counters: Hits, Misses, Puts, TooLarge and Errors.

@@ -3,27 +3,29 @@ package cache
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hybrid-server/hybrid/internal/redistest"
-	"github.com/redis/go-redis/v9"
+	"github.com/hybrid-server/hybrid/internal/resp"
 )
 
-func newRedisClient(t *testing.T, url string, tweak func(*redis.Options)) redis.UniversalClient {
+func newRedisClient(t *testing.T, url string, tweak func(*resp.Options)) *resp.Client {
 	t.Helper()
-	opt, err := redis.ParseURL(url)
+	opt, err := resp.ParseURL(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if tweak != nil {
-		tweak(opt)
+		tweak(&opt)
 	}
-	rdb := redis.NewClient(opt)
+	rdb := resp.New(opt)
 	t.Cleanup(func() { rdb.Close() })
 	return rdb
 }
@@ -128,9 +130,10 @@ func TestRedisStopRestart(t *testing.T) {
 }
 
 // TestRedisHang points the store at a server that accepts and never
-// answers, through a client built without ContextTimeoutEnabled (whose
-// own read timeout is 3 s): each call still returns within the Timeout,
-// and calls past MaxInFlight are refused at once.
+// answers, through a client whose own Timeout is a minute: each call
+// still returns within the store's Timeout, those waiting for one of the
+// client's 2 connections too, and the server never sees more than 2
+// connections open; none is left open after the calls.
 func TestRedisHang(t *testing.T) {
 	const timeout = 100 * time.Millisecond
 	const slack = 400 * time.Millisecond
@@ -138,43 +141,58 @@ func TestRedisHang(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
+	var open, most atomic.Int32
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
+			if n := open.Add(1); n > most.Load() {
+				most.Store(n)
+			}
+			wg.Go(func() {
+				io.Copy(io.Discard, c) // never answered, until the client closes
+				c.Close()
+				open.Add(-1)
+			})
 		}
-	}()
-	// Closing the server's side ends the calls left in the background.
+	})
 	t.Cleanup(func() {
 		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
+		wg.Wait()
 	})
-	rdb := newRedisClient(t, "redis://"+ln.Addr().String()+"/0", nil)
-	r := NewRedis(rdb, RedisConfig{Timeout: timeout, MaxInFlight: 2})
-	for range 2 {
-		start := time.Now()
-		_, _, err := r.Get(bg, key(1))
-		if took := time.Since(start); err == nil || took > timeout+slack {
-			t.Errorf("Get from a server that never answers = %v after %v; want an error within %v", err, took, timeout)
+	rdb := newRedisClient(t, "redis://"+ln.Addr().String()+"/0", func(o *resp.Options) {
+		o.Timeout, o.PoolSize = time.Minute, 2
+	})
+	r := NewRedis(rdb, RedisConfig{Timeout: timeout})
+	var calls sync.WaitGroup
+	for i := range 6 {
+		calls.Go(func() {
+			start := time.Now()
+			var err error
+			if i%2 == 0 {
+				_, _, err = r.Get(bg, key(1))
+			} else {
+				err = r.Put(bg, key(1), []byte("v"))
+			}
+			if took := time.Since(start); err == nil || took > timeout+slack {
+				t.Errorf("a call to a server that never answers = %v after %v; want an error within %v", err, took, timeout)
+			}
+		})
+	}
+	calls.Wait()
+	if st := r.Stats(); st.Errors != 6 {
+		t.Errorf("Stats = %+v; want 6 errors", st)
+	}
+	if m := most.Load(); m > 2 {
+		t.Errorf("the server saw %d connections open at once; want at most the client's 2", m)
+	}
+	for deadline := time.Now().Add(2 * time.Second); open.Load() != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still open after the calls timed out", open.Load())
 		}
-	}
-	start := time.Now()
-	if err := r.Put(bg, key(1), []byte("v")); !errors.Is(err, ErrBusy) || time.Since(start) > slack {
-		t.Errorf("Put with 2 calls hung in flight = %v after %v; want ErrBusy at once", err, time.Since(start))
-	}
-	if st := r.Stats(); st.Errors != 3 {
-		t.Errorf("Stats = %+v; want 3 errors", st)
 	}
 }
 
@@ -184,7 +202,7 @@ func TestRedisConfigValidate(t *testing.T) {
 		ok  bool
 	}{
 		{RedisConfig{}, true},
-		{RedisConfig{Prefix: "p:", TTL: time.Hour, MaxEntry: 1, Timeout: time.Second, MaxInFlight: 1}, true},
+		{RedisConfig{Prefix: "p:", TTL: time.Hour, MaxEntry: 1, Timeout: time.Second}, true},
 		{RedisConfig{TTL: time.Microsecond}, false},
 		{RedisConfig{Timeout: -1}, false},
 		{RedisConfig{MaxEntry: -1}, false},

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/hybrid-server/hybrid/internal/redistest"
-	"github.com/redis/go-redis/v9"
+	"github.com/hybrid-server/hybrid/internal/resp"
 )
 
 func TestParseRule(t *testing.T) {
@@ -243,28 +243,29 @@ func TestOpenTableRefusesOtherFiles(t *testing.T) {
 	}
 }
 
-func newRedis(t *testing.T) (*redistest.Server, *redis.Client) {
+func newRedis(t *testing.T) (*redistest.Server, *resp.Client) {
 	s := redistest.Start(t)
-	opt, err := redis.ParseURL(s.URL())
+	return s, newRedisClient(t, s)
+}
+
+func newRedisClient(t *testing.T, s *redistest.Server) *resp.Client {
+	opt, err := resp.ParseURL(s.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	opt.MaxRetries = -1
-	rdb := redis.NewClient(opt)
+	opt.Timeout = 2 * time.Second
+	rdb := resp.New(opt)
 	t.Cleanup(func() { rdb.Close() })
-	return s, rdb
+	return rdb
 }
 
 // Many clients of one Redis, as many hosts would be: exactly 100 of a
 // 100/hour rule, and the key expires with the state.
 func TestRedisExact(t *testing.T) {
-	s, rdb := newRedis(t)
+	s := redistest.Start(t)
 	var limiters []*Redis
 	for range 3 { // three hosts
-		opt, _ := redis.ParseURL(s.URL())
-		c := redis.NewClient(opt)
-		t.Cleanup(func() { c.Close() })
-		limiters = append(limiters, NewRedis(c, RedisConfig{Timeout: 2 * time.Second}))
+		limiters = append(limiters, NewRedis(newRedisClient(t, s), RedisConfig{Timeout: 2 * time.Second}))
 	}
 	var allowed atomic.Int64
 	var wg sync.WaitGroup
@@ -294,11 +295,11 @@ func TestRedisExact(t *testing.T) {
 	if ms, _ := strconv.Atoi(ttl[1:]); err != nil || ms < 59*60*1000 || ms > 3600*1000+2 {
 		t.Errorf("PTTL %q, %v; want about an hour", ttl, err)
 	}
-	_ = rdb
 }
 
 // Redis down: every decision errs within its timeout, wrapping
-// ErrUnavailable; back up, it decides again.
+// ErrUnavailable; back up (empty: without the script), the first decision
+// works.
 func TestRedisDown(t *testing.T) {
 	s, rdb := newRedis(t)
 	l := NewRedis(rdb, RedisConfig{Timeout: 200 * time.Millisecond})
@@ -317,19 +318,27 @@ func TestRedisDown(t *testing.T) {
 		}
 	}
 	s.Restart()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		d, err := l.Allow(context.Background(), "c", hourly)
-		if err == nil {
-			if !d.Allowed {
-				t.Errorf("after a restart (empty): %+v", d)
-			}
-			break
+	if d, err := l.Allow(context.Background(), "c", hourly); err != nil || !d.Allowed {
+		t.Errorf("the first decision after a restart (empty) = %+v, %v; want allowed", d, err)
+	}
+}
+
+// doerFunc is a fake Redis.
+type doerFunc func(args ...any) (resp.Value, error)
+
+func (f doerFunc) Do(_ context.Context, args ...any) (resp.Value, error) { return f(args...) }
+
+// A script's reply of the wrong shape is ErrUnavailable, never a decision.
+func TestRedisBadReply(t *testing.T) {
+	for _, v := range []resp.Value{
+		{Kind: '*', Array: []resp.Value{{Kind: ':', Int: 1}, {Kind: ':', Int: 2}}},
+		{Kind: '*', Array: []resp.Value{{Kind: ':', Int: 1}, {Kind: '$', Str: []byte("2")}, {Kind: ':', Int: 3}}},
+		{Kind: '$', Null: true},
+	} {
+		l := NewRedis(doerFunc(func(...any) (resp.Value, error) { return v, nil }), RedisConfig{})
+		if d, err := l.Allow(context.Background(), "c", hourly); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("the script answering %+v: %+v, %v; want ErrUnavailable", v, d, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Redis back for 5 s, still %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

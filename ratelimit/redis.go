@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/hybrid-server/hybrid/internal/resp"
 )
 
 // ErrUnavailable wraps a Redis failure: the caller fails open or closed.
@@ -16,7 +16,7 @@ var ErrUnavailable = errors.New("ratelimit: redis unavailable")
 // microseconds. KEYS[1] holds the client's TAT; ARGV are T and Burst·T in
 // µs. It returns {allowed, tat, now}. The key lives until its TAT is past,
 // when it is the same as absent.
-var gcraScript = redis.NewScript(`
+var gcraScript = resp.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -41,12 +41,14 @@ type RedisConfig struct {
 
 // Redis decides against a Redis server shared by every host.
 type Redis struct {
-	rdb redis.Scripter
+	rdb resp.Doer
 	cfg RedisConfig
 }
 
-// NewRedis returns a limiter on rdb.
-func NewRedis(rdb redis.Scripter, cfg RedisConfig) *Redis {
+// NewRedis returns a limiter on rdb: a *resp.Client (which stays the
+// caller's to close), or a test's fake. Each decision is one EVALSHA (an
+// EVAL the first time a server sees the script).
+func NewRedis(rdb resp.Doer, cfg RedisConfig) *Redis {
 	if cfg.Prefix == "" {
 		cfg.Prefix = "hybrid:rl:"
 	}
@@ -66,7 +68,11 @@ func (l *Redis) Allow(ctx context.Context, id string, r Rule) (Decision, error) 
 	us := func(ns int64) int64 { return max(ns/1000, 1) }
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
 	defer cancel()
-	v, err := gcraScript.Run(ctx, l.rdb, []string{l.cfg.Prefix + id}, us(interval), us(tolerance)).Int64Slice()
+	reply, err := gcraScript.Run(ctx, l.rdb, []string{l.cfg.Prefix + id}, us(interval), us(tolerance))
+	if err != nil {
+		return Decision{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	v, err := reply.Int64s()
 	if err != nil {
 		return Decision{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}

@@ -10,15 +10,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/hybrid-server/hybrid/cache"
 	"github.com/hybrid-server/hybrid/handlers"
+	"github.com/hybrid-server/hybrid/internal/resp"
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/ratelimit"
-	"github.com/redis/go-redis/v9"
 )
 
 // Beyond one box: API keys, rate limits and the result cache, each shared
@@ -85,9 +84,10 @@ func (c *scaleConfig) parse() error {
 		return fmt.Errorf("redis-fail %q: %w", c.redisFail, err)
 	}
 	for name, u := range map[string]string{"redis": c.redisURL, "redis-cache": c.redisCache} {
-		if _, err := redis.ParseURL(u); u != "" && err != nil {
-			// The URL may hold a password: name the scheme's rule, not it.
-			return fmt.Errorf("%s: want redis://[:password@]host:port/db or rediss://…", name)
+		if _, err := resp.ParseURL(u); u != "" && err != nil {
+			// The error names the wrong part, never the URL (it may hold
+			// a password).
+			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	if c.redisTimeout < time.Millisecond || c.redisTimeout > 10*time.Second {
@@ -259,24 +259,23 @@ func (ps *primaryShared) close() {
 // workerShared builds a worker's gate and cache from the primary's table
 // and socket and --redis.
 func workerShared(c *scaleConfig, log *slog.Logger) (*handlers.Access, *handlers.ResultCache, func(), error) {
-	var clients []*redis.Client
+	var clients []*resp.Client
 	closeAll := func() {
 		for _, rdb := range clients {
 			rdb.Close()
 		}
 	}
-	dial := func(url string) *redis.Client {
+	dial := func(url string) *resp.Client {
 		if url == "" {
 			return nil
 		}
-		opt, _ := redis.ParseURL(url) // checked by parse
-		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = c.redisTimeout, c.redisTimeout, c.redisTimeout
-		opt.PoolTimeout = c.redisTimeout
-		opt.MaxRetries = -1 // a retry doubles the wait; the caller decides what a failure means
-		opt.ContextTimeoutEnabled = true
-		rdb := redis.NewClient(opt)
+		opt, _ := resp.ParseURL(url) // checked by parse
+		// One bound for a whole call, connecting included. The client
+		// retries only on a stale idle connection, before any byte of a
+		// reply; the caller decides what a failure means.
+		opt.Timeout = c.redisTimeout
+		rdb := resp.New(opt)
 		clients = append(clients, rdb)
-		redis.SetLogger(redisLogger{log})
 		return rdb
 	}
 	rdb, cacheRDB := dial(c.redisURL), dial(c.redisCache)
@@ -312,15 +311,6 @@ func workerShared(c *scaleConfig, log *slog.Logger) (*handlers.Access, *handlers
 			Version: version + " " + build, Log: log}
 	}
 	return access, rc, closeAll, nil
-}
-
-// redisLogger puts go-redis' own messages (a failed dial, a pool's
-// trouble) in the log at debug: the gate and the cache count and WARN
-// failures themselves, once a second.
-type redisLogger struct{ log *slog.Logger }
-
-func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
-	l.log.Debug("redis: " + strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
 
 // addSharedHealth adds /health's "access" and "cache" entries: the

@@ -24,6 +24,7 @@ type Server struct {
 	Addr string // host:port on 127.0.0.1
 	cmd  *exec.Cmd
 	dir  string
+	args []string // StartWithArgs' extra arguments
 }
 
 // URL is the server's address as --redis takes it.
@@ -33,12 +34,20 @@ func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
 // the binary cannot be found.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWithArgs(t)
+}
+
+// StartWithArgs is Start with extra arguments to redis-server, kept for
+// Restart: "--requirepass", "secret" for a server that wants AUTH (Do then
+// gets -NOAUTH).
+func StartWithArgs(t testing.TB, extra ...string) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Skip("!!! SKIPPED: redis-server is not installed (apt-get install redis-server); " +
 			"the Redis paths are NOT tested !!!")
 	}
-	s := &Server{t: t, dir: t.TempDir()}
+	s := &Server{t: t, dir: t.TempDir(), args: extra}
 	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
@@ -54,6 +63,7 @@ func (s *Server) start(bin string) {
 	_, port, _ := net.SplitHostPort(s.Addr)
 	s.cmd = exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", s.dir, "--daemonize", "no", "--loglevel", "warning")
+	s.cmd.Args = append(s.cmd.Args, s.args...)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("redistest: start redis-server: %v", err)
@@ -127,7 +137,8 @@ func ping(addr string) error {
 	if err != nil {
 		return err
 	}
-	if !strings.HasPrefix(line, "+PONG") {
+	// -NOAUTH: up, and wanting a password (StartWithArgs).
+	if !strings.HasPrefix(line, "+PONG") && !strings.HasPrefix(line, "-NOAUTH") {
 		return fmt.Errorf("PING answered %q", line)
 	}
 	return nil
