@@ -85,11 +85,14 @@ func rssOf(pid int) uint64 {
 	return 0
 }
 
-// workerProcs counts the primary's running children and their RSS.
+// workerProcs counts the primary's running children and their RSS, but
+// not one already on its way out: a worker the drain cap sent SIGKILL is
+// gone for the supervisor, and the kernel's teardown of its memory (a
+// race-built worker's hundred MiB, ms under load) is not the cap's doing.
 func workerProcs(primary int) (n int, rss uint64) {
 	kids, _ := children(primary)
 	for _, k := range kids {
-		if running(k) {
+		if running(k) && !exiting(k) {
 			n++
 			rss += rssOf(k)
 		}
@@ -235,4 +238,31 @@ func postPool(t *testing.T, admin string, n int) (int, string) {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Scan()
 	return resp.StatusCode, sc.Text()
+}
+
+// exiting reports whether pid has SIGKILL pending or is in exit
+// (PF_EXITING in /proc/pid/stat's flags).
+func exiting(pid int) bool {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		if i := strings.LastIndexByte(string(b), ')'); i > 0 {
+			// After ")": state ppid pgrp session tty_nr tpgid flags.
+			if f := strings.Fields(string(b[i+1:])); len(f) > 6 {
+				if flags, err := strconv.ParseUint(f[6], 10, 64); err == nil && flags&0x4 != 0 {
+					return true
+				}
+			}
+		}
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return true
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && (f[0] == "SigPnd:" || f[0] == "ShdPnd:") {
+			if v, err := strconv.ParseUint(f[1], 16, 64); err == nil && v&(1<<(9-1)) != 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
