@@ -344,7 +344,7 @@ func TestIsolateLeavesNothingBehind(t *testing.T) {
 		t.Fatalf("first isolated task = %d %s", r.status, r.body)
 	}
 	c.waitFor(3*time.Second, "the warm children", func() bool { kids, _ := children(worker); return len(kids) == 2 })
-	fdsBefore := fdCount(worker)
+	fdsBefore, _ := fdsOutsideCgroups(worker)
 	const rounds = 60
 	client := freshClient()
 	for i := range rounds {
@@ -383,9 +383,30 @@ func TestIsolateLeavesNothingBehind(t *testing.T) {
 		kids, zombies := children(worker)
 		return len(kids) <= 2 && zombies == 0
 	})
-	if fds := fdCount(worker); fds > fdsBefore+4 {
-		t.Errorf("worker descriptors %d → %d after %d isolated tasks", fdsBefore, fds, rounds)
+	// The cgroup pool keeps a cgroup (and its ~5 open files) for each
+	// child that ran at once, warm ones included, for reuse: it may have
+	// grown by one since fdsBefore, but never past warm + running.
+	fds, groups := fdsOutsideCgroups(worker)
+	if fds > fdsBefore+4 || groups > 3 {
+		t.Errorf("worker descriptors %d → %d after %d isolated tasks, and files of %d pooled cgroups (want at most 3: 2 warm + 1 running)",
+			fdsBefore, fds, rounds, groups)
 	}
+}
+
+// fdsOutsideCgroups counts pid's descriptors but those of its cgroup pool,
+// and the distinct cgroups those name.
+func fdsOutsideCgroups(pid int) (fds, groups int) {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	seen := map[string]bool{}
+	for _, e := range ents {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if strings.HasPrefix(l, "/sys/fs/cgroup/") && strings.Contains(l, "/hybrid-isolate-") {
+			seen[filepath.Base(filepath.Dir(l))] = true
+			continue
+		}
+		fds++
+	}
+	return fds, len(seen)
 }
 
 // TestIsolateSoak runs 10,000 isolated tasks, crashes and timeouts included,

@@ -280,7 +280,11 @@ func workerShared(c *scaleConfig, log *slog.Logger) (*handlers.Access, *handlers
 	}
 	rdb, cacheRDB := dial(c.redisURL), dial(c.redisCache)
 	var access *handlers.Access
-	if c.keys != nil || !c.rule.Off() {
+	if c.keys == nil && c.rule.Off() {
+		if f := procpool.SharedFile(rateTableName); f != nil {
+			f.Close() // no limits: the table's descriptor is not this worker's business
+		}
+	} else {
 		f := procpool.SharedFile(rateTableName)
 		if f == nil {
 			closeAll()
