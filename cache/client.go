@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -108,6 +109,20 @@ func (c *Client) Get(ctx context.Context, k Key) (v []byte, ok bool, err error) 
 }
 
 // Put sends v to be stored under k and waits for the server to store it.
+// ServerStats returns the server's own counts (its evictions, bytes and
+// entries, which no client sees otherwise), for a worker's /health.
+func (c *Client) ServerStats(ctx context.Context) (Stats, error) {
+	_, v, err := c.call(ctx, opStats, Key{}, nil)
+	if err != nil {
+		return Stats{}, err
+	}
+	var st Stats
+	if err := json.Unmarshal(v, &st); err != nil {
+		return Stats{}, fmt.Errorf("%w: stats: %w", ErrProtocol, err)
+	}
+	return st, nil
+}
+
 func (c *Client) Put(ctx context.Context, k Key, v []byte) error {
 	if len(v) > c.cfg.MaxEntry {
 		c.tooLarge.Add(1)
@@ -247,7 +262,7 @@ func (c *Client) exchange(ctx context.Context, cc *clientConn, deadline time.Tim
 	}
 	cc.hdr[0] = op
 	copy(cc.hdr[1:33], k[:])
-	if op == opGet {
+	if op != opPut {
 		_, err = cc.c.Write(cc.hdr[:33])
 	} else {
 		binary.BigEndian.PutUint32(cc.hdr[33:37], uint32(len(v)))
@@ -262,7 +277,7 @@ func (c *Client) exchange(ctx context.Context, cc *clientConn, deadline time.Tim
 		return 0, nil, false, err
 	}
 	switch {
-	case op == opGet && rep == repHit:
+	case (op == opGet || op == opStats) && rep == repHit:
 		val, err = c.readValue(cc)
 		return rep, val, true, err
 	case op == opGet && rep == repMiss, op == opPut && rep == repStored:

@@ -10,6 +10,9 @@ import (
 const (
 	opGet = 'G' // 'G' key[32]
 	opPut = 'P' // 'P' key[32] len[4] value[len]
+	// opStats asks for the server's Stats, as JSON in a hit's value; its
+	// key is all zeros and ignored.
+	opStats = 'S' // 'S' key[32]
 
 	repHit    = 'H' // 'H' len[4] value[len]
 	repMiss   = 'M' // 'M'
@@ -33,14 +36,14 @@ const requestHeader = 1 + len(Key{}) + 4
 // (the connection then closes); err is the reader's.
 func readRequest(r io.Reader, op byte, maxEntry int) (k Key, n int, reason byte, err error) {
 	switch op {
-	case opGet, opPut:
+	case opGet, opPut, opStats:
 	default:
 		return k, 0, reasonBad, nil
 	}
 	if _, err = io.ReadFull(r, k[:]); err != nil {
 		return k, 0, 0, err
 	}
-	if op == opGet {
+	if op != opPut {
 		return k, 0, 0, nil
 	}
 	var l [4]byte

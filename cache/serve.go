@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -176,6 +177,8 @@ func (m *Memory) serveFrames(c frameConn) error {
 			return errRefused
 		case op == opGet:
 			err = m.replyGet(c, k, &out)
+		case op == opStats:
+			err = m.replyStats(c, &out)
 		default:
 			err = m.receivePut(c, r, k, n, &out)
 		}
@@ -186,6 +189,19 @@ func (m *Memory) serveFrames(c frameConn) error {
 			return err
 		}
 	}
+}
+
+// replyStats answers opStats: the server's Stats as JSON, in a hit.
+func (m *Memory) replyStats(c frameConn, out *[5]byte) error {
+	v, err := json.Marshal(m.Stats())
+	if err != nil {
+		return err
+	}
+	out[0] = repHit
+	binary.BigEndian.PutUint32(out[1:5], uint32(len(v)))
+	bufs := net.Buffers{out[:5], v}
+	_, err = bufs.WriteTo(c)
+	return err
 }
 
 func (m *Memory) replyGet(c frameConn, k Key, out *[5]byte) error {

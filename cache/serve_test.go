@@ -179,6 +179,13 @@ func TestClientRoundTrip(t *testing.T) {
 	if n := len(c.idle); n != 1 {
 		t.Errorf("%d idle connections after sequential calls; want 1 reused", n)
 	}
+	// The server's own counts, over the same connection.
+	if st, err := c.ServerStats(context.Background()); err != nil || st != s.m.Stats() || st.Entries != 2 {
+		t.Errorf("ServerStats = %+v, %v; want the server's %+v", st, err, s.m.Stats())
+	}
+	if v, ok := mustGet(t, c, key(1)); !ok || !bytes.Equal(v, val) {
+		t.Error("after ServerStats, the connection is out of step")
+	}
 }
 
 func TestListenSocketMode(t *testing.T) {

@@ -26,6 +26,9 @@ import (
 // store as well).
 type ResultCache struct {
 	Store *cache.Tiered
+	// Box is the box's cache (the primary's), whose own counts (evictions,
+	// entries, bytes) /health shows; nil: none shown.
+	Box *cache.Client
 	// Timeout bounds a lookup; past it the request runs as a miss.
 	Timeout time.Duration
 	// Version is the build's (procpool.BuildInfo): part of every key, so

@@ -311,7 +311,7 @@ func workerShared(c *scaleConfig, log *slog.Logger) (*handlers.Access, *handlers
 				MaxEntry: int(c.cacheEntry), Timeout: c.redisTimeout}), newBreaker("result cache", log)}
 		}
 		version, build := procpool.BuildInfo()
-		rc = &handlers.ResultCache{Store: cache.NewTiered(local, remote), Timeout: 50*time.Millisecond + c.redisTimeout,
+		rc = &handlers.ResultCache{Store: cache.NewTiered(local, remote), Box: local, Timeout: 50*time.Millisecond + c.redisTimeout,
 			Version: version + " " + build, Log: log}
 	}
 	return access, rc, closeAll, nil
@@ -327,8 +327,20 @@ func addSharedHealth(st *workerStack) {
 		})
 	}
 	if rc := st.exec.Cache; rc != nil {
+		// This worker's counts, and the box's cache's own (asked of the
+		// primary, within 50 ms; absent if it does not answer).
 		st.srv.AddHealth("cache", func(b []byte) []byte {
-			j, _ := json.Marshal(rc.Stats())
+			doc := struct {
+				handlers.CacheStats
+				Box *boxStats `json:"box,omitempty"`
+			}{CacheStats: rc.Stats()}
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			if bs, err := rc.Box.ServerStats(ctx); err == nil {
+				doc.Box = &boxStats{Entries: bs.Entries, Bytes: bs.Bytes, Hits: bs.Hits, Misses: bs.Misses,
+					Evictions: bs.Evictions, Expired: bs.Expired, TooLarge: bs.TooLarge}
+			}
+			j, _ := json.Marshal(doc)
 			return append(b, j...)
 		})
 	}
@@ -427,4 +439,15 @@ func (s *breakerStore) Put(ctx context.Context, k cache.Key, v []byte) error {
 	}
 	s.b.done(err)
 	return err
+}
+
+// boxStats is /health's view of the box's cache.
+type boxStats struct {
+	Entries   int64  `json:"entries"`
+	Bytes     int64  `json:"bytes"`
+	Hits      uint64 `json:"hits"`
+	Misses    uint64 `json:"misses"`
+	Evictions uint64 `json:"evictions"`
+	Expired   uint64 `json:"expired"`
+	TooLarge  uint64 `json:"too_large"`
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -294,6 +295,21 @@ func TestResultCacheOneBox(t *testing.T) {
 	// An error is not tagged.
 	if o := do(client, "POST", "http://"+c.addr+"/v1/decompress/zstd", []byte("not zstd")); o.header.Get("ETag") != "" {
 		t.Errorf("a 4xx carries ETag %q", o.header.Get("ETag"))
+	}
+	// /health: this worker's counts and the box's, evictions included.
+	var h struct {
+		Cache struct {
+			Misses uint64 `json:"misses"`
+			Box    *struct {
+				Entries   int64  `json:"entries"`
+				Evictions uint64 `json:"evictions"`
+				Hits      uint64 `json:"hits"`
+			} `json:"box"`
+		} `json:"cache"`
+	}
+	if _, err := getJSON(freshClient(), "http://"+c.addr+"/health", &h); err != nil || h.Cache.Box == nil ||
+		h.Cache.Box.Entries < 3 || h.Cache.Box.Hits < 7 {
+		t.Errorf("/health cache: %+v, %v; want the box's entries (≥ 3) and hits (≥ 7)", h.Cache, err)
 	}
 	c.waitFor(5*time.Second, "the scrape to count the hits", func() bool {
 		s := c.scrape()
@@ -590,4 +606,39 @@ func TestRedisHangingFailsFast(t *testing.T) {
 		t.Error("no WARN when Redis started failing")
 	}
 	t.Logf("40 requests with a hanging Redis: %v", took.Round(time.Millisecond))
+}
+
+// The box's cache stays within --cache-size: past it the least recently
+// used results go, and /health and /metrics count them.
+func TestResultCacheEvicts(t *testing.T) {
+	c := startCluster(t, nil, 1, "--workers", "1", "--cache-size", "1MiB", "--cache-max-entry", "512KiB")
+	client := pooledClient(1)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 8 {
+		body := make([]byte, 300<<10) // incompressible: the result is as large
+		for j := range body {
+			body[j] = byte(r.Uint32())
+		}
+		if o := do(client, "POST", "http://"+c.addr+"/v1/compress/s2", body); o.status != 200 {
+			t.Fatalf("#%d: %d %s", i, o.status, o.body)
+		}
+	}
+	var h struct {
+		Cache struct {
+			Box *struct {
+				Bytes     int64  `json:"bytes"`
+				Evictions uint64 `json:"evictions"`
+			} `json:"box"`
+		} `json:"cache"`
+	}
+	c.waitFor(5*time.Second, "evictions in /health", func() bool {
+		getJSON(freshClient(), "http://"+c.addr+"/health", &h)
+		return h.Cache.Box != nil && h.Cache.Box.Evictions >= 4
+	})
+	if h.Cache.Box.Bytes > 1<<20 {
+		t.Errorf("the box's cache holds %d bytes; --cache-size is 1 MiB", h.Cache.Box.Bytes)
+	}
+	if e := c.scrape().sum("hybrid_cache_evictions_total"); e < 4 {
+		t.Errorf("hybrid_cache_evictions_total %v; want ≥ 4", e)
+	}
 }
