@@ -111,8 +111,19 @@ func (c *Client) Get(ctx context.Context, k Key) (v []byte, ok bool, err error) 
 // Put sends v to be stored under k and waits for the server to store it.
 // ServerStats returns the server's own counts (its evictions, bytes and
 // entries, which no client sees otherwise), for a worker's /health.
+// It uses a connection of its own, closed after: a worker asks now and
+// then, and holds no connection of the server's for it.
 func (c *Client) ServerStats(ctx context.Context) (Stats, error) {
-	_, v, err := c.call(ctx, opStats, Key{}, nil)
+	deadline := time.Now().Add(c.cfg.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	nc, err := (&net.Dialer{Deadline: deadline}).DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return Stats{}, err
+	}
+	defer nc.Close()
+	_, v, _, err := c.exchange(ctx, &clientConn{c: nc, r: bufio.NewReaderSize(nc, readBuf)}, deadline, opStats, Key{}, nil)
 	if err != nil {
 		return Stats{}, err
 	}

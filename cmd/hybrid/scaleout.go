@@ -329,17 +329,12 @@ func addSharedHealth(st *workerStack) {
 	if rc := st.exec.Cache; rc != nil {
 		// This worker's counts, and the box's cache's own (asked of the
 		// primary, within 50 ms; absent if it does not answer).
+		var box boxCounts
 		st.srv.AddHealth("cache", func(b []byte) []byte {
 			doc := struct {
 				handlers.CacheStats
 				Box *boxStats `json:"box,omitempty"`
-			}{CacheStats: rc.Stats()}
-			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-			defer cancel()
-			if bs, err := rc.Box.ServerStats(ctx); err == nil {
-				doc.Box = &boxStats{Entries: bs.Entries, Bytes: bs.Bytes, Hits: bs.Hits, Misses: bs.Misses,
-					Evictions: bs.Evictions, Expired: bs.Expired, TooLarge: bs.TooLarge}
-			}
+			}{CacheStats: rc.Stats(), Box: box.get(rc.Box)}
 			j, _ := json.Marshal(doc)
 			return append(b, j...)
 		})
@@ -439,6 +434,35 @@ func (s *breakerStore) Put(ctx context.Context, k cache.Key, v []byte) error {
 	}
 	s.b.done(err)
 	return err
+}
+
+// boxCounts keeps the box's cache's counts for /health, asked of the
+// primary at most once a second (within 50 ms, on a connection of their
+// own): /health is what load balancers poll, and must stay cheap and not
+// wait on the primary. A request that finds them being asked shows the
+// last ones.
+type boxCounts struct {
+	mu   sync.Mutex
+	at   time.Time
+	last *boxStats
+}
+
+func (bc *boxCounts) get(c *cache.Client) *boxStats {
+	if !bc.mu.TryLock() {
+		return nil
+	}
+	defer bc.mu.Unlock()
+	if time.Since(bc.at) < time.Second {
+		return bc.last
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	bc.at = time.Now()
+	if s, err := c.ServerStats(ctx); err == nil {
+		bc.last = &boxStats{Entries: s.Entries, Bytes: s.Bytes, Hits: s.Hits, Misses: s.Misses,
+			Evictions: s.Evictions, Expired: s.Expired, TooLarge: s.TooLarge}
+	}
+	return bc.last
 }
 
 // boxStats is /health's view of the box's cache.
