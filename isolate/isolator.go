@@ -220,7 +220,9 @@ func New(cfg Config, log *slog.Logger) (*Isolator, error) {
 	if err := fds.CloseOnExec(3); err != nil {
 		return nil, fmt.Errorf("isolate: marking inherited descriptors close-on-exec: %w", err)
 	}
-	dir, err := os.MkdirTemp("", "hybrid-isolate-")
+	// The pid in the name lets a primary remove it should this process
+	// be killed (cmd/hybrid's sweepTemp).
+	dir, err := os.MkdirTemp("", fmt.Sprintf("hybrid-isolate-%d-", os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("isolate: working directory: %w", err)
 	}

@@ -77,6 +77,9 @@ func TestMain(m *testing.M) {
 	os.Setenv(testBinEnv, binPath)
 	code := m.Run()
 	os.RemoveAll(dir)
+	if secondDir != "" {
+		os.RemoveAll(secondDir)
+	}
 	os.Exit(code)
 }
 
@@ -176,7 +179,18 @@ func launch(t *testing.T, cmd *exec.Cmd, env []string) *cluster {
 	t.Helper()
 	// A race-built process sleeps 1s at exit by default: not for every
 	// isolated child.
-	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
+	// A $TMPDIR of the cluster's own, removed with the test: a primary or
+	// worker the cleanup kills by SIGKILL leaves its temporary directories
+	// (the isolator's, the cache's) there, not in /tmp. Mode 1777, as /tmp:
+	// isolated children run as another user, in a directory inside it, and
+	// a test may run hybrid itself as another user.
+	tmp, err := os.MkdirTemp("", "hybrid-run-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(tmp, 0o1777)
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0", "TMPDIR="+tmp), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hybrid-server/hybrid/cache"
@@ -146,7 +149,7 @@ func (c *scaleConfig) keysEnv() ([]string, error) {
 	ks.Lock()
 	defer ks.Unlock()
 	if ks.dir == "" {
-		dir, err := os.MkdirTemp("", "hybrid-keys-")
+		dir, err := os.MkdirTemp("", fmt.Sprintf("hybrid-keys-%d-", os.Getpid()))
 		if err != nil {
 			return nil, fmt.Errorf("api keys: snapshot for the workers: %w", err)
 		}
@@ -234,7 +237,7 @@ func startShared(c *scaleConfig, pool *procpool.Config, log *slog.Logger) (*prim
 	// the network namespace), and a sidecar of the same uid could write
 	// results. Serve also refuses a peer of another uid (SO_PEERCRED), and
 	// isolated children may open no socket.
-	dir, err := os.MkdirTemp("", "hybrid-cache-")
+	dir, err := os.MkdirTemp("", fmt.Sprintf("hybrid-cache-%d-", os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
@@ -474,4 +477,34 @@ type boxStats struct {
 	Evictions uint64 `json:"evictions"`
 	Expired   uint64 `json:"expired"`
 	TooLarge  uint64 `json:"too_large"`
+}
+
+// sweepTemp removes the temporary directories that hybrid processes killed
+// before their cleanup (kill -9, an OOM kill) left in $TMPDIR: an isolator's
+// working directory, the cache's socket, the keys' snapshots. Each names
+// its process; one whose process is gone is removed. Directories of live
+// processes, and those this user may not remove, stay. (A $TMPDIR shared
+// with another pid namespace would make its live processes look gone: give
+// each container its own /tmp, as containers have.)
+func sweepTemp(log *slog.Logger) {
+	removed := 0
+	for _, kind := range []string{"isolate", "cache", "keys"} {
+		dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "hybrid-"+kind+"-*"))
+		for _, dir := range dirs {
+			// "hybrid-<kind>-<pid>-<random>"; an older build's names
+			// carry no pid and are left alone.
+			rest := strings.TrimPrefix(filepath.Base(dir), "hybrid-"+kind+"-")
+			p, _, ok := strings.Cut(rest, "-")
+			pid, err := strconv.Atoi(p)
+			if !ok || err != nil || pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH {
+				continue
+			}
+			if os.RemoveAll(dir) == nil {
+				removed++
+			}
+		}
+	}
+	if removed > 0 {
+		log.Info("removed the temporary directories of hybrid processes that are gone", "dirs", removed, "in", os.TempDir())
+	}
 }

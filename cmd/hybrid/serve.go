@@ -259,6 +259,7 @@ func runServe(args []string) int {
 			log.Warn("upgrade: the old primary's metrics are not carried", "final", final, "err", err.Error())
 		}
 	}
+	sweepTemp(log)
 	shared, err := startShared(&cfg.scale, &cfg.pool, log)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())

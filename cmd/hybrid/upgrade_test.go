@@ -21,11 +21,15 @@ import (
 // (-ldflags -X procpool.Version); the harness's build reports the module's.
 const upgradeVersion = "v0.0.0-upgrade-test-b"
 
+// secondDir holds the second build; TestMain removes it.
+var secondDir string
+
 var secondBuild = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "hybrid-test-b-")
 	if err != nil {
 		return "", err
 	}
+	secondDir = dir
 	os.Chmod(dir, 0o755)
 	bin := filepath.Join(dir, "hybrid")
 	args := append([]string{"build", "-tags", "testhooks", "-o", bin,
