@@ -49,16 +49,21 @@ func Serve(lookup func(name string) (Func, bool)) int {
 	in := bufio.NewReaderSize(os.Stdin, maxHeaderLine)
 	out := bufio.NewWriterSize(os.Stdout, 64<<10)
 	for n := 0; n < max(lim.Reuse, 1); n++ {
-		h, input, err := readFrame(in, maxRequest)
+		h, err := readHeader(in, maxRequest)
 		if errors.Is(err, io.EOF) {
 			return 0 // the parent is done with us, or gone
+		}
+		if err == nil && h.Heap > 0 {
+			// Before the input's buffer: it lands on huge pages too.
+			hugeHeap(min(uint64(h.Heap)+uint64(h.Size), lim.MemoryBytes/2))
+		}
+		var input []byte
+		if err == nil {
+			input, err = readExactPayload(in, h)
 		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "isolate child: %v\n", err)
 			return 2
-		}
-		if h.Heap > 0 {
-			hugeHeap(min(uint64(h.Heap), lim.MemoryBytes/2))
 		}
 		resp, payload := serveOne(lookup, h, input)
 		if err := writeFrame(out, resp, payload); err != nil {
