@@ -367,6 +367,18 @@ type load struct {
 }
 
 func startLoad(url string, clients []*http.Client) *load {
+	return startLoadFunc(clients, func(client *http.Client) error {
+		status, err := getJSON(client, url, nil)
+		if err == nil && status != http.StatusOK {
+			err = fmt.Errorf("status %d", status)
+		}
+		return err
+	})
+}
+
+// startLoadFunc runs req in a loop, one goroutine per client, until stop,
+// and counts every outcome (nil: ok).
+func startLoadFunc(clients []*http.Client, req func(*http.Client) error) *load {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &load{cancel: cancel, errs: map[string]int{}}
 	for _, client := range clients {
@@ -374,11 +386,7 @@ func startLoad(url string, clients []*http.Client) *load {
 		go func() {
 			defer l.done.Done()
 			for ctx.Err() == nil {
-				status, err := getJSON(client, url, nil)
-				if err == nil && status != http.StatusOK {
-					err = fmt.Errorf("status %d", status)
-				}
-				if err != nil {
+				if err := req(client); err != nil {
 					l.failed.Add(1)
 					l.mu.Lock()
 					l.errs[err.Error()]++

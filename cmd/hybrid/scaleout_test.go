@@ -441,7 +441,7 @@ func TestTwoInstancesBehindALoadBalancer(t *testing.T) {
 	}
 
 	// A reload of A under kept-alive load through the balancer.
-	ld := startLoadPost(t, "http://"+lb+"/v1/hash/sha256", 8, "X-API-Key", free)
+	ld := startLoadPost("http://"+lb+"/v1/hash/sha256", 8, "X-API-Key", free)
 	time.Sleep(300 * time.Millisecond)
 	old := a.readyPIDs()
 	a.signal(syscall.SIGHUP)
@@ -463,39 +463,18 @@ func TestTwoInstancesBehindALoadBalancer(t *testing.T) {
 }
 
 // startLoadPost posts to url from clients kept-alive connections until stop.
-func startLoadPost(t *testing.T, url string, clients int, headers ...string) *load {
-	l := &load{errs: map[string]int{}}
-	stop := make(chan struct{})
-	var once sync.Once
-	l.cancel = func() { once.Do(func() { close(stop) }) }
-	for range clients {
-		client := pooledClient(1)
-		l.done.Add(1)
-		go func() {
-			defer l.done.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				o := do(client, "POST", url, []byte("load"), headers...)
-				err := o.err
-				if err == nil && o.status != 200 {
-					err = fmt.Errorf("status %d: %s", o.status, o.body)
-				}
-				if err != nil {
-					l.failed.Add(1)
-					l.mu.Lock()
-					l.errs[err.Error()]++
-					l.mu.Unlock()
-					continue
-				}
-				l.ok.Add(1)
-			}
-		}()
+func startLoadPost(url string, clients int, headers ...string) *load {
+	cs := make([]*http.Client, clients)
+	for i := range cs {
+		cs[i] = pooledClient(1)
 	}
-	return l
+	return startLoadFunc(cs, func(client *http.Client) error {
+		o := do(client, "POST", url, []byte("load"), headers...)
+		if o.err == nil && o.status != 200 {
+			return fmt.Errorf("status %d: %s", o.status, o.body)
+		}
+		return o.err
+	})
 }
 
 // Redis stopped in the middle and started again, for each --redis-fail:
