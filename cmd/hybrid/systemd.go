@@ -65,13 +65,20 @@ func systemdSockets() (cluster, admin net.Listener, err error) {
 // NotifyAccess=all for upgrades) until ctx ends or an upgrade's new
 // primary took over; without $NOTIFY_SOCKET it returns at once.
 //
-//   - READY=1 with MAINPID= once every wanted worker is ready: the main
-//     process is this one, also when it was started by an upgrade, which
-//     is how systemd learns of the new primary before the old one exits;
+//   - READY=1 with MAINPID= once every wanted worker is ready and this
+//     primary serves (sup.TookOver): the main process is this one, also
+//     when it was started by an upgrade, which is how systemd learns of the
+//     new primary before the old one exits;
 //   - RELOADING=1 while a reload or an upgrade runs, READY=1 after;
 //   - STOPPING=1 when the primary starts to drain (not after a hand-over:
-//     the service goes on, in the new primary);
-//   - WATCHDOG=1 at half of $WATCHDOG_USEC while the primary runs.
+//     the service goes on, in the new primary, and the old one says
+//     nothing more);
+//   - WATCHDOG=1 at half of $WATCHDOG_USEC from READY=1 on, while this
+//     primary is the main process: systemd sets $WATCHDOG_PID to the main
+//     process it started, and a primary started by an upgrade takes the
+//     watchdog over from the old one once it has sent MAINPID=
+//     (sdnotify.TakeWatchdog), or systemd, hearing no more pings, would
+//     kill the service WatchdogSec= after the old primary exits.
 //
 // It polls the supervisor's snapshot: procpool knows nothing of systemd.
 func notifySystemd(ctx context.Context, sup *procpool.Supervisor, log *slog.Logger) {
@@ -94,19 +101,35 @@ func notifySystemd(ctx context.Context, sup *procpool.Supervisor, log *slog.Logg
 	for {
 		select {
 		case <-sup.HandedOver():
+			if ready && !busy {
+				send(sdnotify.Reloading) // an upgrade quicker than a tick
+			}
 			return
 		case <-ctx.Done():
-			send(sdnotify.Stopping)
+			if !handedOver(sup) {
+				send(sdnotify.Stopping)
+			}
 			return
 		case now := <-tick.C:
 			s := sup.Snapshot()
+			// The snapshot shows the upgrade succeeded just before
+			// HandedOver closes: the new primary speaks for the service.
+			if u := s.LastUpgrade; handedOver(sup) || u != nil && u.Result == procpool.UpgradeSucceeded && u.NewPID != os.Getpid() {
+				if ready && !busy {
+					send(sdnotify.Reloading) // an upgrade quicker than a tick
+				}
+				return
+			}
 			status := sdnotify.Status(fmt.Sprintf("%d of %d workers ready on %s", s.WorkersReady, s.WorkersWanted, s.Addr))
 			started := s.Reloads + s.Upgrades
 			switch nowBusy := s.Reloading || s.Upgrading; {
 			case !ready:
-				if !nowBusy && s.WorkersReady >= s.WorkersWanted {
+				if !nowBusy && s.WorkersReady >= s.WorkersWanted && tookOver(sup) {
 					ready, seen = true, started
 					send(sdnotify.Ready, sdnotify.MainPID(os.Getpid()), status)
+					if u := s.LastUpgrade; watchdog == 0 && u != nil && u.Result == procpool.UpgradeSucceeded && u.NewPID == os.Getpid() {
+						watchdog = sdnotify.TakeWatchdog(u.OldPID)
+					}
 				}
 			case !busy && (nowBusy || started > seen):
 				busy, seen = true, started
@@ -115,10 +138,32 @@ func notifySystemd(ctx context.Context, sup *procpool.Supervisor, log *slog.Logg
 				busy = false
 				send(sdnotify.Ready, status)
 			}
-			if watchdog > 0 && now.Sub(lastPing) >= watchdog {
+			if ready && watchdog > 0 && now.Sub(lastPing) >= watchdog {
 				lastPing = now
 				send(sdnotify.Watchdog)
 			}
 		}
+	}
+}
+
+// handedOver reports whether an upgrade's new primary has taken over from
+// this one.
+func handedOver(sup *procpool.Supervisor) bool {
+	select {
+	case <-sup.HandedOver():
+		return true
+	default:
+		return false
+	}
+}
+
+// tookOver reports whether this primary serves the cluster (at once, but
+// in a primary started by an upgrade that is not yet ready).
+func tookOver(sup *procpool.Supervisor) bool {
+	select {
+	case <-sup.TookOver():
+		return true
+	default:
+		return false
 	}
 }

@@ -1,11 +1,16 @@
+//go:build linux
+
 package main
 
 import (
+	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -13,65 +18,156 @@ import (
 	"time"
 )
 
-// A fake systemd: the datagram socket NOTIFY_SOCKET names. The primary says
-// READY=1 (with its pid as MAINPID) once its workers are ready, RELOADING=1
-// and READY=1 around a reload, WATCHDOG=1 at half of WATCHDOG_USEC, and
-// STOPPING=1 when it drains.
-func TestSystemdNotify(t *testing.T) {
+// notifyMsg is one datagram on the fake NOTIFY_SOCKET: its sender's pid
+// (SCM_CREDENTIALS, which systemd reads too) and its text.
+type notifyMsg struct {
+	pid  int
+	text string
+	at   time.Time // when the test read it
+}
+
+// fakeNotify is a fake systemd's notification socket: a unixgram socket
+// with SO_PASSCRED, so that each message comes with its sender's pid.
+type fakeNotify struct {
+	t    *testing.T
+	path string
+	msgs chan notifyMsg
+}
+
+func newFakeNotify(t *testing.T) *fakeNotify {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "notify")
 	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sock.Close()
-	msgs := make(chan string, 64)
+	t.Cleanup(func() { sock.Close() })
+	raw, err := sock.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1)
+	}); err != nil || serr != nil {
+		t.Fatalf("SO_PASSCRED: %v %v", err, serr)
+	}
+	f := &fakeNotify{t: t, path: path, msgs: make(chan notifyMsg, 1024)}
 	go func() {
-		buf := make([]byte, 4096)
+		buf, oob := make([]byte, 4096), make([]byte, 256)
 		for {
-			n, err := sock.Read(buf)
+			n, oobn, _, _, err := sock.ReadMsgUnix(buf, oob)
 			if err != nil {
-				close(msgs)
+				close(f.msgs)
 				return
 			}
-			msgs <- string(buf[:n])
+			m := notifyMsg{text: string(buf[:n]), at: time.Now()}
+			if cms, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, cm := range cms {
+					if cred, err := syscall.ParseUnixCredentials(&cm); err == nil {
+						m.pid = int(cred.Pid)
+					}
+				}
+			}
+			f.msgs <- m
 		}
 	}()
-	next := func(want string) string {
-		t.Helper()
-		deadline := time.After(15 * time.Second)
-		for {
-			select {
-			case m, ok := <-msgs:
-				if !ok {
-					t.Fatalf("notify socket closed waiting for %q", want)
-				}
-				if strings.HasPrefix(m, want) {
-					return m
-				}
-				if !strings.HasPrefix(m, "WATCHDOG=1") {
-					t.Errorf("got %q waiting for %q", m, want)
-				}
-			case <-deadline:
-				t.Fatalf("no %q within 15s", want)
+	return f
+}
+
+// next returns the next message that starts with want, from pid (any
+// sender where pid is 0), within 15 s. On the way it fails the test on any
+// message other than WATCHDOG=1 from the main process; skip collects
+// them (nil: none may come).
+func (f *fakeNotify) next(want string, pid int, skip func(notifyMsg) bool) notifyMsg {
+	f.t.Helper()
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case m, ok := <-f.msgs:
+			if !ok {
+				f.t.Fatalf("notify socket closed waiting for %q", want)
 			}
+			if strings.HasPrefix(m.text, want) && (pid == 0 || m.pid == pid) {
+				return m
+			}
+			if skip == nil || !skip(m) {
+				f.t.Errorf("got %q from pid %d waiting for %q from %d", m.text, m.pid, want, pid)
+			}
+		case <-deadline:
+			f.t.Fatalf("no %q from pid %d within 15s", want, pid)
 		}
 	}
-	c := startCluster(t, []string{"NOTIFY_SOCKET=" + path, "WATCHDOG_USEC=400000"}, 2, "--workers", "2")
-	ready := next("READY=1")
-	if !strings.Contains(ready, "MAINPID="+strconv.Itoa(c.cmd.Process.Pid)) {
-		t.Errorf("first notification %q; want READY=1 with MAINPID=%d", ready, c.cmd.Process.Pid)
+}
+
+// watchdogFrom is a skip for next: WATCHDOG=1 from pid.
+func watchdogFrom(pid int) func(notifyMsg) bool {
+	return func(m notifyMsg) bool { return m.text == sdWatchdog && m.pid == pid }
+}
+
+const sdWatchdog = "WATCHDOG=1"
+
+// withServicePIDs runs sc as systemd runs a service's main process: the
+// variables that name the process itself (vars: LISTEN_PID, WATCHDOG_PID)
+// are set by a shell that then execs in place, as systemd sets them
+// between fork and exec.
+func withServicePIDs(sc *exec.Cmd, vars ...string) *exec.Cmd {
+	script := `exec "$0" "$@"`
+	for _, v := range vars {
+		script = v + "=$$ " + script
 	}
-	next("WATCHDOG=1")
+	return exec.Command("/bin/sh", append([]string{"-c", script}, sc.Args...)...)
+}
+
+// A fake systemd: the datagram socket NOTIFY_SOCKET names, with the
+// watchdog on for the main process (WATCHDOG_USEC, WATCHDOG_PID). The
+// primary says READY=1 (with its pid as MAINPID) once its workers are
+// ready, RELOADING=1 and READY=1 around a reload, and WATCHDOG=1 at half of
+// WATCHDOG_USEC. Across an upgrade: RELOADING=1 from the old primary, then
+// READY=1 with MAINPID= from the new one, which alone pings the watchdog
+// once the old one has exited (systemd set WATCHDOG_PID to the old pid),
+// and no STOPPING=1 from anyone: the service goes on. STOPPING=1 comes from
+// the new primary when it drains.
+func TestSystemdNotify(t *testing.T) {
+	sd := newFakeNotify(t)
+	c := startClusterCmd(t, withServicePIDs(serveCmd(binPath, "--workers", "2"), "WATCHDOG_PID"),
+		[]string{"NOTIFY_SOCKET=" + sd.path, "WATCHDOG_USEC=400000"}, 2)
+	t.Cleanup(c.killSeen)
+	old := c.cmd.Process.Pid
+	ready := sd.next("READY=1", old, nil)
+	if !strings.Contains(ready.text, "MAINPID="+strconv.Itoa(old)) {
+		t.Errorf("first notification %q; want READY=1 with MAINPID=%d", ready.text, old)
+	}
+	sd.next(sdWatchdog, old, nil)
 	c.signal(syscall.SIGHUP)
-	if m := next("RELOADING=1"); !strings.Contains(m, "MONOTONIC_USEC=") {
-		t.Errorf("reloading notification %q; want MONOTONIC_USEC", m)
+	if m := sd.next("RELOADING=1", old, watchdogFrom(old)); !strings.Contains(m.text, "MONOTONIC_USEC=") {
+		t.Errorf("reloading notification %q; want MONOTONIC_USEC", m.text)
 	}
-	next("READY=1")
-	c.signal(syscall.SIGTERM)
-	next("STOPPING=1")
-	if code := c.wait(15 * time.Second); code != 0 {
-		t.Errorf("exit %d after SIGTERM", code)
+	sd.next("READY=1", old, watchdogFrom(old))
+
+	c.signal(syscall.SIGUSR2)
+	sd.next("RELOADING=1", old, watchdogFrom(old))
+	m := sd.next("READY=1", 0, watchdogFrom(old))
+	newPID := m.pid
+	if newPID == old || !strings.Contains(m.text, "MAINPID="+strconv.Itoa(newPID)) {
+		t.Fatalf("after SIGUSR2: %q from pid %d; want READY=1 from the new primary with MAINPID= its pid", m.text, m.pid)
 	}
+	c.waitFor(30*time.Second, "the old primary to exit", func() bool { return !running(old) })
+	exited := time.Now()
+	if s := c.snapshot(); s.PrimaryPID != newPID {
+		t.Errorf("after the upgrade /cluster shows primary %d; want %d, which sent MAINPID=", s.PrimaryPID, newPID)
+	}
+	// The new primary pings the watchdog from now on: systemd's watchdog
+	// (30 s in deploy/hybrid.service) follows MAINPID.
+	for {
+		w := sd.next(sdWatchdog, newPID, watchdogFrom(old))
+		if w.at.After(exited) {
+			break
+		}
+	}
+	c.signal0(newPID, syscall.SIGTERM)
+	sd.next("STOPPING=1", newPID, watchdogFrom(newPID))
+	c.waitFor(15*time.Second, "the new primary to exit", func() bool { return !running(newPID) })
 }
 
 // Socket activation: started with LISTEN_FDS, as systemd starts it from
@@ -162,5 +258,343 @@ func TestSystemdTwoClusterSockets(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), `two sockets for the cluster, \"foo\" and \"bar\"`) {
 		t.Errorf("LISTEN_FDNAMES=foo:bar: exit %d (%v), output %s; want 1 naming both", code, err, out)
+	}
+}
+
+// unitFile is a systemd unit file's settings by section, each key's values
+// in order, as systemd.syntax(7) reads them: a list setting
+// (ListenStream=) may repeat, an empty assignment resets it, a line that
+// ends in a backslash goes on in the next, # and ; start comments.
+type unitFile map[string]map[string][]string
+
+func parseUnit(text string) (unitFile, error) {
+	u := unitFile{}
+	section := ""
+	lines := strings.Split(text, "\n")
+	for i := 0; i < len(lines); i++ {
+		n := i + 1
+		line := strings.TrimSpace(lines[i])
+		for strings.HasSuffix(line, `\`) && i+1 < len(lines) {
+			i++
+			line = strings.TrimSuffix(line, `\`) + " " + strings.TrimSpace(lines[i])
+		}
+		switch {
+		case line == "" || line[0] == '#' || line[0] == ';':
+		case line[0] == '[' && line[len(line)-1] == ']':
+			section = line[1 : len(line)-1]
+			if u[section] == nil {
+				u[section] = map[string][]string{}
+			}
+		default:
+			k, v, ok := strings.Cut(line, "=")
+			if !ok || section == "" {
+				return nil, fmt.Errorf("line %d: %q: want key=value in a [section]", n, line)
+			}
+			k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+			if v == "" {
+				delete(u[section], k)
+				continue
+			}
+			u[section][k] = append(u[section][k], v)
+		}
+	}
+	return u, nil
+}
+
+// last is the value of a single-valued setting: its last assignment.
+func (u unitFile) last(section, key string) string {
+	if vs := u[section][key]; len(vs) > 0 {
+		return vs[len(vs)-1]
+	}
+	return ""
+}
+
+// passedSocket is one descriptor systemd passes to a service.
+type passedSocket struct {
+	unit   string // the socket unit
+	listen string // its ListenStream= value
+	name   string // its name in LISTEN_FDNAMES
+}
+
+// passedSockets derives what systemd passes to service from units (by file
+// name): the sockets of each unit the service's Sockets= lists and of each
+// socket unit that activates it (its Service=, or by default the service
+// of its own name), one descriptor per ListenStream= line, in the order of
+// the units given (systemd's own order across units is not defined). All
+// descriptors of one unit carry that unit's FileDescriptorName=: "assigns a
+// name to all file descriptors this socket unit encapsulates"
+// (systemd.socket(5)), the last assignment winning; by default the unit's
+// name. A socket unit the service lists but that would activate another
+// service is an error, as systemd refuses to load it.
+func passedSockets(service string, units map[string]unitFile, order []string) ([]passedSocket, error) {
+	svc, ok := units[service]
+	if !ok {
+		return nil, fmt.Errorf("no unit %s", service)
+	}
+	listed := map[string]bool{}
+	for _, v := range svc["Service"]["Sockets"] {
+		for _, name := range strings.Fields(v) {
+			if _, ok := units[name]; !ok {
+				return nil, fmt.Errorf("%s: Sockets= names %s, which is not there", service, name)
+			}
+			listed[name] = true
+		}
+	}
+	var out []passedSocket
+	for _, name := range order {
+		u := units[name]
+		if !strings.HasSuffix(name, ".socket") || u == nil {
+			continue
+		}
+		activates := u.last("Socket", "Service")
+		if activates == "" {
+			activates = strings.TrimSuffix(name, ".socket") + ".service"
+		}
+		switch {
+		case activates != service && listed[name]:
+			return nil, fmt.Errorf("%s: %s lists it, but it would activate %s: set Service=%s", name, service, activates, service)
+		case activates != service:
+			continue
+		}
+		for key := range u["Socket"] {
+			if strings.HasPrefix(key, "Listen") && key != "ListenStream" {
+				return nil, fmt.Errorf("%s: %s=: hybrid serves stream sockets only", name, key)
+			}
+		}
+		fdName := u.last("Socket", "FileDescriptorName")
+		if fdName == "" {
+			fdName = name
+		}
+		for _, listen := range u["Socket"]["ListenStream"] {
+			out = append(out, passedSocket{unit: name, listen: listen, name: fdName})
+		}
+	}
+	return out, nil
+}
+
+// listenLike listens as a ListenStream= value asks, but on port 0 (a TCP
+// address keeps its host: loopback or not matters to the admin socket),
+// or, for a path, on a socket of that name in dir.
+func listenLike(listen, dir string) (net.Listener, error) {
+	switch {
+	case strings.HasPrefix(listen, "/"):
+		return net.Listen("unix", filepath.Join(dir, filepath.Base(listen)))
+	case strings.HasPrefix(listen, "@"):
+		return nil, fmt.Errorf("ListenStream=%s: an abstract socket; not supported here", listen)
+	}
+	if _, err := strconv.Atoi(listen); err == nil {
+		return net.Listen("tcp", ":0") // a port alone: every address
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("ListenStream=%s: %w", listen, err)
+	}
+	return net.Listen("tcp", net.JoinHostPort(host, "0"))
+}
+
+// activatedCmd is the service's ExecStart= as systemd would run it with
+// the sockets passed: the binary replaced by the test's, each --config
+// replaced by conf, LISTEN_PID and WATCHDOG_PID the process's own.
+func activatedCmd(t *testing.T, svc unitFile, files []*os.File, conf string) *exec.Cmd {
+	t.Helper()
+	exec0 := svc.last("Service", "ExecStart")
+	if strings.ContainsAny(exec0, `"'$%`) {
+		t.Fatalf("ExecStart=%s: quotes and specifiers are not read by this test", exec0)
+	}
+	args := strings.Fields(strings.TrimLeft(exec0, "-@:+!"))
+	if len(args) < 2 || filepath.Base(args[0]) != "hybrid" || args[1] != "serve" {
+		t.Fatalf("ExecStart=%s: want hybrid serve …", exec0)
+	}
+	args[0] = binPath
+	for i, a := range args {
+		switch {
+		case a == "--config" && i+1 < len(args):
+			args[i+1] = conf
+		case strings.HasPrefix(a, "--config="):
+			args[i] = "--config=" + conf
+		}
+	}
+	cmd := withServicePIDs(exec.Command(args[0], args[1:]...), "LISTEN_PID", "WATCHDOG_PID")
+	cmd.ExtraFiles = files
+	return cmd
+}
+
+// readUnits reads every systemd unit of dir, by file name.
+func readUnits(t *testing.T, dir string) map[string]unitFile {
+	t.Helper()
+	units := map[string]unitFile{}
+	for _, pattern := range []string{"*.service", "*.socket"} {
+		paths, _ := filepath.Glob(filepath.Join(dir, pattern))
+		for _, p := range paths {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, err := parseUnit(string(b))
+			if err != nil {
+				t.Fatalf("%s: %v", p, err)
+			}
+			units[filepath.Base(p)] = u
+		}
+	}
+	return units
+}
+
+// The shipped units, deploy/hybrid.service and its sockets, run as systemd
+// would run them: LISTEN_FDS and LISTEN_FDNAMES derived from the units
+// (passedSockets), each socket on its unit's own host with port 0,
+// ExecStart= as the command line with --config an empty file (as the
+// install steps create it), NOTIFY_SOCKET for Type=notify and
+// WATCHDOG_USEC for WatchdogSec=. The primary serves on the socket for the
+// cluster and the admin endpoint on the one named admin, binds nothing,
+// and says READY=1; in either order of the descriptors, which systemd does
+// not define across units.
+func TestSystemdUnits(t *testing.T) {
+	units := readUnits(t, "../../deploy")
+	svc := units["hybrid.service"]
+	if svc == nil || len(units) < 2 {
+		t.Fatalf("deploy/ has units %v; want hybrid.service and its sockets", slices.Sorted(maps.Keys(units)))
+	}
+	if typ, access := svc.last("Service", "Type"), svc.last("Service", "NotifyAccess"); typ != "notify" || access != "all" {
+		t.Errorf("hybrid.service: Type=%s, NotifyAccess=%s; want notify and all (an upgrade's new primary sends MAINPID=)", typ, access)
+	}
+	var order []string
+	for name := range units {
+		order = append(order, name)
+	}
+	slices.Sort(order)
+	for _, reversed := range []bool{false, true} {
+		if reversed {
+			slices.Reverse(order)
+		}
+		t.Run(strings.Join(order, ","), func(t *testing.T) {
+			passed, err := passedSockets("hybrid.service", units, order)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var files []*os.File
+			var names []string
+			addrs := map[string]string{}
+			for _, p := range passed {
+				ln, err := listenLike(p.listen, t.TempDir())
+				if err != nil {
+					t.Fatal(err)
+				}
+				f, err := ln.(interface{ File() (*os.File, error) }).File()
+				if err != nil {
+					t.Fatal(err)
+				}
+				ln.Close() // f holds the socket
+				defer f.Close()
+				files = append(files, f)
+				names = append(names, p.name)
+				addrs[p.name] = ln.Addr().String()
+			}
+			t.Logf("LISTEN_FDS=%d LISTEN_FDNAMES=%s", len(files), strings.Join(names, ":"))
+			conf := filepath.Join(t.TempDir(), "hybrid.conf")
+			if err := os.WriteFile(conf, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			env := []string{"LISTEN_FDS=" + strconv.Itoa(len(files)), "LISTEN_FDNAMES=" + strings.Join(names, ":"),
+				"HYBRID_WORKERS=2"} // as an Environment= drop-in would: this box's CPUs are not the test's business
+			sd := newFakeNotify(t)
+			if svc.last("Service", "Type") == "notify" {
+				env = append(env, "NOTIFY_SOCKET="+sd.path)
+			}
+			if w := svc.last("Service", "WatchdogSec"); w != "" {
+				sec, err := strconv.Atoi(w)
+				if err != nil {
+					t.Fatalf("WatchdogSec=%s: want seconds", w)
+				}
+				env = append(env, fmt.Sprintf("WATCHDOG_USEC=%d", sec*1e6))
+			}
+			c := startClusterCmd(t, activatedCmd(t, svc, files, conf), env, 2)
+			for _, f := range files {
+				f.Close()
+			}
+			if c.admin != addrs["admin"] || c.addr == addrs["admin"] || !slices.Contains(slices.Collect(maps.Values(addrs)), c.addr) {
+				t.Errorf("serving on %s, admin on %s; want the cluster on the unit's socket other than %s, and the admin on it", c.addr, c.admin, addrs["admin"])
+			}
+			if code, err := getJSON(freshClient(), "http://"+c.addr+"/health", nil); err != nil || code != http.StatusOK {
+				t.Errorf("GET /health on the activated socket = %d, %v", code, err)
+			}
+			if m := sd.next("READY=1", c.cmd.Process.Pid, nil); !strings.Contains(m.text, "MAINPID="+strconv.Itoa(c.cmd.Process.Pid)) {
+				t.Errorf("readiness %q; want MAINPID=%d", m.text, c.cmd.Process.Pid)
+			}
+		})
+	}
+}
+
+// The derivation itself, on units that get it wrong: one unit with two
+// FileDescriptorName= lines names both sockets after the last (the
+// mistake deploy/hybrid.socket once made), and the binary started that way
+// refuses to run; a unit without a name gets its own; a socket unit named
+// otherwise than the service, without Service=, cannot serve it.
+func TestSystemdUnitDerivation(t *testing.T) {
+	svc := "[Service]\nType=notify\nExecStart=/usr/local/bin/hybrid serve\nSockets=hybrid.socket %s\n"
+	for _, tc := range []struct {
+		name  string
+		units map[string]string
+		want  string // LISTEN_FDNAMES, or the error
+	}{
+		{"one unit, two names", map[string]string{
+			"hybrid.socket": "[Socket]\nListenStream=127.0.0.1:8080\nFileDescriptorName=http\nListenStream=127.0.0.1:8081\nFileDescriptorName=admin\n"},
+			"admin:admin"},
+		{"unnamed", map[string]string{
+			"hybrid.socket": "[Socket]\nListenStream=127.0.0.1:8080\n"},
+			"hybrid.socket"},
+		{"two units", map[string]string{
+			"hybrid.socket":       "[Socket]\nListenStream=127.0.0.1:8080\nFileDescriptorName=http\n",
+			"hybrid-admin.socket": "[Socket]\nListenStream=127.0.0.1:8081\nFileDescriptorName=admin\nService=hybrid.service\n"},
+			"admin:http"},
+		{"no Service=", map[string]string{
+			"hybrid.socket":       "[Socket]\nListenStream=127.0.0.1:8080\n",
+			"hybrid-admin.socket": "[Socket]\nListenStream=127.0.0.1:8081\nFileDescriptorName=admin\n"},
+			"would activate hybrid-admin.service"},
+	} {
+		units := map[string]unitFile{}
+		var order, others []string
+		for name, text := range tc.units {
+			u, err := parseUnit(text)
+			if err != nil {
+				t.Fatal(err)
+			}
+			units[name] = u
+			order = append(order, name)
+			if name != "hybrid.socket" {
+				others = append(others, name)
+			}
+		}
+		slices.Sort(order)
+		units["hybrid.service"], _ = parseUnit(fmt.Sprintf(svc, strings.Join(others, " ")))
+		passed, err := passedSockets("hybrid.service", units, order)
+		var names []string
+		for _, p := range passed {
+			names = append(names, p.name)
+		}
+		if got := strings.Join(names, ":"); err != nil && !strings.Contains(err.Error(), tc.want) || err == nil && got != tc.want {
+			t.Errorf("%s: LISTEN_FDNAMES=%s, %v; want %s", tc.name, got, err, tc.want)
+		}
+	}
+
+	// The binary, given what the broken unit gives it, does not start:
+	// the test above would catch a unit like it.
+	var files []*os.File
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		f, _ := ln.(*net.TCPListener).File()
+		defer f.Close()
+		files = append(files, f)
+	}
+	u, _ := parseUnit(fmt.Sprintf(svc, ""))
+	cmd := activatedCmd(t, u, files, "")
+	cmd.Env = append(os.Environ(), "LISTEN_FDS=2", "LISTEN_FDNAMES=admin:admin", "HYBRID_WORKERS=1")
+	out, err := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "two sockets named admin") {
+		t.Errorf("LISTEN_FDNAMES=admin:admin: exit %d (%v), output %s; want 1, two sockets named admin", code, err, out)
 	}
 }

@@ -93,6 +93,22 @@ func WatchdogInterval() time.Duration {
 	return time.Duration(usec) * time.Microsecond / 2
 }
 
+// TakeWatchdog makes the service's watchdog this process's, once this
+// process is the service's main process in place of from: after a binary
+// upgrade, the new primary has told systemd MAINPID=<its pid>, and systemd
+// now wants the pings from it. systemd set $WATCHDOG_PID to the main
+// process it started, which a process started by it inherits as it is;
+// when $WATCHDOG_PID names from, TakeWatchdog sets it to this process, so
+// that a process this one starts in turn (the next upgrade's) finds its
+// own parent there. It returns WatchdogInterval: 0 when the watchdog is off
+// or another process's.
+func TakeWatchdog(from int) time.Duration {
+	if from > 0 && os.Getenv("WATCHDOG_PID") == strconv.Itoa(from) {
+		os.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	}
+	return WatchdogInterval()
+}
+
 // listenFDsStart is SD_LISTEN_FDS_START: passed descriptors begin at 3.
 const listenFDsStart = 3
 

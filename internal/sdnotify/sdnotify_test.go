@@ -68,6 +68,25 @@ func TestWatchdogInterval(t *testing.T) {
 	}
 }
 
+// After an upgrade the new primary (this process) takes the watchdog of
+// the old main process it replaced, and of no other.
+func TestTakeWatchdog(t *testing.T) {
+	self := strconv.Itoa(os.Getpid())
+	t.Setenv("WATCHDOG_USEC", "10000000")
+	t.Setenv("WATCHDOG_PID", "77")
+	if d := TakeWatchdog(78); d != 0 || os.Getenv("WATCHDOG_PID") != "77" {
+		t.Errorf("TakeWatchdog(78) with WATCHDOG_PID=77: %v, WATCHDOG_PID=%s; want 0 and 77 unchanged", d, os.Getenv("WATCHDOG_PID"))
+	}
+	if d := TakeWatchdog(77); d != 5*time.Second || os.Getenv("WATCHDOG_PID") != self {
+		t.Errorf("TakeWatchdog(77) with WATCHDOG_PID=77: %v, WATCHDOG_PID=%s; want 5s and %s", d, os.Getenv("WATCHDOG_PID"), self)
+	}
+	t.Setenv("WATCHDOG_USEC", "")
+	t.Setenv("WATCHDOG_PID", "77")
+	if d := TakeWatchdog(77); d != 0 {
+		t.Errorf("TakeWatchdog without WATCHDOG_USEC: %v; want 0", d)
+	}
+}
+
 // Socket activation: descriptors from 3 on, named, for this pid only.
 func TestListenersTakesPassedSockets(t *testing.T) {
 	if os.Getenv("SDNOTIFY_CHILD") == "1" {
