@@ -124,10 +124,11 @@ func runWorker(args []string) int {
 	defer stopBeats()
 	go reportBusy(beatCtx, w, st.pool, st.isoPool)
 	go tunePool(beatCtx, w, st.pool, log)
+	snaps := &snapshotter{st: st, log: log}
 	status := func() procpool.Heartbeat {
 		s := st.srv.Stats()
 		return procpool.Heartbeat{RSS: s.RSS, Goroutines: s.Goroutines, Requests: s.Requests, InFlight: s.InFlight,
-			Metrics: workerMetrics(st), Pprof: pprofBase}
+			Metrics: snaps.take(), Pprof: pprofBase}
 	}
 	beating := make(chan struct{})
 	if hooks.heartbeats() {

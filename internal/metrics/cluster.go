@@ -24,6 +24,7 @@ type Cluster struct {
 type worker struct {
 	slot int
 	snap *Snapshot
+	size int // of the snapshot's encoding, in bytes
 }
 
 // acc is one summed series.
@@ -52,6 +53,9 @@ func key(name string, labels []string) string {
 	return name + "\xff" + strings.Join(labels, "\xff")
 }
 
+// snapshotBytes is the primary's gauge of each worker's snapshot size.
+const snapshotBytes = "hybrid_worker_metrics_snapshot_bytes"
+
 // Beat records payload, the worker's latest snapshot. A payload that does
 // not decode, or of another version, is ignored: the worker's previous one
 // stands.
@@ -68,7 +72,7 @@ func (c *Cluster) Beat(slot, pid int, payload []byte) {
 	if c.live == nil {
 		c.live = map[int]worker{}
 	}
-	c.live[pid] = worker{slot: slot, snap: snap}
+	c.live[pid] = worker{slot: slot, snap: snap, size: len(payload)}
 }
 
 // Exit folds the last snapshot of the worker pid into the retired sums:
@@ -204,6 +208,12 @@ func (c *Cluster) Families() []promtext.Family {
 	gauges := map[string]*acc{}
 	for _, w := range c.live {
 		slot := strconv.Itoa(w.slot)
+		k := key(snapshotBytes, []string{"worker", slot})
+		if a := gauges[k]; a == nil {
+			gauges[k] = &acc{name: snapshotBytes, labels: []string{"worker", slot}, value: float64(w.size)}
+		} else {
+			a.value = max(a.value, float64(w.size))
+		}
 		for i := range w.snap.Series {
 			s := &w.snap.Series[i]
 			d, ok := catalog[s.Name]
@@ -228,6 +238,9 @@ func (c *Cluster) Families() []promtext.Family {
 			f := byName[a.name]
 			if f == nil {
 				d := catalog[a.name]
+				if a.name == snapshotBytes {
+					d = desc{help: "Bytes of the worker's last metrics snapshot, as its heartbeat carried it (at most 48 KiB; a worker whose snapshot is larger says so in a WARN).", typ: promtext.Gauge}
+				}
 				f = &promtext.Family{Name: a.name, Help: d.help, Type: d.typ}
 				byName[a.name] = f
 			}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hybrid-server/hybrid/internal/promtext"
+	"github.com/hybrid-server/hybrid/procpool"
 )
 
 func TestRecordDoesNotAllocate(t *testing.T) {
@@ -43,8 +44,96 @@ func TestRecordBucketsAndOverflow(t *testing.T) {
 	for st := range 2 * routeSlots {
 		rt.Record([]byte("GET"), 100+st, ModeNone, 0)
 	}
-	if rt.dropped.Load() == 0 {
-		t.Errorf("past %d combinations nothing was dropped", routeSlots)
+	if n := rt.folded.Load(); n != routeSlots+2 {
+		t.Errorf("%d combinations on one route: %d folded; want %d (64 slots, 2 of them taken before)", 2*routeSlots, n, routeSlots+2)
+	}
+}
+
+// A worker's combinations are bounded over all its routes: past MaxSeries
+// a request is folded into its route's "other" series, and every request
+// is still counted once.
+func TestSeriesBudgetFoldsAndCountsAll(t *testing.T) {
+	var r Requests
+	var recorded float64
+	for i := range 8 {
+		rt := r.Route(fmt.Sprintf("/route%d/", i))
+		for _, m := range methods {
+			for st := 200; st < 240; st++ {
+				rt.Record([]byte(m), st, ModePool, time.Millisecond)
+				recorded++
+			}
+		}
+	}
+	var snap Snapshot
+	r.AppendTo(&snap)
+	var total float64
+	apart := 0
+	for _, s := range snap.Series {
+		if s.Name != "hybrid_http_requests_total" {
+			continue
+		}
+		total += s.Value
+		if s.Labels[7] != FoldedStatus {
+			apart++
+		} else if s.Labels[1] != "OTHER" || s.Labels[3] != "" {
+			t.Errorf("a folded series %v; want method OTHER and mode \"\"", s.Labels)
+		}
+	}
+	if apart != MaxSeries {
+		t.Errorf("%d series counted apart; want MaxSeries (%d)", apart, MaxSeries)
+	}
+	if total != recorded || snap.Folded() != recorded-MaxSeries {
+		t.Errorf("requests_total sums to %v, %v of them folded; want %v, %v folded", total, snap.Folded(), recorded, recorded-MaxSeries)
+	}
+	if got := r.series.Load(); got != MaxSeries {
+		t.Errorf("budget taken %d; want %d", got, MaxSeries)
+	}
+}
+
+// The largest snapshot a worker can send fits a heartbeat, or the primary
+// would drop it and that worker's counters would freeze: every series of
+// the budget taken with counts of 10^12, every route's "other" series,
+// its histograms in every mode with 10^10 in every bucket (10^13
+// requests: 3 years at 100k/s), on 16 routes (the binary has 10, 14 with
+// the test hooks), plus the rest of a worker's snapshot (gauges, pools,
+// isolate outcomes, access and cache: 44 series in cmd/hybrid/metrics.go,
+// 48 here).
+func TestWorstSnapshotFitsAHeartbeat(t *testing.T) {
+	var r Requests
+	var routes []*Route
+	for i := range 16 {
+		routes = append(routes, r.Route(fmt.Sprintf("/v1/a-long-pattern-%02d/", i)))
+	}
+	for i := 0; r.series.Load() < MaxSeries; i++ {
+		routes[i%len(routes)].Record([]byte("OPTIONS"), 100+i, ModeIsolate, 0)
+	}
+	const huge = 1e12
+	for _, rt := range routes {
+		for i := range rt.slots {
+			if rt.slots[i].key.Load() != 0 {
+				rt.slots[i].n.Store(huge)
+			}
+		}
+		rt.folded.Store(huge)
+		for m := range nModes {
+			for b := range rt.hist[m].counts {
+				rt.hist[m].counts[b].Store(1e10)
+			}
+			rt.hist[m].sumNS.Store(1 << 62)
+		}
+	}
+	snap := &Snapshot{V: SnapshotVersion}
+	r.AppendTo(snap)
+	for i := range 48 {
+		snap.Add(fmt.Sprintf("hybrid_a_family_name_%02d_total", i), huge, "outcome", "redis_failed_closed")
+	}
+	b, err := json.Marshal(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the worst snapshot: %d series, %d bytes", len(snap.Series), len(b))
+	if len(b) > procpool.MaxMetrics {
+		t.Errorf("the worst snapshot is %d bytes; a heartbeat carries %d", len(b), procpool.MaxMetrics)
 	}
 }
 
@@ -81,6 +170,9 @@ func TestClusterKeepsExitedWorkersCounts(t *testing.T) {
 	}
 	if _, n := value(c.Families(), "hybrid_worker_goroutines"); n != 2 {
 		t.Errorf("goroutines has %d series; want one per slot", n)
+	}
+	if v, n := value(c.Families(), snapshotBytes); n != 2 || v < 2*80 || v > 2*200 {
+		t.Errorf("%s: %v over %d series; want one per slot, each the size of its last snapshot (~100 bytes)", snapshotBytes, v, n)
 	}
 	c.Exit(1, 100)
 	c.Exit(1, 100)                     // twice: no double count
@@ -126,7 +218,7 @@ func BenchmarkScrape(b *testing.B) {
 				snap := &Snapshot{V: SnapshotVersion}
 				r.AppendTo(snap)
 				for _, g := range []string{"hybrid_worker_goroutines", "hybrid_worker_open_connections", "hybrid_http_requests_in_flight",
-					"hybrid_worker_resident_memory_bytes", "hybrid_http_body_bytes_in_flight"} {
+					"hybrid_worker_resident_memory_bytes", "hybrid_http_in_flight_body_bytes"} {
 					snap.Add(g, 1)
 				}
 				for _, p := range []string{"pool", "isolate"} {

@@ -91,11 +91,29 @@ const Unmatched = "unmatched"
 
 // Requests is a worker's per-route request metrics. Routes are added while
 // the router is built; recording is lock-free.
+//
+// The series a worker can make are bounded, so that its snapshot always
+// fits a heartbeat (procpool.MaxMetrics, 48 KiB): at most [MaxSeries]
+// (route, method, status, mode) combinations over all its routes, at most
+// 64 on one route. A request whose combination finds no room is counted
+// all the same, folded into its route's one series with method "OTHER",
+// status "other" and mode "" (its duration still goes to the histogram of
+// its mode): hybrid_http_requests_total still sums to every request
+// served. Method is one of 10 values already (any other
+// is "OTHER"), and route is the router's pattern or "unmatched", never a
+// client's path.
 type Requests struct {
 	mu     sync.Mutex
 	routes []*Route
 	byPat  map[string]*Route
+	series atomic.Int32 // combinations taken, over every route
 }
+
+// MaxSeries bounds the (route, method, status, mode) combinations one
+// worker counts apart, over all its routes. A worker sees a few dozen in
+// practice (each workload route: 200 and its errors, in one or two
+// modes); the rest of the 192 takes a scanner's odd methods (405s).
+const MaxSeries = 128
 
 // Route returns the metrics of the route registered as pattern, made on
 // the first call. Safe on a nil *Requests (it returns nil, on which Record
@@ -112,27 +130,28 @@ func (r *Requests) Route(pattern string) *Route {
 	if r.byPat == nil {
 		r.byPat = map[string]*Route{}
 	}
-	rt := &Route{pattern: pattern}
+	rt := &Route{pattern: pattern, owner: r}
 	r.byPat[pattern] = rt
 	r.routes = append(r.routes, rt)
 	return rt
 }
 
 // routeSlots bounds the (method, status, mode) combinations one route
-// counts; past it, requests are counted in Dropped only. Each route sees a
-// handful in practice.
+// counts apart; past it (or past [MaxSeries] over the worker), requests
+// are folded into the route's "other" series.
 const routeSlots = 64
 
 // Route is one route's counters: requests by method, status and mode, and
 // a latency histogram by mode. Record allocates nothing and takes no lock.
 type Route struct {
 	pattern string
+	owner   *Requests // its series budget; nil: none
 	slots   [routeSlots]struct {
 		key atomic.Uint32 // 0: free; else 1 + method<<14 | status<<2 | mode
 		n   atomic.Uint64
 	}
-	hist    [nModes]histogram
-	dropped atomic.Uint64
+	hist   [nModes]histogram
+	folded atomic.Uint64 // requests of a combination that found no room
 }
 
 type histogram struct {
@@ -154,7 +173,7 @@ func (rt *Route) Record(method []byte, status int, mode Mode, d time.Duration) {
 	}
 	key := 1 + (methodIndex(method)<<14 | uint32(status)<<2 | uint32(mode))
 	if !rt.count(key) {
-		rt.dropped.Add(1)
+		rt.folded.Add(1)
 	}
 	h := &rt.hist[mode]
 	ns := max(int64(d), 0)
@@ -167,16 +186,24 @@ func (rt *Route) Record(method []byte, status int, mode Mode, d time.Duration) {
 }
 
 // count adds one to key's slot, taking a free one for a new key (open
-// addressing, linear probing); false if every slot holds another key.
+// addressing, linear probing); false if every slot holds another key, or
+// the worker's budget of series is spent.
 func (rt *Route) count(key uint32) bool {
 	i := (key * 2654435761) >> (32 - bits.Len32(routeSlots-1))
 	for range routeSlots {
 		s := &rt.slots[i]
 		k := s.key.Load()
-		if k == 0 && !s.key.CompareAndSwap(0, key) {
-			k = s.key.Load() // taken meanwhile
-		} else if k == 0 {
-			k = key
+		if k == 0 {
+			// Slots are never freed: a free one ends key's probe chain.
+			if !rt.reserve() {
+				return false
+			}
+			if s.key.CompareAndSwap(0, key) {
+				k = key
+			} else {
+				rt.unreserve()
+				k = s.key.Load() // taken meanwhile
+			}
 		}
 		if k == key {
 			s.n.Add(1)
@@ -185,4 +212,22 @@ func (rt *Route) count(key uint32) bool {
 		i = (i + 1) % routeSlots
 	}
 	return false
+}
+
+// reserve takes one series of the worker's budget; false when spent.
+func (rt *Route) reserve() bool {
+	if rt.owner == nil {
+		return true
+	}
+	if rt.owner.series.Add(1) > MaxSeries {
+		rt.owner.series.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (rt *Route) unreserve() {
+	if rt.owner != nil {
+		rt.owner.series.Add(-1)
+	}
 }

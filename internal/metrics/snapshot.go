@@ -29,7 +29,24 @@ type Series struct {
 	Counts []uint64 `json:"c,omitempty"`
 }
 
-// Append appends rt's series to snap.
+// FoldedStatus is the status label of the requests a worker counted
+// without their own series (see [Requests]): their method is "OTHER" and
+// their mode "".
+const FoldedStatus = "other"
+
+// Folded is the number of requests snap counts under [FoldedStatus].
+func (snap *Snapshot) Folded() float64 {
+	var n float64
+	for i := range snap.Series {
+		s := &snap.Series[i]
+		if s.Name == "hybrid_http_requests_total" && len(s.Labels) == 8 && s.Labels[7] == FoldedStatus {
+			n += s.Value
+		}
+	}
+	return n
+}
+
+// appendTo appends rt's series to snap.
 func (rt *Route) appendTo(snap *Snapshot) {
 	for i := range rt.slots {
 		s := &rt.slots[i]
@@ -43,9 +60,10 @@ func (rt *Route) appendTo(snap *Snapshot) {
 			Labels: []string{"method", method, "mode", mode, "route", rt.pattern, "status", strconv.Itoa(status)},
 			Value:  float64(s.n.Load())})
 	}
-	if n := rt.dropped.Load(); n > 0 {
-		snap.Series = append(snap.Series, Series{Name: "hybrid_http_requests_dropped_total",
-			Labels: []string{"route", rt.pattern}, Value: float64(n)})
+	if n := rt.folded.Load(); n > 0 {
+		snap.Series = append(snap.Series, Series{Name: "hybrid_http_requests_total",
+			Labels: []string{"method", methods[0], "mode", modeNames[ModeNone], "route", rt.pattern, "status", FoldedStatus},
+			Value:  float64(n)})
 	}
 	for m := range rt.hist {
 		h := &rt.hist[m]
@@ -90,8 +108,7 @@ type desc struct {
 // catalog is every family a worker sends. The primary exports only these:
 // a snapshot names no family it does not know.
 var catalog = map[string]desc{
-	"hybrid_http_requests_total":               {"HTTP requests served, by route pattern, method, status and mode (\"\" for a route that runs no workload).", promtext.Counter, false},
-	"hybrid_http_requests_dropped_total":       {"HTTP requests counted only here: their route saw more than 64 method, status and mode combinations.", promtext.Counter, false},
+	"hybrid_http_requests_total":               {"HTTP requests served, by route pattern, method, status and mode (\"\" for a route that runs no workload); status \"other\" (method \"OTHER\", mode \"\"): a worker's requests past its 128 combinations (64 on one route).", promtext.Counter, false},
 	"hybrid_http_request_duration_seconds":     {"HTTP request duration from the handler's start to the response's, by route pattern and mode.", promtext.Histogram, false},
 	"hybrid_http_connections_refused_total":    {"Connections refused over --max-conns or --max-conns-per-ip.", promtext.Counter, false},
 	"hybrid_http_bodies_refused_total":         {"Request bodies refused (503) because the budget of body bytes in flight was spent.", promtext.Counter, false},
@@ -110,7 +127,7 @@ var catalog = map[string]desc{
 	"hybrid_cache_errors_total":                {"Cache lookups and stores that failed (counted as misses).", promtext.Counter, false},
 
 	"hybrid_http_requests_in_flight":      {"HTTP requests being served, per worker.", promtext.Gauge, false},
-	"hybrid_http_body_bytes_in_flight":    {"Request-body bytes held (read, being read, or in a handler's hands), per worker.", promtext.Gauge, false},
+	"hybrid_http_in_flight_body_bytes":    {"Request-body bytes held (read, being read, or in a handler's hands), per worker.", promtext.Gauge, false},
 	"hybrid_worker_open_connections":      {"Open client connections, per worker.", promtext.Gauge, false},
 	"hybrid_worker_resident_memory_bytes": {"Resident set size of the worker process (of both during a reload).", promtext.Gauge, false},
 	"hybrid_worker_goroutines":            {"Goroutines in the worker process.", promtext.Gauge, false},
