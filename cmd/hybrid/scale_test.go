@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -35,17 +36,24 @@ func TestScaleUnderLoad(t *testing.T) {
 	for n := 3; n <= 6; n++ {
 		c.scaleBy(syscall.SIGTTIN, n)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// Every worker, the four started past the start count too, has an
+	// entry on the accept board and accepts: new connections (one per
+	// request, besides the 64 kept alive on the first workers) reach each.
 	s := c.snapshot()
-	withConns := 0
 	for _, w := range s.Workers {
-		if w.Conns != nil && w.Requests > 0 || w.Conns != nil && *w.Conns > 0 {
-			withConns++
+		if w.Conns == nil {
+			t.Errorf("worker %d (pid %d) has no entry on the accept board", w.ID, w.PID)
 		}
 	}
-	t.Logf("6 workers: %d on the accept board with connections or requests; workers_max %d", withConns, s.WorkersMax)
 	if s.WorkersMax < 6 {
 		t.Errorf("workers_max %d; want at least 6", s.WorkersMax)
+	}
+	served, fresh := servingPIDs(c.addr, c.readyPIDs(), 10*time.Second)
+	t.Logf("6 workers (workers_max %d): %d connections of one request each were answered by %v", s.WorkersMax, fresh, served)
+	for pid := range c.readyPIDs() {
+		if served[pid] == 0 {
+			t.Errorf("worker %d answered none of %d new connections: it does not accept", pid, fresh)
+		}
 	}
 	for n := 5; n >= 1; n-- {
 		c.scaleBy(syscall.SIGTTOU, n)
@@ -53,8 +61,8 @@ func TestScaleUnderLoad(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	r := l.stop()
 	t.Logf("scaled 2 → 6 → 1 in %v under 64 keep-alive connections: %v", time.Since(start).Round(time.Millisecond), r)
-	if r.failed != 0 {
-		t.Errorf("%d requests failed while scaling; want 0: %v", r.failed, r.errs)
+	if r.failed != 0 || r.dialErrs != 0 {
+		t.Errorf("%d requests and %d connects failed while scaling; want 0: %v", r.failed, r.dialErrs, r.errs)
 	}
 	if r.ok < 500 {
 		t.Errorf("only %d requests succeeded; the load did not run", r.ok)
@@ -68,6 +76,45 @@ func TestScaleUnderLoad(t *testing.T) {
 	if !strings.Contains(fmt.Sprint(line["err"]), "want 1 to") {
 		t.Errorf("SIGTTOU at 1 worker: %v; want a range error", line["err"])
 	}
+}
+
+// servingPIDs sends GET /health, each on a new connection, from 4 clients
+// until every one of want has answered one or within d, and counts the
+// answers by the worker pid they name.
+func servingPIDs(addr string, want map[int]bool, d time.Duration) (served map[int]int, sent int) {
+	served = map[int]int{}
+	var mu sync.Mutex
+	all := func() bool {
+		for pid := range want {
+			if served[pid] == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			client := freshClient()
+			for time.Now().Before(deadline) {
+				var h health
+				_, err := getJSON(client, "http://"+addr+"/health", &h)
+				mu.Lock()
+				sent++
+				if err == nil {
+					served[h.PID]++
+				}
+				done := all()
+				mu.Unlock()
+				if done {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return served, sent
 }
 
 // rssOf is pid's resident memory in bytes, 0 if it is gone.
@@ -152,8 +199,16 @@ func TestReloadStormIsBounded(t *testing.T) {
 	if n > workers+2*workers {
 		t.Errorf("%d worker processes 4 s after the storm; want at most %d (workers + the drain cap)", n, workers+2*workers)
 	}
-	if started == 0 || ignored < reloads/2 {
-		t.Errorf("%d reloads ran of %d asked for; want the extra ones refused", started, reloads)
+	// How many run depends on how fast a reload completes here (7 of 40
+	// on a busy 2-core box, 23 on an idle one): the rest are refused.
+	if started == 0 || ignored == 0 || started+ignored > reloads {
+		t.Errorf("%d reloads ran and %d were refused of %d asked for; want some run and the others refused", started, ignored, reloads)
+	}
+	// The bounds above hold by the cap, not by few reloads: with 60 s
+	// requests open, more than 2 × workers drained at once, and the cap
+	// stopped some.
+	if capped < 1 {
+		t.Errorf("the drain cap stopped no worker (%d reloads ran): the storm did not reach it, so the bounds above prove nothing", started)
 	}
 	// The cluster still serves.
 	if code, err := getJSON(freshClient(), "http://"+c.addr+"/health", nil); err != nil || code != http.StatusOK {
@@ -168,9 +223,6 @@ func TestPoolSizeAtRunTime(t *testing.T) {
 	c := startCluster(t, nil, 2, "--workers", "2", "--pool-size", "2")
 	before := c.readyPIDs()
 	code, body := postPool(t, c.admin, 5)
-	if code == http.StatusNotFound {
-		t.Skipf("SKIPPED LOUDLY: the admin endpoint has no POST /pool yet (%d %s)", code, body)
-	}
 	if code/100 != 2 {
 		t.Fatalf("POST /pool = %d %s; want 2xx", code, body)
 	}
