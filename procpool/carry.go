@@ -161,10 +161,16 @@ func (s *Supervisor) onCarried(c Counts, final bool) {
 	s.serveCarried()
 }
 
-// carryEnded: the old primary sent all it will, or is gone.
+// carryEnded: the old primary sent all it will, or is gone: its workers
+// have exited (it closes the pipe once they have), and an upgrade of this
+// primary may start.
 func (s *Supervisor) carryEnded() {
 	s.carryGot = true
 	s.serveCarried()
+	if s.predecessor != 0 {
+		s.log.Info("upgrade: the old primary's workers have all exited", "old_primary_pid", s.predecessor)
+		s.predecessor = 0
+	}
 }
 
 // awaitCarry, in a primary that has just told the old one "ready", closes

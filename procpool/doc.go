@@ -72,6 +72,11 @@
 //
 //   - At most one reload or upgrade runs at a time: asking for another gets
 //     [ErrBusy], never a queue, so a storm of requests costs one.
+//   - At most two primaries run: an upgrade asked of a primary whose old
+//     primary still drains its workers (its carry pipe has not ended) gets
+//     [ErrBusy]. A storm of upgrades therefore leaves one old primary and
+//     its draining workers, not one per upgrade, each lingering up to its
+//     Config.ShutdownTimeout.
 //   - At most 2 × the worker count workers drain at once: past it the oldest
 //     gets 1 s more, then SIGKILL; past it by the worker count, SIGKILL at
 //     once. A storm of reloads therefore leaves at most 4 × workers + 1

@@ -68,6 +68,7 @@ type Supervisor struct {
 	upgrade     upgradeState
 	upgrades    int64     // upgrades started, for the snapshot
 	handover    *handover // a primary started by an upgrade, until it reported ready
+	predecessor int       // the old primary that started this one, until its carry pipe ends (predecessorDraining)
 	lastUpgrade *UpgradeOutcome
 	handedOver  chan struct{} // closed once a new primary took over
 	tookOver    chan struct{} // closed once this primary serves (TookOver)
@@ -178,6 +179,9 @@ func New(cfg Config, log *slog.Logger) (*Supervisor, error) {
 	}
 	if inh != nil {
 		s.handover = &handover{ready: inh.ready, from: os.Getppid()}
+		if inh.carry != nil { // an old primary that carries nothing tells nothing of its drain either
+			s.predecessor = s.handover.from
+		}
 		s.carryIn = inh.carry
 		s.carryGot = inh.carry == nil // an old primary that carries nothing
 	} else {

@@ -114,7 +114,8 @@ func (s *Supervisor) HandedOver() <-chan struct{} { return s.handedOver }
 // ready and this primary's workers drain (Run then returns when they have
 // exited), or an error wrapping [ErrRolledBack] with the reason once a new
 // primary that failed has been stopped: this primary keeps serving. It
-// returns [ErrBusy] while a reload or another upgrade runs, and
+// returns [ErrBusy] while a reload or another upgrade runs, or while the
+// old primary that started this one still drains its workers, and
 // [ErrUnsupported] as PID 1. ctx bounds the wait only: the upgrade goes on.
 func (s *Supervisor) Upgrade(ctx context.Context) error {
 	reply := make(chan error, 1)
@@ -151,6 +152,13 @@ func (s *Supervisor) onUpgrade(reply chan error) {
 	case s.reload.active:
 		reply <- fmt.Errorf("upgrade refused: a reload is running: %w", ErrBusy)
 		return
+	case s.predecessorDraining():
+		// A third primary would let a storm of upgrades keep any number of
+		// old primaries draining, each with its workers, for up to their
+		// shutdown timeout.
+		reply <- fmt.Errorf("upgrade refused: the previous primary (pid %d) still drains its workers; "+
+			"ask again once it has exited, within its shutdown timeout: %w", s.predecessor, ErrBusy)
+		return
 	case os.Getpid() == 1:
 		why := "the primary is PID 1 (a container), which cannot hand over and exit: " +
 			"roll out a new image with the orchestrator's rolling update instead"
@@ -183,6 +191,14 @@ func (s *Supervisor) onUpgrade(reply chan error) {
 		werr := cmd.Wait()
 		s.post(func() { s.onUpgradeExit(cmd, werr) })
 	}()
+}
+
+// predecessorDraining reports whether the old primary that started this
+// one still drains its workers: its carry pipe has not ended, and it is
+// still this process's parent (once it has exited, this one has another,
+// though the pipe's end may not have been read yet).
+func (s *Supervisor) predecessorDraining() bool {
+	return s.predecessor != 0 && os.Getppid() == s.predecessor
 }
 
 // startPrimary starts the new primary with the sockets on fd 3 (the

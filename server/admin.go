@@ -286,7 +286,8 @@ func (a *Admin) pool(ctx *fasthttp.RequestCtx) {
 }
 
 // clusterError is the admin's answer to err from the cluster's op (reload,
-// upgrade, scale, pool), one place for every procpool error: 409 busy, 400
+// upgrade, scale, pool), one place for every procpool error: 409 busy
+// (with the reason: a reload, an upgrade, or the old primary's drain), 400
 // for an argument out of range, 502 rolled_back, 501 for an upgrade a PID 1
 // primary cannot do, 503 while shutting down; an *Error as it is; else 500.
 // Each message is the error's text: the admin's caller is the operator,
@@ -297,7 +298,13 @@ func clusterError(op string, err error) *Error {
 	case errors.As(err, &e):
 		return e
 	case errors.Is(err, procpool.ErrBusy):
-		return Errorf(fasthttp.StatusConflict, "busy", "a reload or upgrade is already running")
+		// The reason ("upgrade refused: a reload is running"), without the
+		// sentinel's own text, which says it again in general.
+		msg := strings.TrimSuffix(err.Error(), ": "+procpool.ErrBusy.Error())
+		if err == procpool.ErrBusy { //nolint:errorlint // the bare sentinel: no reason given
+			msg = "a reload or upgrade is already running"
+		}
+		return Errorf(fasthttp.StatusConflict, "busy", "%s", msg)
 	case errors.Is(err, procpool.ErrInvalid):
 		return Errorf(fasthttp.StatusBadRequest, CodeBadRequest, "%s: %v", op, err)
 	case errors.Is(err, procpool.ErrRolledBack):

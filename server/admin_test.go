@@ -101,6 +101,7 @@ type adminReply struct {
 	status int
 	header http.Header
 	code   string // the JSON error's code
+	msg    string // and its message
 }
 
 // call sends method path with body and the given headers ("Host" sets
@@ -124,11 +125,11 @@ func call(t *testing.T, client *http.Client, addr, method, path, body string, he
 	}
 	defer resp.Body.Close()
 	var e struct {
-		Error struct{ Code string } `json:"error"`
+		Error struct{ Code, Message string } `json:"error"`
 	}
 	b, _ := io.ReadAll(resp.Body)
 	_ = json.Unmarshal(b, &e)
-	return adminReply{status: resp.StatusCode, header: resp.Header, code: e.Error.Code}
+	return adminReply{status: resp.StatusCode, header: resp.Header, code: e.Error.Code, msg: e.Error.Message}
 }
 
 // A page in a browser can POST a form to the loopback admin: without the
@@ -214,7 +215,7 @@ func TestAdminToken(t *testing.T) {
 	}
 }
 
-// Each procpool error has its status and code.
+// Each procpool error has its status and code; a busy one says why.
 func TestAdminClusterErrors(t *testing.T) {
 	fc, addr := startAdmin(t, "127.0.0.1:0")
 	for _, tc := range []struct {
@@ -222,22 +223,26 @@ func TestAdminClusterErrors(t *testing.T) {
 		path   string
 		status int
 		code   string
+		msg    string // "": not checked
 	}{
-		{fmt.Errorf("reload: %w", procpool.ErrBusy), "/reload", 409, "busy"},
-		{fmt.Errorf("upgrade: %w", procpool.ErrBusy), "/upgrade", 409, "busy"},
-		{fmt.Errorf("%w: new primary not ready within 10s", procpool.ErrRolledBack), "/upgrade", 502, "rolled_back"},
-		{fmt.Errorf("%w: PID 1", procpool.ErrUnsupported), "/upgrade", 501, "unsupported"},
-		{fmt.Errorf("%w: 2000 workers, want at most 64", procpool.ErrInvalid), "/scale", 400, "bad_request"},
-		{procpool.ErrStopped, "/pool", 503, "shutting_down"},
-		{Errorf(409, "invalid_config", "config: x:1: bad"), "/reload", 409, "invalid_config"},
-		{io.ErrUnexpectedEOF, "/reload", 500, "internal"},
+		{fmt.Errorf("reload: %w", procpool.ErrBusy), "/reload", 409, "busy", "reload"},
+		{fmt.Errorf("upgrade refused: the previous primary (pid 7) still drains its workers: %w", procpool.ErrBusy), "/upgrade", 409, "busy",
+			"upgrade refused: the previous primary (pid 7) still drains its workers"},
+		{procpool.ErrBusy, "/upgrade", 409, "busy", "a reload or upgrade is already running"},
+		{fmt.Errorf("%w: new primary not ready within 10s", procpool.ErrRolledBack), "/upgrade", 502, "rolled_back", ""},
+		{fmt.Errorf("%w: PID 1", procpool.ErrUnsupported), "/upgrade", 501, "unsupported", ""},
+		{fmt.Errorf("%w: 2000 workers, want at most 64", procpool.ErrInvalid), "/scale", 400, "bad_request", ""},
+		{procpool.ErrStopped, "/pool", 503, "shutting_down", ""},
+		{Errorf(409, "invalid_config", "config: x:1: bad"), "/reload", 409, "invalid_config", ""},
+		{io.ErrUnexpectedEOF, "/reload", 500, "internal", ""},
 	} {
 		fc.mu.Lock()
 		fc.err = tc.err
 		fc.mu.Unlock()
 		body := map[string]string{"/scale": `{"workers":3}`, "/pool": `{"size":3}`}[tc.path]
-		if r := call(t, http.DefaultClient, addr.String(), "POST", tc.path, body, AdminHeader, "1"); r.status != tc.status || r.code != tc.code {
-			t.Errorf("POST %s when the cluster says %q = %d %q; want %d %q", tc.path, tc.err, r.status, r.code, tc.status, tc.code)
+		if r := call(t, http.DefaultClient, addr.String(), "POST", tc.path, body, AdminHeader, "1"); r.status != tc.status || r.code != tc.code ||
+			tc.msg != "" && r.msg != tc.msg {
+			t.Errorf("POST %s when the cluster says %q = %d %q %q; want %d %q %q", tc.path, tc.err, r.status, r.code, r.msg, tc.status, tc.code, tc.msg)
 		}
 	}
 	fc.mu.Lock()

@@ -102,8 +102,6 @@ func (c *primaryClient) call(ctx context.Context, method, path, body string) ([]
 		return nil, fmt.Errorf("admin endpoint at %s: %s", c.addr, resp.Status)
 	}
 	switch e.Error.Code {
-	case "busy":
-		return nil, errors.New("a reload or upgrade is already running")
 	case "unauthorized":
 		if c.token == "" {
 			return nil, fmt.Errorf("the primary at %s wants its admin token: set HYBRID_ADMIN_TOKEN or --admin-token", c.addr)

@@ -124,7 +124,7 @@ func TestClientReloadBusy(t *testing.T) {
 		t.Fatalf("first hybrid reload: exit %d, %q; want 0", code, errOut)
 	}
 	out, errOut, code := runHybrid(t, nil, "reload", "--admin-addr", c.admin)
-	if code != 1 || out != "" || errOut != "hybrid: a reload or upgrade is already running\n" {
+	if code != 1 || out != "" || errOut != "hybrid: reload refused: a reload is running\n" {
 		t.Errorf("second hybrid reload: exit %d, stdout %q, stderr %q; want 1 and one line", code, out, errOut)
 	}
 }

@@ -238,6 +238,17 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if r.failed != 0 {
 		t.Errorf("%d requests failed; want 0: %v", r.failed, r.errs)
 	}
+	// The socket never closes during an upgrade or a rollback: a connect
+	// that fails is a failure too, though no request was written on it.
+	if r.dialErrs != 0 {
+		t.Errorf("%d connects failed; want 0: %v", r.dialErrs, r.errs)
+	}
+	// The rollbacks' pipes and listener copies are closed too.
+	if fds := openFDs(pid); fds > fds0 {
+		t.Errorf("after the 2 rollbacks the primary holds %d descriptors, the first held %d: a leak", fds, fds0)
+	} else {
+		t.Logf("descriptors: first primary %d, after the rollbacks %d", fds0, fds)
+	}
 	if r.ok < int64(upgrades)*100 {
 		t.Errorf("only %d requests succeeded; the load did not run", r.ok)
 	}
@@ -411,7 +422,11 @@ func TestClientUpgrade(t *testing.T) {
 	if s := c.snapshot(); code != 0 || s.Version != upgradeVersion {
 		t.Fatalf("hybrid upgrade: exit %d, stdout %q, stderr %q, now version %q; want 0 and %q", code, out, errOut, s.Version, upgradeVersion)
 	}
-	pid := c.snapshot().PrimaryPID
+	s := c.snapshot()
+	pid := s.PrimaryPID
+	// The next upgrade waits for the old primary's exit: until then it is
+	// refused (TestUpgradeStormIsBounded).
+	c.waitFor(15*time.Second, "the old primary to exit", func() bool { return !running(s.LastUpgrade.OldPID) })
 	broken := filepath.Join(t.TempDir(), "broken")
 	if err := os.WriteFile(broken, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
@@ -571,6 +586,90 @@ func TestUpgradeSlowBuildShutdown(t *testing.T) {
 	})
 	t.Logf("SIGTERM mid-upgrade: all gone %v later", time.Since(t0).Round(time.Millisecond))
 	portsFree(t, c.addr, c.admin)
+}
+
+// Ten upgrades asked for in a row, each with a request left open (a 60 s
+// sleep) on the workers it would replace. Before, each hand-over left its
+// old primary draining for up to --shutdown-timeout, so N quick upgrades
+// left N old primaries and their workers alive. Now an upgrade asked of a
+// primary whose old primary still drains is refused (409, and hybrid
+// upgrade exits 1 saying why): at most two primaries run, each with its
+// workers. Once the old one has exited (its 60 s request cut at the
+// shutdown timeout), the next upgrade goes through.
+func TestUpgradeStormIsBounded(t *testing.T) {
+	const workers, upgrades = 1, 10
+	c := startCluster(t, []string{testHooksVar + "=/nonexistent"}, workers,
+		"--workers", strconv.Itoa(workers), "--shutdown-timeout", "5s")
+	t.Cleanup(c.killSeen)
+	var conns []net.Conn
+	defer func() {
+		for _, conn := range conns {
+			conn.Close()
+		}
+	}()
+	peak, peakPrimaries := 0, 0
+	sample := func() {
+		n, primaries := 0, 0
+		for pid, role := range c.seenPIDs() {
+			if running(pid) && !exiting(pid) {
+				n++
+				if role == "primary" {
+					primaries++
+				}
+			}
+		}
+		peak, peakPrimaries = max(peak, n), max(peakPrimaries, primaries)
+	}
+	ok, refused := 0, 0
+	var refusal string
+	start := time.Now()
+	for range upgrades {
+		conn, err := net.Dial("tcp", c.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+		fmt.Fprintf(conn, "GET /_test/sleep?ms=60000 HTTP/1.1\r\nHost: hybrid\r\n\r\n")
+		time.Sleep(50 * time.Millisecond) // a worker has taken it
+		_, errOut, code := runHybrid(t, nil, "upgrade", "--admin-addr", c.admin)
+		switch {
+		case code == 0:
+			ok++
+		case code == 1 && strings.Contains(errOut, "still drains its workers"):
+			refused++
+			refusal = errOut
+		default:
+			t.Errorf("hybrid upgrade: exit %d, %q; want 0, or 1 and the previous primary still draining", code, errOut)
+		}
+		sample()
+	}
+	stormTook := time.Since(start)
+	for range 10 {
+		sample()
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("%d upgrades asked for in %v, a request left open before each: %d done, %d refused (%q); peak %d hybrid processes, %d of them primaries",
+		upgrades, stormTook.Round(time.Millisecond), ok, refused, strings.TrimSpace(refusal), peak, peakPrimaries)
+	if ok < 1 || refused < 1 || strings.Count(refusal, "\n") != 1 {
+		t.Errorf("%d upgrades done, %d refused with %q; want at least one of each, the refusal on one line", ok, refused, refusal)
+	}
+	if bound := 2 * (1 + workers); peak > bound || peakPrimaries > 2 {
+		t.Errorf("peak %d hybrid processes, %d primaries; want at most %d: two primaries, each with its workers", peak, peakPrimaries, bound)
+	}
+
+	// Once the old primary has exited, an upgrade goes through again.
+	s := c.snapshot()
+	if s.LastUpgrade == nil || s.LastUpgrade.Result != procpool.UpgradeSucceeded {
+		t.Fatalf("last upgrade %+v; want a success", s.LastUpgrade)
+	}
+	old := s.LastUpgrade.OldPID
+	c.waitFor(15*time.Second, "the old primary to exit", func() bool { return !running(old) })
+	if _, errOut, code := runHybrid(t, nil, "upgrade", "--admin-addr", c.admin); code != 0 {
+		t.Errorf("hybrid upgrade once the old primary %d has exited: exit %d, %q; want 0", old, code, errOut)
+	}
+	if now := c.snapshot(); now.PrimaryPID == s.PrimaryPID {
+		t.Errorf("primary %d after that upgrade; want a new one", now.PrimaryPID)
+	}
 }
 
 // HYBRID_POOL_SIZE is --pool-size's variable, which the primary passes on
