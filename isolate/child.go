@@ -54,23 +54,46 @@ func Serve(lookup func(name string) (Func, bool)) int {
 			return 0 // the parent is done with us, or gone
 		}
 		if err == nil && h.Heap > 0 {
-			// Before the input's buffer: it lands on huge pages too.
-			hugeHeap(min(uint64(h.Heap)+uint64(h.Size), lim.MemoryBytes/2))
+			hugeHeap(min(uint64(h.Heap), lim.MemoryBytes/2))
 		}
 		var input []byte
 		if err == nil {
-			input, err = readExactPayload(in, h)
+			input, err = mapInput(h.Size)
 		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "isolate child: %v\n", err)
 			return 2
 		}
 		resp, payload := serveOne(lookup, h, input)
-		if err := writeFrame(out, resp, payload); err != nil {
+		err = writeFrame(out, resp, payload)
+		if len(input) > 0 {
+			unix.Munmap(input) // the next frame's input may be shorter: no stale page stays mapped
+		}
+		if err != nil {
 			return 2
 		}
 	}
 	return 0
+}
+
+// mapInput maps the first size bytes of the input file (inputFD), which
+// the parent wrote before it sent the header. The mapping is private and
+// writable, copy on write: a job may scribble on its input as on a heap
+// buffer, and nothing it writes reaches the file. Mapping instead of
+// reading through the pipe saves a copy, the pipe's wake-ups and the
+// heap's fresh pages: ~4.4 ms of CPU for 6.4 MB and ~0.9 ms for 1 MiB
+// (bench/RESULTS.md). The pages are the parent's (charged to its memory
+// cgroup, bounded by its body limit); only those the job writes are the
+// child's.
+func mapInput(size int) ([]byte, error) {
+	if size == 0 {
+		return []byte{}, nil
+	}
+	b, err := unix.Mmap(inputFD, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	if err != nil {
+		return nil, fmt.Errorf("%w: input of %d bytes: %v", errFraming, size, err)
+	}
+	return b, nil
 }
 
 // Probe applies a child's confinement and exits: the isolator runs it once

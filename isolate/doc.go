@@ -12,8 +12,11 @@
 // A child is this binary re-executed with [RoleEnv]=[RoleChild] (set by the
 // parent, never by a user flag), an empty environment, an empty read-only
 // working directory, its own process group, the parent-death signal, and
-// only stdin, stdout and stderr open (every process of hybrid marks what it
-// inherited close-on-exec at start, package internal/fds). When the worker
+// only stdin, stdout, stderr and its input file open (every process of
+// hybrid marks what it inherited close-on-exec at start, package
+// internal/fds). The input file is a memfd of its own, which the child holds
+// read-only: the parent writes each task's input there and the child maps
+// it, instead of a copy through the pipe. When the worker
 // is root, the child runs as an unprivileged user of its own
 // ([Config.User]), so it can signal, trace or write nothing of root's.
 // Before it reads any input it lowers its rlimits (CPU time, open files, no
@@ -22,8 +25,10 @@
 // (package internal/seccomp) on all its threads: no socket, no open, no new
 // process, no signal to another process. A refused system call kills it
 // (SIGSYS), which is [ErrViolation]. It then reads one frame on stdin (a
-// JSON header naming the job and its params, then the input), writes one
-// frame on stdout and exits, or serves up to Config.Reuse frames first.
+// JSON header naming the job, its params and its input's size), maps the
+// input, writes one frame on stdout (a header, then the output) and exits,
+// or serves up to Config.Reuse frames first. A child runs with one P
+// (GOMAXPROCS=1): the isolator's parallelism is its children.
 //
 // Where a cgroup hierarchy is writable ([Config.Cgroup]: v2, v1, or none),
 // each child runs in a cgroup with the memory limit and a task bound,
@@ -42,7 +47,7 @@
 //     parameters.
 //   - The parent trusts nothing the child says. The reply is bounded by
 //     Job.MaxOutput and its header line by 64 KiB; a malformed frame, a
-//     status outside 400–599 or a reply before the input was taken kills
+//     status outside 400–599 or a reply before its request was taken kills
 //     the child and is a [*CrashError]. A *JobError's code is the caller's
 //     to check against the codes it knows.
 //   - Run never waits on a child without a timer, and nothing a child

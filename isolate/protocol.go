@@ -21,6 +21,12 @@ const (
 	limitsEnv = "HYBRID_ISOLATE_LIMITS" // JSON childLimits
 )
 
+// inputFD is the child's descriptor of its input file: a memfd the parent
+// writes each request's input into, open read-only in the child (see
+// newInputFile). A request frame's Size says how many of its bytes are the
+// input; nothing follows a request's header on the pipe.
+const inputFD = 3
+
 // maxRequest bounds a request frame's payload: the parent is trusted, this
 // only stops a runaway.
 const maxRequest = 1 << 30
@@ -40,7 +46,8 @@ type header struct {
 	Status  int    `json:"status,omitempty"`
 	Code    string `json:"code,omitempty"`
 	Message string `json:"message,omitempty"`
-	// Both: the payload's length in bytes.
+	// Both: the payload's length in bytes. A request's payload is in the
+	// input file (inputFD), a response's follows its header on stdout.
 	Size int `json:"size"`
 }
 
@@ -48,8 +55,14 @@ type header struct {
 // lie (it is killed and the run is a crash).
 var errFraming = errors.New("isolate: bad frame")
 
+// writeFrame writes a response: its header, then the payload.
 func writeFrame(w *bufio.Writer, h header, payload []byte) error {
 	h.Size = len(payload)
+	return writeHeader(w, h, payload)
+}
+
+// writeHeader writes h (with its Size as set), then payload, if any.
+func writeHeader(w *bufio.Writer, h header, payload []byte) error {
 	b, err := json.Marshal(h)
 	if err != nil {
 		return err
@@ -88,20 +101,6 @@ func readHeader(r *bufio.Reader, limit int) (header, error) {
 		return h, fmt.Errorf("%w: payload of %d bytes, limit %d", errFraming, h.Size, limit)
 	}
 	return h, nil
-}
-
-// readExactPayload reads h's payload into one buffer of its declared size:
-// for the child, whose parent is trusted and whose request's size is
-// known. One allocation, made after the heap hint (hugeHeap), so that the
-// input lands on huge pages too, instead of a buffer doubled four times
-// from 1 MiB (6.4 MB of JPEG: 13 MB of fresh 4 KiB pages touched and 7 MB
-// copied).
-func readExactPayload(r *bufio.Reader, h header) ([]byte, error) {
-	payload := make([]byte, h.Size)
-	if _, err := io.ReadFull(r, payload); err != nil {
-		return nil, fmt.Errorf("%w: payload: %v", errFraming, err)
-	}
-	return payload, nil
 }
 
 // readPayload reads h's payload as it arrives: memory follows the bytes

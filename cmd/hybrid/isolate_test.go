@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -222,14 +224,27 @@ func TestIsolateChildIsConfined(t *testing.T) {
 	if st["NoNewPrivs"] != "1" || st["CapEff"] != "0000000000000000" {
 		t.Errorf("child NoNewPrivs %q CapEff %q; want 1 and no capabilities", st["NoNewPrivs"], st["CapEff"])
 	}
+	// Its descriptors: stdin, stdout, stderr and its input file, a memfd
+	// open read-only (it may map it, never write it).
 	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", kid))
-	if len(ents) != 3 {
-		var names []string
-		for _, e := range ents {
-			l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", kid, e.Name()))
-			names = append(names, e.Name()+"→"+l)
+	var names []string
+	for _, e := range ents {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", kid, e.Name()))
+		names = append(names, e.Name()+"→"+l)
+	}
+	input, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", kid))
+	if len(ents) != 4 || !strings.HasPrefix(input, "/memfd:hybrid-isolate-input") {
+		t.Errorf("child descriptors %v; want only stdin, stdout, stderr and 3, its input memfd", names)
+	}
+	info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/3", kid))
+	var flags int
+	for _, line := range strings.Split(string(info), "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			fmt.Sscanf(strings.TrimSpace(v), "%o", &flags)
 		}
-		t.Errorf("child descriptors %v; want only stdin, stdout and stderr", names)
+	}
+	if err != nil || flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		t.Errorf("child's input file flags %o (%v); want it open read-only", flags, err)
 	}
 }
 
@@ -328,6 +343,44 @@ func TestIsolateCPULimit(t *testing.T) {
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("cpu_limit after %v; want about 2s (RLIMIT_CPU hard limit)", took)
+	}
+}
+
+// A child that serves several tasks (--isolate-reuse) maps each task's
+// input from the same input file: each sees exactly its own bytes, however
+// long the one before it was, and an empty input is empty.
+func TestIsolateReusedChildSeesOnlyItsInput(t *testing.T) {
+	c := startCluster(t, nil, 1, "--workers", "1", "--isolate-warm", "1", "--isolate-reuse", "8",
+		"--allow-mode-override")
+	url := "http://" + c.addr + "/v1/hash/sha256?mode=isolate"
+	worker := c.snapshot().Workers[0].PID
+	for _, n := range []int{3 << 20, 70_000, 4097, 4096, 1, 0, 5000} {
+		in := []byte(strings.Repeat(string(rune('a'+n%26)), n))
+		r := post(t, url, in)
+		sum := sha256.Sum256(in)
+		if want := hex.EncodeToString(sum[:]); r.status != 200 || !strings.Contains(string(r.body), want) {
+			t.Errorf("isolated sha256 of %d bytes = %d %s; want 200 with %s", n, r.status, r.body, want)
+		}
+		// The file a child holds is its last task's input, no longer (or
+		// empty, for a spare that has not served): no byte of the task
+		// before stays for it to map.
+		kids, _ := children(worker)
+		for _, kid := range kids {
+			if fi, err := os.Stat(fmt.Sprintf("/proc/%d/fd/3", kid)); err == nil && fi.Size() != int64(n) && fi.Size() != 0 {
+				t.Errorf("after a task of %d bytes, child %d's input file holds %d", n, kid, fi.Size())
+			}
+		}
+	}
+	var h struct {
+		Isolate struct {
+			Started uint64 `json:"children_started"`
+		}
+	}
+	getJSON(freshClient(), "http://"+c.addr+"/health", &h)
+	// 7 tasks, 8 per child, 1 warm: the first child served them all (and a
+	// spare may have started since).
+	if h.Isolate.Started > 2 {
+		t.Errorf("%d children started for 7 tasks with --isolate-reuse 8; the test wants one child to serve them", h.Isolate.Started)
 	}
 }
 
