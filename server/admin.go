@@ -418,6 +418,17 @@ func KeepAdminSocket(ln net.Listener) {
 	}
 }
 
+// RemoveAdminSocketOnClose makes closing ln, a unix admin listener an
+// upgrade handed to this process, remove its file, as closing one of
+// ListenAdmin's own does: the primary that serves it last removes it. (A
+// listener made from an inherited descriptor leaves its file by default.)
+// A TCP listener is left as it is.
+func RemoveAdminSocketOnClose(ln net.Listener) {
+	if ul, ok := ln.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(true)
+	}
+}
+
 // pprofProfiles are the profiles GET /workers/{id}/debug/pprof/{profile}
 // passes on ("": the index).
 var pprofProfiles = map[string]bool{"": true, "cmdline": true, "profile": true, "symbol": true, "trace": true,

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -285,11 +286,16 @@ func runServe(args []string) int {
 		// After an upgrade the admin socket is the old primary's: binding
 		// again would fail, and the socket never closes.
 		ln, err := procpool.Inherited("admin")
+		ownsFile := err == nil && ln != nil && inheritedAdminFile(ln)
 		if err == nil && ln == nil && sdAdmin != nil {
 			ln = sdAdmin
+			os.Unsetenv(adminFileEnv) // systemd's file: never removed
 		}
 		if err == nil && ln == nil {
 			ln, err = server.ListenAdmin(cfg.adminAddr)
+			if err == nil {
+				handDownAdminFile(ln)
+			}
 		}
 		if err != nil {
 			log.Error("cannot start admin endpoint", "err", err.Error())
@@ -302,17 +308,29 @@ func runServe(args []string) int {
 		// admin socket only once it has taken over: until then the old
 		// one answers every request, and a change asked of this one (POST
 		// /pool) is not lost when it is rolled back.
+		serving := make(chan struct{})
 		go func() {
 			select {
 			case <-sup.TookOver():
 			case <-runDone:
 				return
 			}
+			// Serving it, this primary removes the unix socket's file when
+			// it exits, unless it hands it on to the next one.
+			if ownsFile {
+				server.RemoveAdminSocketOnClose(ln)
+			}
+			close(serving)
 			log.Info("admin endpoint listening", "admin_addr", ln.Addr().String())
 			admin.Serve(ln)
 		}()
 		go func() { // the new primary answers on the admin socket from now on
 			<-sup.HandedOver()
+			select {
+			case <-serving:
+			case <-runDone:
+				return
+			}
 			server.KeepAdminSocket(ln)
 			stopAdmin(admin)
 		}()
@@ -384,6 +402,30 @@ func runServe(args []string) int {
 	default:
 		return 0
 	}
+}
+
+// adminFileEnv names the unix admin socket's file that the first primary
+// of a line of upgrades created (server.ListenAdmin), and so the last one
+// removes: each primary hands it down in its environment. A socket that
+// systemd passed is systemd's file, never removed, and a TCP one has none:
+// the variable is then unset.
+const adminFileEnv = "HYBRID_ADMIN_SOCKET_FILE"
+
+// handDownAdminFile records in the environment, which an upgrade's new
+// primary inherits, whether ln (server.ListenAdmin's) has a file of ours.
+func handDownAdminFile(ln net.Listener) {
+	if ln.Addr().Network() == "unix" {
+		os.Setenv(adminFileEnv, ln.Addr().String())
+	} else {
+		os.Unsetenv(adminFileEnv)
+	}
+}
+
+// inheritedAdminFile reports whether ln, the admin listener an upgrade
+// handed to this primary, is a unix socket whose file a primary before it
+// created: then this one removes it once it exits, unless it hands it on.
+func inheritedAdminFile(ln net.Listener) bool {
+	return ln.Addr().Network() == "unix" && os.Getenv(adminFileEnv) == ln.Addr().String()
 }
 
 // stopAdmin stops the admin endpoint, letting a request under way (POST

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -669,6 +670,52 @@ func TestUpgradeStormIsBounded(t *testing.T) {
 	}
 	if now := c.snapshot(); now.PrimaryPID == s.PrimaryPID {
 		t.Errorf("primary %d after that upgrade; want a new one", now.PrimaryPID)
+	}
+}
+
+// With a unix admin socket (--admin-addr unix:PATH), two upgrades in turn:
+// each new primary inherits the socket, which stays in place, mode 0600,
+// and hybrid status over it reaches the new primary once the old one has
+// exited; when the last primary exits, the socket's file goes with it.
+func TestUpgradeUnixAdminSocket(t *testing.T) {
+	dir, err := os.MkdirTemp("", "hybrid-admin-") // short: a socket path has at most 107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "admin.sock")
+	env := []string{"HYBRID_ADMIN_ADDR=unix:" + sock}
+	c := startClusterCmd(t, serveCmd(binPath, "--workers", "1", "--admin-addr", "unix:"+sock), nil, 0)
+	t.Cleanup(c.killSeen)
+	status := func() (s procpool.Snapshot) {
+		out, errOut, code := runHybrid(t, env, "status", "--json")
+		if code != 0 || json.Unmarshal([]byte(out), &s) != nil {
+			t.Logf("hybrid status --json over %s: exit %d, %q", sock, code, errOut)
+		}
+		return s
+	}
+	c.waitFor(15*time.Second, "a ready worker", func() bool { return status().WorkersReady == 1 })
+	pid := c.cmd.Process.Pid
+	for i := range 2 {
+		if _, errOut, code := runHybrid(t, env, "upgrade"); code != 0 {
+			t.Fatalf("upgrade %d over the unix socket: exit %d, %q", i+1, code, errOut)
+		}
+		old := pid
+		c.waitFor(15*time.Second, fmt.Sprintf("the old primary %d to exit", old), func() bool { return !running(old) })
+		s := status()
+		pid = s.PrimaryPID
+		if pid == old || pid == 0 || s.WorkersReady != 1 {
+			t.Fatalf("after upgrade %d hybrid status over the socket shows primary %d with %d ready; want a new one, not %d", i+1, pid, s.WorkersReady, old)
+		}
+		fi, err := os.Stat(sock)
+		if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("after upgrade %d and the old primary's exit, the admin socket: %v, %v; want a socket of mode 0600", i+1, fi, err)
+		}
+	}
+	c.signal0(pid, syscall.SIGTERM)
+	c.waitFor(15*time.Second, "the last primary to exit", func() bool { return !running(pid) })
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("admin socket after the last primary exited: %v; want it removed", err)
 	}
 }
 
