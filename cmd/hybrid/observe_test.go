@@ -10,9 +10,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hybrid-server/hybrid/procpool"
 )
 
 // TestAccessLog: with --access-log <file>, every request answered is one
@@ -24,18 +27,21 @@ func TestAccessLog(t *testing.T) {
 	client := keptAlive()
 	base := "http://" + c.addr
 
+	sent := map[string]int{} // body bytes the client read, by the request id echoed
 	do := func(method, url, id string, body string) *http.Response {
 		t.Helper()
 		req, _ := http.NewRequest(method, url, strings.NewReader(body))
 		if id != "" {
 			req.Header.Set("X-Request-ID", id)
 		}
+		req.Header.Set("Accept-Encoding", "identity") // the body as sent is the body read
 		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		io.Copy(io.Discard, resp.Body)
+		n, _ := io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+		sent[resp.Header.Get("X-Request-ID")] = int(n)
 		return resp
 	}
 	r1 := do("POST", base+"/v1/hash/sha256", "trace-1.a_B", "x")
@@ -113,8 +119,71 @@ func TestAccessLog(t *testing.T) {
 			t.Errorf("hostile path logged as %q…; want the raw path, escaped, at most 512 bytes of it", p[:min(len(p), 40)])
 		}
 	}
-	if l := byID["trace-1.a_B"]; l != nil && l["bytes"] != 71.0 {
-		t.Logf("hash response bytes = %v", l["bytes"]) // the body's size, as sent
+	for id, n := range sent {
+		if l := byID[id]; l == nil || l["bytes"] != float64(n) || n == 0 {
+			t.Errorf("request %q: the client read %d body bytes; its line %v", id, n, l)
+		}
+	}
+}
+
+// TestAccessLogStderr: --access-log stderr writes the same lines through
+// the primary's copy of the worker's stderr.
+func TestAccessLogStderr(t *testing.T) {
+	c := startCluster(t, nil, 1, "--workers", "1", "--access-log", "stderr")
+	req, _ := http.NewRequest("POST", "http://"+c.addr+"/v1/hash/sha256", strings.NewReader("x"))
+	req.Header.Set("X-Request-ID", "stderr-1")
+	req.Header.Set("Accept-Encoding", "identity")
+	resp, err := freshClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	var line map[string]any
+	c.waitFor(10*time.Second, "the access line on stderr", func() bool {
+		for _, l := range c.logs.find("access") {
+			if l["request_id"] == "stderr-1" {
+				line = l
+				return true
+			}
+		}
+		return false
+	})
+	if line["method"] != "POST" || line["path"] != "/v1/hash/sha256" || line["status"] != 200.0 || line["mode"] != "pool" ||
+		line["bytes"] != float64(n) || line["worker"] != 1.0 {
+		t.Errorf("the access line %v; want POST /v1/hash/sha256, 200, pool, %d bytes, worker 1", line, n)
+	}
+}
+
+// TestRequestIDWithoutAccessLog: X-Request-ID is echoed with the access
+// log off too: the client's when safe, else one generated.
+func TestRequestIDWithoutAccessLog(t *testing.T) {
+	c := startCluster(t, nil, 1, "--workers", "1")
+	client := keptAlive()
+	id := func(sent string) string {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+c.addr+"/health", nil)
+		if sent != "" {
+			req.Header.Set("X-Request-ID", sent)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.Header.Get("X-Request-ID")
+	}
+	if got := id("off-1"); got != "off-1" {
+		t.Errorf("X-Request-ID off-1 echoed as %q", got)
+	}
+	a, b := id(""), id("bad id")
+	hex32 := regexp.MustCompile(`^[0-9a-f]{32}$`)
+	if !hex32.MatchString(a) || !hex32.MatchString(b) || a == b {
+		t.Errorf("generated ids %q and %q; want two distinct ids of 32 hex digits", a, b)
+	}
+	if lines := c.logs.find("access"); len(lines) != 0 {
+		t.Errorf("access lines with the log off: %v", lines)
 	}
 }
 
@@ -267,8 +336,13 @@ func TestPprof(t *testing.T) {
 			before, during, len(held), pprofConns)
 	}
 
-	off := startCluster(t, nil, 1, "--workers", "1")
-	time.Sleep(200 * time.Millisecond) // a heartbeat or two
+	off := startCluster(t, nil, 1, "--workers", "1", "--heartbeat-interval", "100ms")
+	// A 404 must mean off, not "no heartbeat yet" (the first carries the
+	// pprof address): wait for the worker's first heartbeat.
+	off.waitFor(10*time.Second, "the worker's first heartbeat", func() bool {
+		s := off.snapshot()
+		return len(s.Workers) == 1 && s.Workers[0].State == procpool.StateReady && s.Workers[0].RSS > 0
+	})
 	if s, b := get(fmt.Sprintf("http://%s/workers/1/debug/pprof/goroutine", off.admin)); s != 404 {
 		t.Errorf("without --pprof: %d %s; want 404", s, b)
 	}
