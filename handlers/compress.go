@@ -41,17 +41,22 @@ type codec struct {
 	compress         func(in []byte, level int) ([]byte, error)
 	reader           func(r io.Reader, maxOutput int) (io.Reader, func(), error)
 	// worst is the most CPU a MiB of input has cost at each level (index:
-	// the level), over the data shapes tried: random bytes, log text, and
-	// random letters from alphabets of 2, 4 and 16, which is what makes
-	// gzip 9 and zstd's best encoder slow. It sets each level's input cap
-	// (inputCap) and whether a task is short (Workload.Short).
+	// the level), at the largest input the level takes and over the data
+	// shapes tried: random bytes, zeros, log text, words, and random
+	// letters from alphabets of 2 to 64, which is what makes gzip 9,
+	// brotli and zstd's best encoder slow. It says whether a task is short
+	// (Workload.Short). Small inputs can cost more per MiB where a level
+	// has a fixed cost (brotli 10 of 4 KiB: 12 ms), still under that 20 ms.
 	worst []time.Duration
+	// caps is the largest input each level takes (index: the level; 0 or
+	// past the end: --max-body): see inputCap.
+	caps []int
 }
 
-// Measured on the 2-core box, 2026-11-28 (bench/RESULTS.md, issue 11),
-// rounded up: ms of CPU per MiB of input at the worst data shape tried.
-// gzip 9 spends ~4 s on a MiB of two-letter random text, zstd's best
-// encoder (levels 10–22) ~0.45 s, brotli 10 and 11 ~1 and ~1.9 s.
+// Measured on the 2-core box (bench/RESULTS.md, issue 11), rounded up:
+// ms of CPU per MiB of input at the worst data shape tried, at the level's
+// cap (or 32 MiB). gzip 9 spends ~3.6 s on a MiB of two-letter random text,
+// brotli 11 ~1.9 s on 512 KiB of it.
 func msPerMiB(ms ...int) []time.Duration {
 	d := make([]time.Duration, len(ms))
 	for i, v := range ms {
@@ -61,27 +66,23 @@ func msPerMiB(ms ...int) []time.Duration {
 }
 
 // compressBudget is the most CPU one compression may cost at its level's
-// worst rate: a level a request names can make it cost this much, and no
+// worst: a level a request names can make it cost about this much, and no
 // more, whatever its bytes. Around what the default levels cost on a
-// --max-body input (gzip 6 of 32 MiB: ~0.5 s).
+// --max-body input (gzip 6 of 32 MiB: ~0.5 s; brotli 5: ~1 s).
 const compressBudget = time.Second
 
-// inputCap is the largest input level takes within compressBudget at its
-// worst rate: a power of two, at least 64 KiB; 0 for no cap beyond
-// --max-body.
+// inputCap is the largest input level takes: a power of two, the largest
+// whose worst data shape costs at most compressBudget, as measured
+// (BenchmarkLargestAllowed); 0 for no cap beyond --max-body. A table, not
+// compressBudget divided by a rate: brotli's cost grows faster than its
+// input (brotli 9 of alphabet-32 text: 0.3 s for 2 MiB, 0.75–1.16 s for
+// 4 MiB, 2.9 s for 8 MiB), so a rate measured at one size says little of
+// twice it.
 func (c codec) inputCap(level int) int {
-	if level >= len(c.worst) || c.worst[level] <= 0 {
+	if level >= len(c.caps) {
 		return 0
 	}
-	n := int(int64(compressBudget) * (1 << 20) / int64(c.worst[level]))
-	if n >= 32<<20 {
-		return 0
-	}
-	p := 64 << 10
-	for p*2 <= n {
-		p *= 2
-	}
-	return p
+	return c.caps[level]
 }
 
 // shortCompression is the worst-case cost under which a compression is
@@ -92,7 +93,8 @@ const shortCompression = 20 * time.Millisecond
 var codecs = map[string]codec{
 	"gzip": {
 		contentType: "application/gzip", minLevel: 1, maxLvl: 9, defLevel: 6, hasLevel: true,
-		worst: msPerMiB(0, 5, 5, 5, 15, 20, 20, 60, 160, 4000),
+		worst: msPerMiB(0, 10, 10, 10, 15, 20, 20, 60, 160, 4000),
+		caps:  []int{7: 16 << 20, 8: 4 << 20, 9: 256 << 10},
 		compress: func(in []byte, level int) ([]byte, error) {
 			var buf bytes.Buffer
 			w, err := gzip.NewWriterLevel(&buf, level)
@@ -111,8 +113,12 @@ var codecs = map[string]codec{
 	},
 	"zstd": {
 		contentType: "application/zstd", minLevel: 1, maxLvl: 22, defLevel: 3, hasLevel: true,
-		// klauspost's encoders: 1–2 fastest, 3–5 default, 6–9 better, 10– best.
+		// klauspost's encoders: 1–2 fastest, 3–5 default, 6–9 better, 10– best
+		// (its worst: 0.45 s a MiB once, 0.17 s at 2 MiB of alphabet-16
+		// text since; the higher is kept).
 		worst: msPerMiB(0, 10, 10, 10, 10, 10, 20, 20, 20, 20, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500),
+		caps: []int{10: 2 << 20, 11: 2 << 20, 12: 2 << 20, 13: 2 << 20, 14: 2 << 20, 15: 2 << 20, 16: 2 << 20,
+			17: 2 << 20, 18: 2 << 20, 19: 2 << 20, 20: 2 << 20, 21: 2 << 20, 22: 2 << 20},
 		compress: func(in []byte, level int) ([]byte, error) {
 			return zstdEncoder(level).EncodeAll(in, make([]byte, 0, len(in)/2+64)), nil
 		},
@@ -130,6 +136,7 @@ var codecs = map[string]codec{
 	"s2": {
 		contentType: "application/x-s2", minLevel: 1, maxLvl: 3, defLevel: 1, hasLevel: true,
 		worst: msPerMiB(0, 5, 10, 100),
+		caps:  []int{3: 8 << 20},
 		compress: func(in []byte, level int) ([]byte, error) {
 			opts := []s2.WriterOption{s2.WriterConcurrency(1)}
 			switch level {
@@ -157,7 +164,10 @@ var codecs = map[string]codec{
 	},
 	"brotli": {
 		contentType: "application/x-brotli", minLevel: 0, maxLvl: 11, defLevel: 5, hasLevel: true,
-		worst: msPerMiB(5, 5, 10, 10, 25, 30, 30, 50, 70, 100, 1000, 2000),
+		// 5 of 32 MiB: ~1 s. 6 to 9 took twice that and more at their
+		// former caps (32, 16, 8 and 8 MiB).
+		worst: msPerMiB(5, 10, 15, 15, 25, 35, 60, 125, 200, 240, 1000, 2000),
+		caps:  []int{6: 16 << 20, 7: 8 << 20, 8: 4 << 20, 9: 4 << 20, 10: 1 << 20, 11: 512 << 10},
 		compress: func(in []byte, level int) ([]byte, error) {
 			return brrr.Compress(in, level)
 		},

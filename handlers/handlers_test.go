@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hybrid-server/hybrid/server"
 	"github.com/klauspost/compress/gzip"
@@ -362,13 +363,14 @@ func TestJSONBodyIsStrictAndNeverEchoed(t *testing.T) {
 	}
 }
 
-// Each level's input cap follows its worst measured cost per MiB: what a
-// request can name costs at most compressBudget, whatever its bytes.
+// Each level's input cap is where its worst measured cost is about
+// compressBudget (BenchmarkLargestAllowed): what a request can name costs
+// at most that, whatever its bytes.
 func TestCompressInputCaps(t *testing.T) {
 	want := map[string]map[int]int{
 		"gzip":   {6: 0, 7: 16 << 20, 8: 4 << 20, 9: 256 << 10},
 		"zstd":   {3: 0, 9: 0, 10: 2 << 20, 22: 2 << 20},
-		"brotli": {5: 0, 6: 0, 7: 16 << 20, 8: 8 << 20, 9: 8 << 20, 10: 1 << 20, 11: 512 << 10},
+		"brotli": {5: 0, 6: 16 << 20, 7: 8 << 20, 8: 4 << 20, 9: 4 << 20, 10: 1 << 20, 11: 512 << 10},
 		"s2":     {1: 0, 2: 0, 3: 8 << 20},
 		"snappy": {0: 0},
 	}
@@ -376,6 +378,16 @@ func TestCompressInputCaps(t *testing.T) {
 		for level, cap := range levels {
 			if got := codecs[name].inputCap(level); got != cap {
 				t.Errorf("%s level %d: cap %d; want %d", name, level, got, cap)
+			}
+		}
+	}
+	// The two tables agree: a capped level's worst rate at its cap stays
+	// within the budget.
+	for name, c := range codecs {
+		for level := range c.caps {
+			if n := c.inputCap(level); n > 0 && c.worst[level]*time.Duration(n>>10)/1024 > compressBudget {
+				t.Errorf("%s level %d: %v a MiB over its cap of %d bytes is over the budget of %v",
+					name, level, c.worst[level], n, compressBudget)
 			}
 		}
 	}
