@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -211,5 +212,50 @@ func TestClientStatusWatch(t *testing.T) {
 	last := strings.Fields(lines[len(lines)-1])
 	if len(last) < 15 || last[6] == "-" || !strings.Contains(last[9], "/") || !strings.Contains(last[12], "/") {
 		t.Errorf("last row %q: want req/s and the pool and isolate run/cap", lines[len(lines)-1])
+	}
+}
+
+// A build with VCS stamping (go build -buildvcs=true, in the repository;
+// GOFLAGS may say -buildvcs=false, which the flag overrides) shows its
+// build, the revision cut to 12 hex digits and +dirty for a changed tree,
+// in hybrid version, and /cluster shows the same for the primary and every
+// worker.
+func TestVersionShowsTheBuild(t *testing.T) {
+	rev, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Skipf("SKIPPED LOUDLY: not in a git work tree, so no build to stamp: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "hybrid")
+	args := append([]string{"build", "-buildvcs=true", "-tags", "testhooks", "-o", bin}, buildFlags...)
+	build := exec.Command("go", append(args, ".")...)
+	cgo := "CGO_ENABLED=0"
+	if len(buildFlags) > 0 {
+		cgo = "CGO_ENABLED=1"
+	}
+	build.Env = append(os.Environ(), cgo)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build -buildvcs=true: %v\n%s", err, out)
+	}
+	os.Chmod(filepath.Dir(bin), 0o755)
+	out, err := exec.Command(bin, "version").Output()
+	m := regexp.MustCompile(` build ([0-9a-f]{12})(\+dirty)? `).FindStringSubmatch(string(out))
+	if err != nil || m == nil {
+		t.Fatalf("hybrid version: %q, %v; want \"build <12 hex digits>[+dirty]\"", out, err)
+	}
+	// The revision is one of this repository's commits (HEAD may have
+	// moved on since the build, as others commit).
+	if err := exec.Command("git", "cat-file", "-e", m[1]+"^{commit}").Run(); err != nil {
+		t.Errorf("hybrid version says build %s, which is no commit here (HEAD %.12s): %v", m[1], rev, err)
+	}
+	want := m[1] + m[2]
+	c := startClusterCmd(t, serveCmd(bin, "--workers", "2"), nil, 2)
+	s := c.snapshot()
+	if s.Build != want {
+		t.Errorf("/cluster build %q; want %q, as hybrid version says", s.Build, want)
+	}
+	for _, w := range s.Workers {
+		if w.Build != want {
+			t.Errorf("/cluster worker %d build %q; want %q", w.ID, w.Build, want)
+		}
 	}
 }

@@ -420,10 +420,18 @@ func TestClientUpgrade(t *testing.T) {
 	t.Cleanup(c.killSeen)
 	flip(t, link, binB)
 	out, errOut, code := runHybrid(t, nil, "upgrade", "--admin-addr", c.admin)
-	if s := c.snapshot(); code != 0 || s.Version != upgradeVersion {
-		t.Fatalf("hybrid upgrade: exit %d, stdout %q, stderr %q, now version %q; want 0 and %q", code, out, errOut, s.Version, upgradeVersion)
+	if code != 0 {
+		t.Fatalf("hybrid upgrade: exit %d, stdout %q, stderr %q; want 0", code, out, errOut)
 	}
-	s := c.snapshot()
+	// The old primary may answer on the admin socket a moment longer.
+	var s procpool.Snapshot
+	c.waitFor(10*time.Second, "the new primary's version "+upgradeVersion, func() bool {
+		p := c.snapshotOrNil()
+		if p != nil {
+			s = *p
+		}
+		return p != nil && p.Version == upgradeVersion
+	})
 	pid := s.PrimaryPID
 	// The next upgrade waits for the old primary's exit: until then it is
 	// refused (TestUpgradeStormIsBounded).
@@ -717,6 +725,34 @@ func TestUpgradeUnixAdminSocket(t *testing.T) {
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("admin socket after the last primary exited: %v; want it removed", err)
 	}
+}
+
+// A primary-level setting changed in the --config file (workers = 2, then
+// 3) is applied by an upgrade: the new primary reads the file again and
+// runs 3 workers. (A reload leaves it, and says so in the log:
+// TestInvalidConfigOnReload.)
+func TestUpgradeAppliesPrimarySettings(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "hybrid.conf")
+	if err := os.WriteFile(conf, []byte("workers = 2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, nil, 2, "--config", conf)
+	t.Cleanup(c.killSeen)
+	old := c.snapshot()
+	if old.WorkersWanted != 2 {
+		t.Fatalf("workers_wanted %d with workers = 2 in the file; want 2", old.WorkersWanted)
+	}
+	if err := os.WriteFile(conf, []byte("workers = 3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := runHybrid(t, nil, "upgrade", "--admin-addr", c.admin); code != 0 {
+		t.Fatalf("hybrid upgrade: exit %d, %q", code, errOut)
+	}
+	// The old primary may answer on the admin socket a moment longer.
+	c.waitFor(10*time.Second, "the new primary, with 3 of 3 workers ready", func() bool {
+		s := c.snapshotOrNil()
+		return s != nil && s.PrimaryPID != old.PrimaryPID && s.WorkersWanted == 3 && s.WorkersReady == 3
+	})
 }
 
 // HYBRID_POOL_SIZE is --pool-size's variable, which the primary passes on
