@@ -224,11 +224,14 @@ var fasthttpStatus = map[string]int{
 }
 
 // answeredCodes walks the non-test sources of server and handlers for the
-// errors they build: Errorf(fasthttp.StatusX, CodeY, …) and handlers'
-// unprocessable(CodeY, …) (422), and returns each call's code and status.
+// errors they build: Errorf(fasthttp.StatusX, CodeY, …), handlers'
+// unprocessable(CodeY, …) (422), Error{Status: …, Code: …} literals, and
+// handlers' jobCodes (an isolated child's codes and their statuses), and
+// returns each one's code and status.
 func answeredCodes(t *testing.T, values map[string]string) map[codeStatus][]string {
 	t.Helper()
 	out := map[codeStatus][]string{}
+	jobCodesSeen := 0
 	for _, dir := range []string{"server", "handlers"} {
 		files, _ := filepath.Glob(filepath.Join("../..", dir, "*.go"))
 		for _, path := range files {
@@ -251,7 +254,73 @@ func answeredCodes(t *testing.T, values map[string]string) map[codeStatus][]stri
 				}
 				return ""
 			}
+			add := func(cs codeStatus, at token.Pos) {
+				if cs.code != "" {
+					out[cs] = append(out[cs], fset.Position(at).String())
+				}
+			}
+			statusOf := func(e ast.Expr) int {
+				switch e := e.(type) {
+				case *ast.SelectorExpr: // fasthttp.StatusX
+					if x, ok := e.X.(*ast.Ident); ok && x.Name == "fasthttp" {
+						if n, ok := fasthttpStatus[e.Sel.Name]; ok {
+							return n
+						}
+						t.Errorf("%s: fasthttp.%s: add it to fasthttpStatus", fset.Position(e.Pos()), e.Sel.Name)
+					}
+				case *ast.BasicLit: // 422
+					n, _ := strconv.Atoi(e.Value)
+					return n
+				}
+				return 0
+			}
 			ast.Inspect(f, func(n ast.Node) bool {
+				switch n := n.(type) {
+				case *ast.CompositeLit:
+					// Error{Status: fasthttp.StatusX, Code: CodeY, …}, as a
+					// value or behind &.
+					if !isErrorType(n.Type) {
+						return true
+					}
+					var cs codeStatus
+					for _, el := range n.Elts {
+						kv, ok := el.(*ast.KeyValueExpr)
+						if !ok {
+							continue
+						}
+						switch key, _ := kv.Key.(*ast.Ident); {
+						case key == nil:
+						case key.Name == "Status":
+							cs.status = statusOf(kv.Value)
+						case key.Name == "Code":
+							cs.code = codeOf(kv.Value)
+						}
+					}
+					if cs.status != 0 { // else built from a value (a child's error)
+						add(cs, n.Pos())
+					}
+					return true
+				case *ast.ValueSpec:
+					// jobCodes: the codes an isolated child may answer with,
+					// and their statuses.
+					if len(n.Names) != 1 || n.Names[0].Name != "jobCodes" || len(n.Values) != 1 {
+						return true
+					}
+					lit, ok := n.Values[0].(*ast.CompositeLit)
+					if !ok {
+						t.Fatalf("%s: jobCodes is no map literal", fset.Position(n.Pos()))
+					}
+					for _, el := range lit.Elts {
+						kv := el.(*ast.KeyValueExpr)
+						cs := codeStatus{codeOf(kv.Key), statusOf(kv.Value)}
+						if cs.code == "" || cs.status == 0 {
+							t.Errorf("%s: a jobCodes entry the walk cannot read", fset.Position(kv.Pos()))
+						}
+						add(cs, kv.Pos())
+						jobCodesSeen++
+					}
+					return true
+				}
 				call, ok := n.(*ast.CallExpr)
 				if !ok {
 					return true
@@ -281,17 +350,31 @@ func answeredCodes(t *testing.T, values map[string]string) map[codeStatus][]stri
 				default:
 					return true
 				}
-				if cs.code != "" {
-					out[cs] = append(out[cs], fset.Position(call.Pos()).String())
-				}
+				add(cs, call.Pos())
 				return true
 			})
 		}
+	}
+	if jobCodesSeen < 10 {
+		t.Fatalf("read %d entries of handlers' jobCodes; the walk is broken", jobCodesSeen)
 	}
 	if len(out) < 20 {
 		t.Fatalf("found only %d code/status pairs at the call sites; the walk is broken", len(out))
 	}
 	return out
+}
+
+// isErrorType reports whether e names server's Error type (Error in
+// server, server.Error elsewhere).
+func isErrorType(e ast.Expr) bool {
+	switch e := e.(type) {
+	case *ast.Ident:
+		return e.Name == "Error"
+	case *ast.SelectorExpr:
+		x, ok := e.X.(*ast.Ident)
+		return ok && x.Name == "server" && e.Sel.Name == "Error"
+	}
+	return false
 }
 
 // docs/api.md's error table is the code's: every code the code declares
@@ -328,6 +411,120 @@ func TestDocsErrorCodesTable(t *testing.T) {
 			t.Errorf("docs/api.md: `%s` is no error code of the code's", cs.code)
 		} else if !declared[cs] {
 			t.Errorf("docs/api.md: %d `%s`: the code declares %s with other statuses", cs.status, cs.code, cs.code)
+		}
+	}
+}
+
+// clientCommands are the subcommands that talk to a running primary.
+var clientCommands = []string{"status", "reload", "upgrade", "scale", "pool"}
+
+// usageFlag is one flag in a command's -h: its default as the flag
+// package prints it ("" and false are not printed).
+var (
+	usageName    = regexp.MustCompile(`^  -([a-z][a-z0-9-]*)(?: (\w+))?$`)
+	usageDefault = regexp.MustCompile(`\(default (.*)\)$`)
+)
+
+// clientFlags runs `hybrid <command> -h` for each client command and
+// returns every flag, with its default, and the commands that have it.
+func clientFlags(t *testing.T) (defaults map[string]string, commands map[string][]string) {
+	t.Helper()
+	defaults, commands = map[string]string{}, map[string][]string{}
+	for _, cmd := range clientCommands {
+		_, usage, code := runHybrid(t, nil, cmd, "-h")
+		if code != 0 || !strings.HasPrefix(usage, "Usage of "+cmd+":") {
+			t.Fatalf("hybrid %s -h: exit %d:\n%s", cmd, code, usage)
+		}
+		lines := strings.Split(usage, "\n")
+		for i, l := range lines {
+			m := usageName.FindStringSubmatch(l)
+			if m == nil {
+				continue
+			}
+			def := ""
+			if m[2] == "" { // a bool
+				def = "false"
+			}
+			if i+1 < len(lines) {
+				if d := usageDefault.FindStringSubmatch(lines[i+1]); d != nil {
+					def = d[1]
+					if u, err := strconv.Unquote(def); err == nil {
+						def = u
+					}
+				}
+			}
+			if old, ok := defaults[m[1]]; ok && old != def {
+				t.Errorf("--%s: default %q in one command, %q in another", m[1], old, def)
+			}
+			defaults[m[1]] = def
+			commands[m[1]] = append(commands[m[1]], cmd)
+		}
+	}
+	if len(defaults) < 5 || len(commands["admin-addr"]) != len(clientCommands) {
+		t.Fatalf("read %v from the client commands' -h; the parse is broken", commands)
+	}
+	return defaults, commands
+}
+
+// docs/operations.md's "Client subcommands" section names every flag of
+// the client commands (hybrid status, reload, upgrade, scale, pool) and
+// only flags hybrid has; its variables are those flags'. Its flags table,
+// once there, is the commands' flags: name, variable, default, commands.
+func TestDocsClientFlags(t *testing.T) {
+	defaults, commands := clientFlags(t)
+	b, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n## Client subcommands\n")
+	if !ok {
+		t.Fatal("docs/operations.md: no section ## Client subcommands")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	serve, _ := serveFlagSet(io.Discard)
+	named := map[string]bool{}
+	for _, m := range regexp.MustCompile(`--([a-z][a-z0-9-]*)`).FindAllStringSubmatch(section, -1) {
+		named[m[1]] = true
+		if _, ok := defaults[m[1]]; !ok && serve.Lookup(m[1]) == nil {
+			t.Errorf("docs/operations.md, Client subcommands: --%s is no flag of hybrid", m[1])
+		}
+	}
+	for _, m := range regexp.MustCompile(`HYBRID_[A-Z_]+`).FindAllString(section, -1) {
+		found := false
+		for name := range defaults {
+			found = found || envName(name) == m
+		}
+		if !found && m != "HYBRID_CONFIG" {
+			t.Errorf("docs/operations.md, Client subcommands: %s is no client flag's variable", m)
+		}
+	}
+	for name := range defaults {
+		if !named[name] {
+			t.Errorf("docs/operations.md, Client subcommands: --%s (of %v) is not named", name, commands[name])
+		}
+	}
+
+	const header = "| flag | env | default | commands | meaning |"
+	if !strings.Contains(section, "\n"+header+"\n") {
+		t.Skipf("SKIPPED LOUDLY: docs/operations.md has no client flags table yet (%q; the text is in out/docs-13.md)", header)
+	}
+	rows := docTable(t, "docs/operations.md", header)
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	for name, def := range defaults {
+		fs.String(name, def, "")
+	}
+	checkFlagsTable(t, "docs/operations.md", rows, fs, 1, 2)
+	for _, row := range rows {
+		name := strings.TrimLeft(strings.Trim(row[0], "`"), "-")
+		if len(row) < 4 || commands[name] == nil {
+			continue
+		}
+		want := "all"
+		if len(commands[name]) != len(clientCommands) {
+			want = "`" + strings.Join(commands[name], "`, `") + "`"
+		}
+		if row[3] != want {
+			t.Errorf("docs/operations.md: --%s is a flag of %s; want %s", name, row[3], want)
 		}
 	}
 }
