@@ -71,7 +71,8 @@
 // # Invariants
 //
 //   - At most one reload or upgrade runs at a time: asking for another gets
-//     [ErrBusy], never a queue, so a storm of requests costs one.
+//     [ErrBusy], never a queue: a storm of requests runs only as many as
+//     complete while it lasts, one after another.
 //   - At most two primaries run: an upgrade asked of a primary whose old
 //     primary still drains its workers (its carry pipe has not ended) gets
 //     [ErrBusy]. A storm of upgrades therefore leaves one old primary and

@@ -214,7 +214,8 @@ func (s *Supervisor) Addr() net.Addr { return s.sock.addr }
 // an open circuit and forgets a pool size set by SetPoolSize (the workers
 // read their flags again). It returns once the reload has started, or
 // [ErrBusy] if a reload or an upgrade is running: the request is refused,
-// not queued, so that a storm of reloads costs one.
+// not queued, so that a storm of reloads runs only those that complete
+// while it lasts, one at a time.
 func (s *Supervisor) Reload() error { return s.call(s.onReload) }
 
 // Kill makes a running shutdown stop waiting: every worker gets SIGKILL.

@@ -345,8 +345,9 @@ func runServe(args []string) int {
 		for sig := range sigs {
 			switch {
 			case sig == syscall.SIGHUP:
-				// A SIGHUP while a reload or upgrade runs is coalesced into
-				// it: a storm of them costs one reload. The check reads
+				// A SIGHUP while a reload or upgrade runs is refused (a
+				// WARN line): a storm of them runs only the reloads that
+				// complete while it lasts, one at a time. The check reads
 				// --config, which must never hold up a SIGTERM: it runs
 				// off this loop.
 				go func() {
