@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -28,9 +29,13 @@ import (
 // under load and figures that move between two looks, draws its charts,
 // and logs no console error, exception or CSP violation.
 func TestDashboardInChromium(t *testing.T) {
-	c := startCluster(t, nil, 2, "--workers", "2")
+	c := startCluster(t, nil, 2, "--workers", "2", "--allow-mode-override")
 	b := startBrowser(t)
 	b.navigate("http://" + c.admin + "/")
+	// One isolated task, for the isolate outcomes the page shows.
+	if r := post(t, "http://"+c.addr+"/v1/hash/sha256?mode=isolate", []byte("x")); r.status != 200 {
+		t.Fatalf("a hash in an isolated child: %d %s", r.status, r.body)
+	}
 
 	var idle dashState
 	b.waitState(20*time.Second, "the workers table to list the ready workers", &idle, func(s dashState) bool {
@@ -54,6 +59,12 @@ func TestDashboardInChromium(t *testing.T) {
 		return s.Polls > first.Polls+1 && s.Requests > first.Requests
 	})
 	shot := b.screenshot()
+	var outcome dashState
+	okOutcome := regexp.MustCompile(`outcome: ok([0-9]+)`)
+	b.waitState(15*time.Second, "the isolate section to show outcome ok", &outcome, func(s dashState) bool {
+		m := okOutcome.FindStringSubmatch(s.Isolate)
+		return m != nil && m[1] != "0"
+	})
 	r := l.stop()
 	var after dashState
 	b.waitState(15*time.Second, "req/s to fall once the load stops", &after, func(s dashState) bool { return s.RPS < second.RPS/10 })
