@@ -199,35 +199,40 @@ func BenchmarkRecord(b *testing.B) {
 	})
 }
 
+// typicalSnapshot is one worker's snapshot: 10 routes × 3 statuses, their
+// histograms, the gauges and both pools' figures.
+func typicalSnapshot() *Snapshot {
+	var r Requests
+	for i := range 10 {
+		rt := r.Route(fmt.Sprintf("/v1/route%d/", i))
+		for _, st := range []int{200, 400, 503} {
+			rt.Record([]byte("POST"), st, ModePool, time.Millisecond)
+		}
+	}
+	snap := &Snapshot{V: SnapshotVersion}
+	r.AppendTo(snap)
+	for _, g := range []string{"hybrid_worker_goroutines", "hybrid_worker_open_connections", "hybrid_http_requests_in_flight",
+		"hybrid_worker_resident_memory_bytes", "hybrid_http_in_flight_body_bytes"} {
+		snap.Add(g, 1)
+	}
+	for _, p := range []string{"pool", "isolate"} {
+		for _, g := range []string{"hybrid_tasks_queued", "hybrid_tasks_running", "hybrid_tasks_capacity", "hybrid_tasks_predicted_wait_seconds",
+			"hybrid_tasks_refused_total", "hybrid_tasks_completed_total", "hybrid_tasks_timed_out_total"} {
+			snap.Add(g, 1, "pool", p)
+		}
+	}
+	return snap
+}
+
 // BenchmarkScrape is one /metrics of the workers' part, with 2 and 16
-// workers' worth of series (each: 10 routes × 3 statuses, histograms,
-// gauges, pools).
+// workers' worth of series (each: typicalSnapshot).
 func BenchmarkScrape(b *testing.B) {
 	for _, workers := range []int{2, 16} {
 		b.Run(fmt.Sprint(workers, "workers"), func(b *testing.B) {
 			var c Cluster
 			var size int
 			for w := range workers {
-				var r Requests
-				for i := range 10 {
-					rt := r.Route(fmt.Sprintf("/v1/route%d/", i))
-					for _, st := range []int{200, 400, 503} {
-						rt.Record([]byte("POST"), st, ModePool, time.Millisecond)
-					}
-				}
-				snap := &Snapshot{V: SnapshotVersion}
-				r.AppendTo(snap)
-				for _, g := range []string{"hybrid_worker_goroutines", "hybrid_worker_open_connections", "hybrid_http_requests_in_flight",
-					"hybrid_worker_resident_memory_bytes", "hybrid_http_in_flight_body_bytes"} {
-					snap.Add(g, 1)
-				}
-				for _, p := range []string{"pool", "isolate"} {
-					for _, g := range []string{"hybrid_tasks_queued", "hybrid_tasks_running", "hybrid_tasks_capacity", "hybrid_tasks_predicted_wait_seconds",
-						"hybrid_tasks_refused_total", "hybrid_tasks_completed_total", "hybrid_tasks_timed_out_total"} {
-						snap.Add(g, 1, "pool", p)
-					}
-				}
-				p, _ := json.Marshal(snap)
+				p, _ := json.Marshal(typicalSnapshot())
 				size = len(p)
 				c.Beat(w+1, 1000+w, p)
 			}
@@ -240,6 +245,28 @@ func BenchmarkScrape(b *testing.B) {
 			b.ReportMetric(float64(size), "heartbeat-bytes")
 		})
 	}
+}
+
+// BenchmarkHeartbeat is the standing cost of the metrics, per worker and
+// heartbeat (once a second by default): the worker encodes its snapshot,
+// the primary decodes it.
+func BenchmarkHeartbeat(b *testing.B) {
+	snap := typicalSnapshot()
+	p, _ := json.Marshal(snap)
+	b.Run("encode", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			json.Marshal(snap)
+		}
+		b.ReportMetric(float64(len(p)), "heartbeat-bytes")
+	})
+	b.Run("decode", func(b *testing.B) {
+		var c Cluster
+		b.ReportAllocs()
+		for b.Loop() {
+			c.Beat(1, 1000, p)
+		}
+	})
 }
 
 // A new primary takes the old one's provisional totals, then its final
