@@ -1,5 +1,7 @@
 // Package deploy holds the deployment files of hybrid (Dockerfile,
-// kubernetes/*.yaml, the systemd units) and this test of them. It is a
+// kubernetes/*.yaml, the systemd units) and this test of the Dockerfile and
+// the manifests (the systemd units are run by cmd/hybrid's
+// TestSystemdUnits, with the descriptors systemd would pass). It is a
 // module of its own, so that the server's go.mod never requires the
 // Kubernetes API types.
 //
