@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/bits"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,8 +25,10 @@ import (
 type Mode string
 
 const (
-	// Inline runs on the request goroutine: no hand-off cost, no bound
-	// beyond the server's connection limit.
+	// Inline runs without admission: a short task on the request's
+	// goroutine (no hand-off cost), a longer one on a goroutine of its own,
+	// so that its 504 is on time (runInline); no bound beyond the server's
+	// connection limit.
 	Inline Mode = "inline"
 	// Pool runs on the worker's bounded task pool: admission control (503
 	// when full) and deadlines (504 while queued).
@@ -117,6 +121,9 @@ type Executor struct {
 	Log                                            *slog.Logger
 
 	classes sync.Map // workload name → *classes
+
+	overrunOnce sync.Once
+	overrunSem  chan struct{} // inline tasks running past their 504 (runInline)
 }
 
 // classes are a workload's admission classes in the two pools, one per
@@ -179,36 +186,25 @@ func (e *Executor) poolOf(mode Mode) *taskpool.Pool {
 }
 
 // run runs w in mode for a request that arrived at since, and answers by
-// the task deadline (--task-timeout) in every mode: inline and isolated
-// tasks end at it (the workloads watch their context; a child is killed),
-// and a pooled task runs on a goroutine of its own, so that its 504 is sent
-// at the deadline even when the task overruns it (a decoder that cannot be
-// interrupted, a KDF): the task keeps its run slot until it returns, so
-// the pool still bounds the CPU that overrunning tasks hold. The hand-off
-// costs ~3 µs (BenchmarkPoolPath: a goroutine, a wake-up and a timer), a
-// tenth of a small hash's request, so a task that w.Short says is short
-// whatever its content runs on the request's goroutine as before: its 504
-// can be late by that task's length, at most ~40 ms here (zstd of 1 MiB).
-//
-// run takes over release, the input's owner's: it is called once no task
-// uses input any more, which for an overrun pooled task is after run has
-// returned. The time since counts against the admission bound (taskpool's
-// DoSince), so a slow upload and the queue together stay within
-// --queue-wait.
-//
-// The task's context carries the task timeout and nothing of the
-// request's: a *fasthttp.RequestCtx is done when its server starts to shut
-// down, and a drain must let the tasks in flight finish, not fail them; and
-// a pooled task may outlive the request, whose context is then reused.
-// (context.WithTimeout also cost a goroutine per request, to watch its
-// parent; see deadlineCtx for the timer.)
+// the task deadline (--task-timeout) in every mode. An isolated task ends
+// at it (its child is killed). A pooled or inline task runs on a goroutine
+// of its own, so that its 504 is sent at the deadline even when the task
+// overruns it: the decoders, the ditherer and decompression watch their
+// context and stop soon after, but jpegn, the resampler and the KDFs
+// cannot be interrupted and run on to their end (each bounded in its work:
+// docs/api.md). A pooled task keeps its run slot until it returns, so the
+// pool still bounds the CPU that overrunning tasks hold; inline, which has
+// no slots, lets at most maxOverruns tasks run on past their 504 at once
+// (runInline). The hand-off costs ~3 µs (BenchmarkPoolPath: a goroutine, a
+// wake-up and a timer), a tenth of a small hash's request, so a task that
+// w.Short says is short whatever its content runs on the request's
+// goroutine as before: its 504 can be late by that task's length, at most
+// ~20 ms here (shortCompression; a hash under 1 MiB).
 func (e *Executor) run(since time.Time, w *Workload, mode Mode, p Params, input []byte, release func()) ([]byte, error) {
 	ctx, cancel := withDeadline(context.Background(), e.TaskTimeout)
 	switch mode {
 	case Inline:
-		defer release()
-		defer cancel()
-		return w.Run(ctx, p, input)
+		return e.runInline(ctx, cancel, w, p, input, release)
 	case Pool:
 		return e.runPooled(ctx, cancel, since, w, p, input, release)
 	case Isolate:
@@ -283,6 +279,76 @@ func (e *Executor) runPooled(ctx *deadlineCtx, cancel func(), since time.Time, w
 			return nil, taskpool.ErrDeadline
 		}
 	}
+}
+
+// maxOverruns is how many inline tasks may run on past their 504 at once,
+// in one worker: a core's worth each.
+func maxOverruns() int { return runtime.GOMAXPROCS(0) }
+
+// The states of an inline task on a goroutine of its own.
+const (
+	inlineRunning int32 = iota
+	inlineDone          // it returned while its request waited
+	inlineOverrun       // its request was answered 504 and left it running
+)
+
+// runInline runs an inline task, on the request's goroutine if w says it
+// is short, and otherwise on a goroutine of its own, waiting for it or for
+// its deadline, whichever is first; see run. A task that overruns its
+// deadline is answered 504 then if one of maxOverruns places is free, and
+// holds that place until it returns; when none is, the request waits for
+// its task (and is answered 504 when it returns, late): inline has no
+// run slots, so this is what keeps tasks that no request waits for from
+// piling up, one per 504, beyond a core's worth each.
+func (e *Executor) runInline(ctx *deadlineCtx, cancel func(), w *Workload, p Params, input []byte,
+	release func()) ([]byte, error) {
+	if w.Short != nil && w.Short(p, len(input)) {
+		defer release()
+		defer cancel()
+		return w.Run(ctx, p, input)
+	}
+	var state atomic.Int32
+	r := &pooled{done: make(chan struct{})}
+	go func() {
+		defer release()
+		defer cancel()
+		func() {
+			// On the request's goroutine the router turned a panic into a
+			// 500; here it would end the worker.
+			defer func() {
+				if v := recover(); v != nil {
+					r.out, r.err = nil, &taskpool.PanicError{Value: v, Stack: debug.Stack()}
+				}
+			}()
+			r.out, r.err = w.Run(ctx, p, input)
+		}()
+		if !state.CompareAndSwap(inlineRunning, inlineDone) {
+			<-e.overrunSlots() // inlineOverrun: its place is free
+		}
+		close(r.done)
+	}()
+	select {
+	case <-r.done:
+		return r.out, r.err
+	case <-ctx.Done():
+	}
+	select {
+	case <-r.done: // both at once: the task's own outcome wins
+		return r.out, r.err
+	case e.overrunSlots() <- struct{}{}:
+		if state.CompareAndSwap(inlineRunning, inlineOverrun) {
+			return nil, taskpool.ErrDeadline
+		}
+		<-e.overrunSlots() // it returned meanwhile
+		<-r.done
+		return r.out, r.err
+	}
+}
+
+// overrunSlots is the semaphore of inline tasks running past their 504.
+func (e *Executor) overrunSlots() chan struct{} {
+	e.overrunOnce.Do(func() { e.overrunSem = make(chan struct{}, maxOverruns()) })
+	return e.overrunSem
 }
 
 // imageLimits are the params that carry the image bounds to the workload,

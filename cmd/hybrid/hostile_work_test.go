@@ -104,3 +104,48 @@ func TestHostileWorkCompressLevels(t *testing.T) {
 		expect(t, "zstd 22 of 256 KiB", 200, "", 2*time.Second)
 	c.sameWorker(t, pid, 512<<20)
 }
+
+// Inline, where no run slot holds it, a KDF that outlasts --task-timeout
+// is answered 504 task_timeout at the deadline, not when it returns:
+// argon2id at its bound (256 MiB × 4 passes, ~0.7 s here, several times
+// that under the race detector) cannot watch its context. It runs on to
+// its end, on one core and its 256 MiB, and the worker serves on.
+func TestHostileWorkInlineDeadline(t *testing.T) {
+	const deadline = 100 * time.Millisecond
+	c, pid := hostileCluster(t, "--mode", "password=inline", "--task-timeout", deadline.String())
+	client := keptAlive()
+	base := "http://" + c.addr
+	json := map[string]string{"Content-Type": "application/json"}
+	// The KDF after the 504: measured ~0.7 s of CPU (GC included), 1.3 s
+	// under the race detector.
+	after := 3 * time.Second
+	if raceEnabled {
+		after = 10 * time.Second
+	}
+	for _, tc := range []struct{ what, path, body string }{
+		{"a new argon2id hash at 256 MiB × 4", "/v1/password/hash/argon2id", `{"password":"x","params":{"memory_kib":262144,"iterations":4}}`},
+		{"verify against argon2id at 256 MiB × 4", "/v1/password/verify",
+			`{"password":"x","hash":"$argon2id$v=19$m=262144,t=4,p=1$c2FsdHNhbHRzYWx0$aKYGoKS5Dl1OzlEn1ZIXi7M2XGdxu5fG6AtewZsq6nE"}`},
+	} {
+		// Before: the 504 came when the KDF returned, at ~0.7 s. The bound
+		// leaves 400 ms for a goroutine's wake-up on a busy 2-core box.
+		send(t, client, "POST", base+tc.path, []byte(tc.body), json).
+			expect(t, tc.what+", inline, 100 ms timeout", 504, "task_timeout", deadline+400*time.Millisecond)
+		if used := cpuAfter(t, pid, 2*after); used > after {
+			t.Errorf("%s: the worker used %v of CPU after the 504; bound %v", tc.what, used.Round(time.Millisecond), after)
+		} else {
+			t.Logf("%s: the worker used %v of CPU after the 504 (bound %v)", tc.what, used.Round(time.Millisecond), after)
+		}
+	}
+	// The same connection serves on.
+	send(t, client, "POST", base+"/v1/hash/sha256", []byte("abc"), nil).expect(t, "sha256 afterwards", 200, "", 5*time.Second)
+	// Two KDFs' 256 MiB, one after the other: the garbage collector lets
+	// the heap grow to twice what was live before it collects the first
+	// (measured 528 MiB), and the worker at rest (~12 MiB). The race
+	// detector's shadow memory triples it (measured 1,576 MiB).
+	peak := int64(640 << 20)
+	if raceEnabled {
+		peak = 2 << 30
+	}
+	c.sameWorker(t, pid, peak)
+}
