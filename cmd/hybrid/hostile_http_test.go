@@ -178,6 +178,15 @@ func TestHostileHTTPTargets(t *testing.T) {
 	long := strings.Repeat("k", 1000)
 	r = send(t, client, "POST", base+"/v1/hash/sha256?"+long+"=1&"+long+"=2", []byte("abc"), nil)
 	r.expect(t, "a repeated 1,000-byte key", 400, "bad_param", time.Second)
+	// At most 64 parameters: 64 distinct keys are read, 65 refused.
+	var q []string
+	for i := range 65 {
+		q = append(q, fmt.Sprintf("k%d=%d", i, i))
+	}
+	send(t, client, "POST", base+"/v1/hash/sha256?"+strings.Join(q[:64], "&"), []byte("abc"), nil).
+		expect(t, "64 query parameters", 200, "", 5*time.Second)
+	send(t, client, "POST", base+"/v1/hash/sha256?"+strings.Join(q, "&"), []byte("abc"), nil).
+		expect(t, "65 query parameters", 400, "bad_param", time.Second)
 	send(t, client, "POST", base+"/v1/hash/sha256", []byte("abc"), nil).expect(t, "POST /v1/hash/sha256 after", 200, "", 5*time.Second)
 	c.sameWorker(t, pid, hostileBaseline())
 }
@@ -382,6 +391,38 @@ func TestHostileHTTPConnectionLimit(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("a freed slot: %d %s", r.Status, r.Code)
 		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.sameWorker(t, pid, hostileBaseline())
+}
+
+// With --max-conns-per-ip, a client's connections beyond it are answered
+// 429 with the JSON error and closed, while its others are served; once
+// one of them closes, a new one is served. (Off by default: behind a load
+// balancer every client shares one address.)
+func TestHostileHTTPConnectionsPerIP(t *testing.T) {
+	c, pid := hostileCluster(t, "--max-conns-per-ip", "2")
+	held := []*rawConn{dialRaw(t, c.addr), dialRaw(t, c.addr)}
+	for i, conn := range held {
+		conn.roundTrip(healthReq).expect(t, fmt.Sprintf("connection %d of 2", i+1), 200, "", time.Second)
+	}
+	over := dialRaw(t, c.addr)
+	over.roundTrip(healthReq).expect(t, "a third connection from 127.0.0.1", 429, "too_many_connections", time.Second)
+	over.closed("a third connection from 127.0.0.1")
+	held[1].roundTrip(healthReq).expect(t, "connection 2, again", 200, "", time.Second)
+	held[0].c.Close()
+	// Its place frees once the worker sees the close.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn := dialRaw(t, c.addr)
+		r := conn.roundTrip(healthReq)
+		if r.Status == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a freed place: %d %s", r.Status, r.Code)
+		}
+		conn.c.Close()
 		time.Sleep(50 * time.Millisecond)
 	}
 	c.sameWorker(t, pid, hostileBaseline())

@@ -138,12 +138,16 @@ func TestHostileImage(t *testing.T) {
 	// 1,000 frames of 1×1 on a 223×223 canvas, 23 KB: to 37,449×1 with
 	// frames=all, 30 s of a core before.
 	anim := gifOnCanvas(t, 223, 223, 1000)
+	// 3 frames of 1×1 on a 5000×5000 canvas: 75 MP to decode with
+	// frames=all, over the 50 MP budget although under the frame cap.
+	canvas := gifOnCanvas(t, 5000, 5000, 3)
 	photo := jpegOf(t, sampleimages.Photo(800, 600))
 	for _, mode := range []struct {
 		name string
 		args []string
 	}{
-		{"pool", []string{"--mode", "image=pool", "--task-timeout", "5s"}},
+		// image/info is its own group, inline by default: on the pool too.
+		{"pool", []string{"--mode", "image=pool,image-info=pool", "--task-timeout", "5s"}},
 		{"isolate", []string{"--task-timeout", "5s"}},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
@@ -170,6 +174,8 @@ func TestHostileImage(t *testing.T) {
 				{"16-bit RGBA png 7000×7000 interlaced (784 MB)", "resize?width=100", rgba16i, 422, "image_too_large", time.Second},
 				{"7071² png to 14000×3571 fill (3.3 GB of scratch before)", "resize?width=14000&height=3571&fit=fill&format=png", wide, 422, "image_too_large", time.Second},
 				{"1,000 gif frames on 223×223 to 37,449×1", "resize?width=37449&height=1&fit=fill&format=gif&frames=all", anim, 422, "image_too_large", time.Second},
+				{"3 gif frames on 5000×5000, frames=all (75 MP)", "resize?width=100&format=gif&frames=all", canvas, 422, "image_too_large", time.Second},
+				{"the same, its first frame (25 MP)", "resize?width=100&format=gif", canvas, 200, "", 2 * time.Second},
 				{"honest thumbnail afterwards", "resize?width=200", photo, 200, "", 2 * time.Second},
 			} {
 				send(t, client, http.MethodPost, base+tc.path, tc.body, nil).expect(t, tc.what, tc.status, tc.code, tc.within)

@@ -52,7 +52,19 @@ type hostileResult struct {
 // send makes one request on client and reads the whole answer.
 func send(t *testing.T, client *http.Client, method, url string, body []byte, header map[string]string) hostileResult {
 	t.Helper()
-	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	return sendFrom(t, client, method, url, bytes.NewReader(body), header)
+}
+
+// sendChunked is send with the body chunked (Transfer-Encoding: chunked,
+// no Content-Length).
+func sendChunked(t *testing.T, client *http.Client, method, url string, body []byte, header map[string]string) hostileResult {
+	t.Helper()
+	return sendFrom(t, client, method, url, io.MultiReader(bytes.NewReader(body)), header)
+}
+
+func sendFrom(t *testing.T, client *http.Client, method, url string, body io.Reader, header map[string]string) hostileResult {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		t.Fatal(err)
 	}

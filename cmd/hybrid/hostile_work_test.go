@@ -37,9 +37,12 @@ func TestHostileWorkPasswordsAndJSON(t *testing.T) {
 	hash("argon2id m=8,t=1", "argon2id", `{"password":"x","params":{"memory_kib":8,"iterations":1}}`,
 		422, "param_out_of_range", 500*time.Millisecond)
 	hash("bcrypt cost 4", "bcrypt", `{"password":"x","params":{"cost":4}}`, 422, "param_out_of_range", 500*time.Millisecond)
+	hash("scrypt n=1024,r=8,p=1", "scrypt", `{"password":"x","params":{"n":1024,"r":8,"p":1}}`, 422, "param_out_of_range", 500*time.Millisecond)
 	// Passwords are bytes: no lossy U+FFFD.
 	hash("a password that is not UTF-8", "argon2id", "{\"password\":\"caf\xe9-secret\"}", 400, "bad_request", 500*time.Millisecond)
 	hash("a lone surrogate escape", "argon2id", `{"password":"caf\ud800-secret"}`, 400, "bad_request", 500*time.Millisecond)
+	verify("verify, a password that is not UTF-8", "{\"password\":\"caf\xe9-secret\",\"hash\":\"$2a$10$abcdefghijklmnopqrstuu\"}", 400, "bad_request", 500*time.Millisecond)
+	verify("verify, a lone surrogate escape", `{"password":"caf\udc00-secret","hash":"$2a$10$abcdefghijklmnopqrstuu"}`, 400, "bad_request", 500*time.Millisecond)
 	// Fixed fields: no case variant, no duplicate, no unknown key echoed.
 	hash("a case variant", "bcrypt", `{"PassWord":"x"}`, 400, "bad_request", 500*time.Millisecond)
 	hash("a duplicate key", "bcrypt", `{"password":"x","password":"y"}`, 400, "bad_request", 500*time.Millisecond)
@@ -49,6 +52,24 @@ func TestHostileWorkPasswordsAndJSON(t *testing.T) {
 	if strings.Contains(r.Message, strings.Repeat("K", 41)) {
 		t.Errorf("the unknown key came back at length: %.120s", r.Message)
 	}
+	// A long field in a stored hash, under the 64 KiB body limit: refused
+	// naming at most 40 bytes of it.
+	long := `{"password":"x","hash":"$argon2id$v=19$m=` + strings.Repeat("9", 60<<10) + `,t=1,p=1$c2FsdHNhbHRzYWx0$aKYGoKS5Dl1OzlEn1ZIXi7M2XGdxu5fG6AtewZsq6nE"}`
+	r = send(t, client, "POST", base+"/v1/password/verify", []byte(long), json)
+	r.expect(t, "a stored hash with a 60 KiB field", 422, "bad_input", 500*time.Millisecond)
+	if strings.Contains(r.Message, strings.Repeat("9", 41)) {
+		t.Errorf("the field came back at length: %.120s", r.Message)
+	}
+	// The JSON endpoints take 64 KiB: one byte more is refused from its
+	// Content-Length, and a chunked body as it passes the limit.
+	over := []byte(`{"password":"` + strings.Repeat("p", 64<<10-14) + `"}`)
+	if len(over) != 64<<10+1 {
+		t.Fatalf("the body is %d bytes", len(over))
+	}
+	send(t, client, "POST", base+"/v1/password/hash/bcrypt", over, json).
+		expect(t, "a JSON body of 64 KiB + 1", 413, "body_too_large", 500*time.Millisecond)
+	r = sendChunked(t, client, "POST", base+"/v1/password/hash/bcrypt", append(over, bytes.Repeat([]byte(" "), 64<<10)...), json)
+	r.expect(t, "a chunked JSON body of 128 KiB", 413, "body_too_large", 500*time.Millisecond)
 	// A 30 MiB field came back as a 188 MB 422 before; six of them took a
 	// worker to ~3 GB. The JSON endpoints take 64 KiB.
 	huge := `{"password":"x","hash":"$argon2id$v=19$m=` + strings.Repeat("9", 30<<20) + `,t=1,p=1$a$b"}`
