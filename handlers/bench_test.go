@@ -113,9 +113,11 @@ func cpuUsed() time.Duration {
 // largest runs one case of the yardstick: workload w with p on input, b.N
 // times, reporting the CPU each run cost (cpu-ms/op, the garbage
 // collector's included) beside its wall time. A case with a budget fails
-// when a full-size run costs over twice it: the cap was set where the
-// worst shape costs about the budget, and a busy 2-core box adds up to
-// ~1.5× (measured), so twice means the cap no longer holds.
+// when a full-size run costs over three times it: the cap was set where
+// the worst shape costs about the budget on a quiet box, and a busy 2-core
+// box has added up to 2.6× (zstd 9 of 32 MiB: 0.37 s, then 0.98 s), so
+// only three times is a sure sign that a cap no longer holds (brotli 11 of
+// 1 MiB: 3.4 s); the figures are for a person to read against the budget.
 func largest(b *testing.B, name, w string, p Params, input []byte, budget time.Duration) {
 	b.Helper()
 	b.Run(name, func(b *testing.B) {
@@ -139,7 +141,7 @@ func largest(b *testing.B, name, w string, p Params, input []byte, budget time.D
 		}
 		cpu := (cpuUsed() - start) / time.Duration(b.N)
 		b.ReportMetric(float64(cpu)/1e6, "cpu-ms/op")
-		if budget > 0 && !testing.Short() && cpu > 2*budget {
+		if budget > 0 && !testing.Short() && cpu > 3*budget {
 			b.Errorf("%v of CPU at the largest allowed input; budget %v", cpu.Round(time.Millisecond), budget)
 		}
 	})
@@ -173,7 +175,7 @@ var worstAlphabet = map[string][]int{
 // each workload at the largest input or work its bounds allow, in process,
 // which a hostile input's cost is held to. Each compression level runs at
 // its cap (inputCap, or --max-body) on its worst data shape, and fails
-// past twice compressBudget. Run it once (it takes about a minute):
+// past three times compressBudget. Run it once (it takes about a minute):
 //
 //	go test ./handlers -run '^$' -bench 'LargestAllowed' -benchtime=1x
 //
