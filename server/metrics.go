@@ -12,7 +12,7 @@ import (
 func (s *Server) AppendMetrics(snap *metrics.Snapshot) {
 	s.metrics.AppendTo(snap)
 	snap.Add("hybrid_http_requests_in_flight", float64(s.inFlight.Load()))
-	snap.Add("hybrid_http_body_bytes_in_flight", float64(s.conns.bodies.used.Load()))
+	snap.Add("hybrid_http_in_flight_body_bytes", float64(s.conns.bodies.used.Load()))
 	snap.Add("hybrid_http_bodies_refused_total", float64(s.conns.bodies.refused.Load()))
 	snap.Add("hybrid_http_connections_refused_total", float64(s.conns.refused.Load()))
 	snap.Add("hybrid_worker_open_connections", float64(s.conns.open()))

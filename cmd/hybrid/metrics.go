@@ -52,13 +52,6 @@ func (sn *snapshotter) take() json.RawMessage {
 func workerSnapshot(st *workerStack) *metrics.Snapshot {
 	snap := &metrics.Snapshot{V: metrics.SnapshotVersion}
 	st.srv.AppendMetrics(snap)
-	for i := range snap.Series {
-		// server/ names this gauge with its unit in the middle; the
-		// convention puts it last (out/docs-13.md asks server/ for it).
-		if snap.Series[i].Name == "hybrid_http_body_bytes_in_flight" {
-			snap.Series[i].Name = "hybrid_http_in_flight_body_bytes"
-		}
-	}
 	for _, p := range []struct {
 		name string
 		pool *taskpool.Pool
