@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hybrid-server/hybrid/server"
@@ -313,12 +314,13 @@ func runDecompress(ctx context.Context, p Params, input []byte) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	r, closeFn, err := c.reader(bytes.NewReader(input), limit)
+	in := &inflowGuard{ctx: ctx, r: bytes.NewReader(input)}
+	r, closeFn, err := c.reader(in, limit)
 	if err != nil {
 		return nil, corrupt(p["codec"], err)
 	}
 	defer closeFn()
-	out, err := readAtMost(ctxReader{ctx, r}, limit, 4*len(input)+512)
+	out, err := readAtMost(outflow{ctxReader{ctx, r}, &in.produced}, limit, min(4*len(input)+512, 8<<20))
 	switch {
 	case len(out) > limit:
 		return nil, server.Errorf(fasthttp.StatusRequestEntityTooLarge, CodeOutputTooLarge,
@@ -358,6 +360,50 @@ func readAtMost(r io.Reader, limit, guess int) ([]byte, error) {
 			return buf, err
 		}
 	}
+}
+
+// inflowGuard is a decompressor's input. It stops at the deadline, as
+// ctxReader does, and it refuses a stream that has taken more than
+// inflowFree bytes while giving less than an eighth of that back: real
+// compressed data never shrinks as it inflates, but blocks that decode to
+// nothing cost the decoder all the same (32 MiB of empty deflate blocks:
+// 2.6 s of CPU for no output, 30× the honest cost of 32 MiB), and inside
+// one Read a decoder goes on taking input until it has output to give, so
+// the output side alone cannot see them. A decoder reads ahead by at most
+// a block (zstd's 128 KiB), far inside the margin.
+type inflowGuard struct {
+	ctx      context.Context
+	r        io.Reader
+	consumed int
+	produced atomic.Int64 // set by outflow (a decoder may read ahead on a goroutine of its own)
+}
+
+const inflowFree = 1 << 20
+
+var errShrinks = errors.New("it inflates to less than an eighth of its size")
+
+func (g *inflowGuard) Read(p []byte) (int, error) {
+	if err := g.ctx.Err(); err != nil {
+		return 0, err
+	}
+	if g.consumed > inflowFree && g.produced.Load() < int64(g.consumed/8) {
+		return 0, errShrinks
+	}
+	n, err := g.r.Read(p)
+	g.consumed += n
+	return n, err
+}
+
+// outflow counts what a decompressor gives, for its inflowGuard.
+type outflow struct {
+	r        io.Reader
+	produced *atomic.Int64
+}
+
+func (o outflow) Read(p []byte) (int, error) {
+	n, err := o.r.Read(p)
+	o.produced.Add(int64(n))
+	return n, err
 }
 
 func corrupt(codec string, err error) error {
