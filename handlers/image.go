@@ -158,6 +158,10 @@ func readHeader(input []byte, maxFrames int) (imageHeader, error) {
 		cfg, err = png.DecodeConfig(r)
 		if err == nil {
 			h.bytesPerPixel = pngBytesPerPixel(input)
+			if data, need, bad := pngDataTooLarge(input, cfg.Width, cfg.Height); bad {
+				return h, unprocessable(CodeBadImage, "png's image data is %d bytes, more than its %d×%d pixels need (%d)",
+					data, cfg.Width, cfg.Height, need)
+			}
 		}
 	case "gif":
 		cfg, err = gif.DecodeConfig(r)
