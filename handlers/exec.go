@@ -297,7 +297,7 @@ const (
 // its deadline, whichever is first; see run. A task that overruns its
 // deadline is answered 504 then if one of maxOverruns places is free, and
 // holds that place until it returns; when none is, the request waits for
-// its task (and is answered 504 when it returns, late): inline has no
+// its task and is answered with the task's own outcome, late: inline has no
 // run slots, so this is what keeps tasks that no request waits for from
 // piling up, one per 504, beyond a core's worth each.
 func (e *Executor) runInline(ctx *deadlineCtx, cancel func(), w *Workload, p Params, input []byte,
