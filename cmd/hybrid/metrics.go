@@ -31,7 +31,7 @@ func (sn *snapshotter) take() json.RawMessage {
 	snap := workerSnapshot(sn.st)
 	if n := snap.Folded(); n > 0 {
 		sn.warnFold.Do(func() {
-			sn.log.Warn("metrics: more request combinations than this worker counts apart; the rest are counted with status \"other\"",
+			sn.log.Warn("metrics: more request combinations than this worker counts apart; the rest are counted by route and status class (status \"2xx\", \"5xx\", ...)",
 				"max_series", metrics.MaxSeries, "folded", n)
 		})
 	}

@@ -619,8 +619,11 @@ func TestMetricsAcrossRecycleAndScaleDown(t *testing.T) {
 // A client cannot make a worker's snapshot outgrow its heartbeat (which
 // the primary would drop, freezing that worker's counters): past
 // metrics.MaxSeries combinations of route, method, status and mode, the
-// rest are counted under status "other", every request still counted
-// once; the worker says so once in its log, and its counters move on.
+// rest are counted by their route and status class (status "2xx", "5xx",
+// method "OTHER", mode ""), every request still counted once; the worker
+// says so once in its log, and its counters move on. A flood of cheap
+// combinations does not blind status=~"5.." to what follows: a route's
+// 200s and 500s after it still count under their class.
 func TestMetricsFoldPastTheSeriesBudget(t *testing.T) {
 	env, _ := faultFile(t) // more routes
 	c := startCluster(t, env, 1, "--workers", "1", "--allow-mode-override", "--heartbeat-interval", "100ms", "--cache-size", "0",
@@ -665,7 +668,7 @@ func TestMetricsFoldPastTheSeriesBudget(t *testing.T) {
 		for _, l := range m.Label {
 			labels[l.GetName()] = l.GetValue()
 		}
-		if labels["status"] == metrics.FoldedStatus {
+		if metrics.IsFoldedStatus(labels["status"]) {
 			folded += m.Counter.GetValue()
 			if labels["method"] != "OTHER" || labels["mode"] != "" {
 				t.Errorf("a folded series %v; want method OTHER, mode \"\"", labels)
@@ -703,4 +706,67 @@ func TestMetricsFoldPastTheSeriesBudget(t *testing.T) {
 		s = c.scrape()
 		return get405(s) == before+3 && s.sum("hybrid_http_requests_total") == float64(made)
 	})
+
+	// Past the budget, a workload route's 200s and 500s keep their class,
+	// as status=~"2.." and status=~"5.." match them. The test task's 500 (a
+	// panicking task) is new to this worker, so it can only have been
+	// folded: it must be under status "5xx".
+	class := func(s scrape, route string, c byte) (n float64) {
+		for _, m := range s["hybrid_http_requests_total"].Metric {
+			labels := map[string]string{}
+			for _, l := range m.Label {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if st := labels["status"]; labels["route"] == route && len(st) == 3 && st[0] == c {
+				n += m.Counter.GetValue()
+			}
+		}
+		return n
+	}
+	task, hashRoute := "/_test/task", "/v1/hash/"
+	if n := s.sum("hybrid_http_requests_total", "route="+task, "status=500"); n != 0 {
+		t.Fatalf("a 500 on %s before the test made one: %v", task, n)
+	}
+	task2xx, task5xx, hash2xx := class(s, task, '2'), class(s, task, '5'), class(s, hashRoute, '2')
+	post := func(path, body string) int {
+		t.Helper()
+		resp, err := client.Post(base+path, "application/octet-stream", strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		made++
+		return resp.StatusCode
+	}
+	for range 3 {
+		if code := post(task+"?ms=0", ""); code != 200 {
+			t.Fatalf("POST %s?ms=0: %d; want 200", task, code)
+		}
+		if code := post(task+"?ms=0&panic=1", ""); code != 500 {
+			t.Fatalf("POST %s?ms=0&panic=1: %d; want 500", task, code)
+		}
+		if code := post("/v1/hash/sha256", "abc"); code != 200 {
+			t.Fatalf("POST /v1/hash/sha256: %d; want 200", code)
+		}
+	}
+	c.waitFor(10*time.Second, fmt.Sprintf("the scrape to count all %d requests", made), func() bool {
+		s = c.scrape()
+		return s.sum("hybrid_http_requests_total") == float64(made)
+	})
+	if got := class(s, task, '2') - task2xx; got != 3 {
+		t.Errorf("%s: %v more requests with a 2xx status; want the 3 200s", task, got)
+	}
+	if got := class(s, task, '5') - task5xx; got != 3 {
+		t.Errorf("%s: %v more requests with a 5xx status; want the 3 500s", task, got)
+	}
+	if got := s.sum("hybrid_http_requests_total", "route="+task, "status=5xx", "method=OTHER", "mode="); got != 3 {
+		t.Errorf("%s: %v requests folded as 5xx; want the 3 500s, past the budget", task, got)
+	}
+	if got := class(s, hashRoute, '2') - hash2xx; got != 3 {
+		t.Errorf("%s: %v more requests with a 2xx status; want the 3 200s", hashRoute, got)
+	}
+	if got := s.sum("hybrid_http_requests_total", "status=other"); got != 0 {
+		t.Errorf("%v requests under status \"other\"; every status here is 100-599", got)
+	}
 }

@@ -3,6 +3,8 @@ package metrics
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,23 +46,61 @@ func TestRecordBucketsAndOverflow(t *testing.T) {
 	for st := range 2 * routeSlots {
 		rt.Record([]byte("GET"), 100+st, ModeNone, 0)
 	}
-	if n := rt.folded.Load(); n != routeSlots+2 {
-		t.Errorf("%d combinations on one route: %d folded; want %d (64 slots, 2 of them taken before)", 2*routeSlots, n, routeSlots+2)
+	// 100 to 100+2*routeSlots-1: the first routeSlots-2 take the free
+	// slots, the rest fold by class.
+	var want [nClasses]uint64
+	for st := 100 + routeSlots - 2; st < 100+2*routeSlots; st++ {
+		want[statusClass(st)]++
+	}
+	if n1, n2 := rt.folded[1].Load(), rt.folded[2].Load(); n1 != want[1] || n2 != want[2] || n1+n2 != routeSlots+2 {
+		t.Errorf("%d combinations on one route: %d folded as 1xx, %d as 2xx; want %d and %d (%d slots, 2 of them taken before)",
+			2*routeSlots, n1, n2, want[1], want[2], routeSlots)
+	}
+	for _, st := range []int{0, 99, 600, 999} {
+		rt.Record([]byte("GET"), st, ModeNone, 0)
+	}
+	if n := rt.folded[0].Load(); n != 4 {
+		t.Errorf("statuses outside 100-599 past the budget: %d folded as \"other\"; want 4", n)
+	}
+}
+
+func TestStatusClass(t *testing.T) {
+	for st, want := range map[int]string{-1: "other", 0: "other", 99: "other", 100: "1xx", 199: "1xx", 200: "2xx", 304: "3xx",
+		404: "4xx", 499: "4xx", 500: "5xx", 503: "5xx", 599: "5xx", 600: "other", 999: "other"} {
+		if got := classNames[statusClass(st)]; got != want {
+			t.Errorf("status %d folds as %q; want %q", st, got, want)
+		}
+	}
+	for _, st := range classNames {
+		if !IsFoldedStatus(st) {
+			t.Errorf("IsFoldedStatus(%q) = false", st)
+		}
+	}
+	for _, st := range []string{"0", "200", "503", "5XX", ""} {
+		if IsFoldedStatus(st) {
+			t.Errorf("IsFoldedStatus(%q) = true", st)
+		}
+	}
+	if want := fmt.Sprintf(" its %d combinations (%d on one route)", MaxSeries, routeSlots); !strings.Contains(catalog["hybrid_http_requests_total"].help, want) {
+		t.Errorf("hybrid_http_requests_total's help does not say %q", want)
 	}
 }
 
 // A worker's combinations are bounded over all its routes: past MaxSeries
-// a request is folded into its route's "other" series, and every request
-// is still counted once.
+// a request is folded into its route's series of its status class, and
+// every request is still counted once.
 func TestSeriesBudgetFoldsAndCountsAll(t *testing.T) {
 	var r Requests
 	var recorded float64
+	statuses := []int{0, 101, 200, 201, 204, 302, 304, 400, 404, 405, 413, 500, 503, 504, 600}
+	byClass := map[string]float64{} // recorded, by class
 	for i := range 8 {
 		rt := r.Route(fmt.Sprintf("/route%d/", i))
 		for _, m := range methods {
-			for st := 200; st < 240; st++ {
+			for _, st := range statuses {
 				rt.Record([]byte(m), st, ModePool, time.Millisecond)
 				recorded++
+				byClass[classNames[statusClass(st)]]++
 			}
 		}
 	}
@@ -73,10 +113,13 @@ func TestSeriesBudgetFoldsAndCountsAll(t *testing.T) {
 			continue
 		}
 		total += s.Value
-		if s.Labels[7] != FoldedStatus {
+		if !IsFoldedStatus(s.Labels[7]) {
 			apart++
+			byClass[classNames[statusClass(atoi(t, s.Labels[7]))]] -= s.Value
 		} else if s.Labels[1] != "OTHER" || s.Labels[3] != "" {
 			t.Errorf("a folded series %v; want method OTHER and mode \"\"", s.Labels)
+		} else {
+			byClass[s.Labels[7]] -= s.Value
 		}
 	}
 	if apart != MaxSeries {
@@ -85,27 +128,49 @@ func TestSeriesBudgetFoldsAndCountsAll(t *testing.T) {
 	if total != recorded || snap.Folded() != recorded-MaxSeries {
 		t.Errorf("requests_total sums to %v, %v of them folded; want %v, %v folded", total, snap.Folded(), recorded, recorded-MaxSeries)
 	}
+	for c, n := range byClass {
+		if n != 0 {
+			t.Errorf("class %s: %v more requests recorded than counted (apart and folded)", c, n)
+		}
+	}
 	if got := r.series.Load(); got != MaxSeries {
 		t.Errorf("budget taken %d; want %d", got, MaxSeries)
 	}
 }
 
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatalf("status %q: %v", s, err)
+	}
+	return n
+}
+
 // The largest snapshot a worker can send fits a heartbeat, or the primary
 // would drop it and that worker's counters would freeze: every series of
-// the budget taken with counts of 10^12, every route's "other" series,
-// its histograms in every mode with 10^10 in every bucket (10^13
-// requests: 3 years at 100k/s), on 16 routes (the binary has 10, 14 with
-// the test hooks), plus the rest of a worker's snapshot (gauges, pools,
-// isolate outcomes, access and cache: 44 series in cmd/hybrid/metrics.go,
-// 48 here).
+// the budget taken with counts of 10^12, every route's 6 folded series
+// (1xx to 5xx and "other") with 10^12, its histograms in every mode with
+// 10^10 in every bucket (10^13 requests: 3 years at 100k/s), on 16 routes
+// (the binary has 10, 14 with the test hooks) with patterns longer than
+// any of them, the longest method and mode, 3-digit statuses, plus the
+// rest of a worker's snapshot (gauges, pools, isolate outcomes, access and
+// cache: 44 series in cmd/hybrid/metrics.go, 48 here). It must fit with
+// 2 KiB to spare.
 func TestWorstSnapshotFitsAHeartbeat(t *testing.T) {
 	var r Requests
 	var routes []*Route
 	for i := range 16 {
 		routes = append(routes, r.Route(fmt.Sprintf("/v1/a-long-pattern-%02d/", i)))
 	}
+	// Distinct combinations until the budget is spent; a budget that never
+	// is (reserve not counting, MaxSeries over what 16 routes hold) fails
+	// here rather than looping for ever.
 	for i := 0; r.series.Load() < MaxSeries; i++ {
-		routes[i%len(routes)].Record([]byte("OPTIONS"), 100+i, ModeIsolate, 0)
+		if i >= len(routes)*routeSlots*4 {
+			t.Fatalf("%d distinct combinations recorded and the budget is still not spent (%d of MaxSeries %d)", i, r.series.Load(), MaxSeries)
+		}
+		routes[i%len(routes)].Record([]byte("OPTIONS"), 100+i%900, ModeIsolate, 0)
 	}
 	const huge = 1e12
 	for _, rt := range routes {
@@ -114,7 +179,9 @@ func TestWorstSnapshotFitsAHeartbeat(t *testing.T) {
 				rt.slots[i].n.Store(huge)
 			}
 		}
-		rt.folded.Store(huge)
+		for c := range rt.folded {
+			rt.folded[c].Store(huge)
+		}
 		for m := range nModes {
 			for b := range rt.hist[m].counts {
 				rt.hist[m].counts[b].Store(1e10)
@@ -132,8 +199,11 @@ func TestWorstSnapshotFitsAHeartbeat(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("the worst snapshot: %d series, %d bytes", len(snap.Series), len(b))
-	if len(b) > procpool.MaxMetrics {
-		t.Errorf("the worst snapshot is %d bytes; a heartbeat carries %d", len(b), procpool.MaxMetrics)
+	if want := MaxSeries + len(routes)*(nClasses+int(nModes)) + 48; len(snap.Series) != want {
+		t.Errorf("the worst snapshot has %d series; want %d (the budget, every folded class and histogram of every route, 48 more)", len(snap.Series), want)
+	}
+	if len(b) > procpool.MaxMetrics-2048 {
+		t.Errorf("the worst snapshot is %d bytes; a heartbeat carries %d, and this wants 2 KiB to spare", len(b), procpool.MaxMetrics)
 	}
 }
 

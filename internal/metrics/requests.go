@@ -95,13 +95,16 @@ const Unmatched = "unmatched"
 // The series a worker can make are bounded, so that its snapshot always
 // fits a heartbeat (procpool.MaxMetrics, 48 KiB): at most [MaxSeries]
 // (route, method, status, mode) combinations over all its routes, at most
-// 64 on one route. A request whose combination finds no room is counted
-// all the same, folded into its route's one series with method "OTHER",
-// status "other" and mode "" (its duration still goes to the histogram of
-// its mode): hybrid_http_requests_total still sums to every request
-// served. Method is one of 10 values already (any other
-// is "OTHER"), and route is the router's pattern or "unmatched", never a
-// client's path.
+// 32 on one route. A request whose combination finds no room is counted
+// all the same, folded into one of its route's series by status class:
+// method "OTHER", mode "" and status "1xx" to "5xx" ("other" for a status
+// outside 100-599), its duration still going to the histogram of its mode.
+// So hybrid_http_requests_total still sums to every request served, and a
+// 5xx past the budget still matches status=~"5..": a client that spends
+// the budget with cheap 404s and 405s hides the method, the exact status
+// and the mode of what follows, never its class. Method is one of 10
+// values already (any other is "OTHER"), and route is the router's pattern
+// or "unmatched", never a client's path.
 type Requests struct {
 	mu     sync.Mutex
 	routes []*Route
@@ -112,8 +115,11 @@ type Requests struct {
 // MaxSeries bounds the (route, method, status, mode) combinations one
 // worker counts apart, over all its routes. A worker sees a few dozen in
 // practice (each workload route: 200 and its errors, in one or two
-// modes); the rest of the 192 takes a scanner's odd methods (405s).
-const MaxSeries = 128
+// modes); the rest takes a scanner's odd methods (405s). It is what is
+// left of a heartbeat once every route's folded series (up to
+// [nClasses] each) and histograms are counted: see
+// TestWorstSnapshotFitsAHeartbeat.
+const MaxSeries = 64
 
 // Route returns the metrics of the route registered as pattern, made on
 // the first call. Safe on a nil *Requests (it returns nil, on which Record
@@ -138,8 +144,8 @@ func (r *Requests) Route(pattern string) *Route {
 
 // routeSlots bounds the (method, status, mode) combinations one route
 // counts apart; past it (or past [MaxSeries] over the worker), requests
-// are folded into the route's "other" series.
-const routeSlots = 64
+// are folded into the route's series of their status class.
+const routeSlots = 32
 
 // Route is one route's counters: requests by method, status and mode, and
 // a latency histogram by mode. Record allocates nothing and takes no lock.
@@ -151,7 +157,22 @@ type Route struct {
 		n   atomic.Uint64
 	}
 	hist   [nModes]histogram
-	folded atomic.Uint64 // requests of a combination that found no room
+	folded [nClasses]atomic.Uint64 // requests of a combination that found no room, by statusClass
+}
+
+// nClasses is the number of status classes a route folds into: 1xx to 5xx,
+// and 0 for a status outside 100-599.
+const nClasses = 6
+
+// classNames are the status labels of the folded series, by statusClass.
+var classNames = [nClasses]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// statusClass is status's class: 1 to 5 for 1xx to 5xx, 0 otherwise.
+func statusClass(status int) int {
+	if status < 100 || status > 599 {
+		return 0
+	}
+	return status / 100
 }
 
 type histogram struct {
@@ -173,7 +194,7 @@ func (rt *Route) Record(method []byte, status int, mode Mode, d time.Duration) {
 	}
 	key := 1 + (methodIndex(method)<<14 | uint32(status)<<2 | uint32(mode))
 	if !rt.count(key) {
-		rt.folded.Add(1)
+		rt.folded[statusClass(status)].Add(1)
 	}
 	h := &rt.hist[mode]
 	ns := max(int64(d), 0)

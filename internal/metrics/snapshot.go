@@ -29,17 +29,26 @@ type Series struct {
 	Counts []uint64 `json:"c,omitempty"`
 }
 
-// FoldedStatus is the status label of the requests a worker counted
-// without their own series (see [Requests]): their method is "OTHER" and
-// their mode "".
-const FoldedStatus = "other"
+// IsFoldedStatus reports whether status is the status label of a folded
+// series, one that counts a worker's requests past its budget of
+// combinations (see [Requests]) by status class: "1xx" to "5xx", or "other"
+// for a status outside 100-599. Such a series has method "OTHER" and
+// mode "".
+func IsFoldedStatus(status string) bool {
+	for _, c := range classNames {
+		if status == c {
+			return true
+		}
+	}
+	return false
+}
 
-// Folded is the number of requests snap counts under [FoldedStatus].
+// Folded is the number of requests snap counts in folded series.
 func (snap *Snapshot) Folded() float64 {
 	var n float64
 	for i := range snap.Series {
 		s := &snap.Series[i]
-		if s.Name == "hybrid_http_requests_total" && len(s.Labels) == 8 && s.Labels[7] == FoldedStatus {
+		if s.Name == "hybrid_http_requests_total" && len(s.Labels) == 8 && IsFoldedStatus(s.Labels[7]) {
 			n += s.Value
 		}
 	}
@@ -60,10 +69,12 @@ func (rt *Route) appendTo(snap *Snapshot) {
 			Labels: []string{"method", method, "mode", mode, "route", rt.pattern, "status", strconv.Itoa(status)},
 			Value:  float64(s.n.Load())})
 	}
-	if n := rt.folded.Load(); n > 0 {
-		snap.Series = append(snap.Series, Series{Name: "hybrid_http_requests_total",
-			Labels: []string{"method", methods[0], "mode", modeNames[ModeNone], "route", rt.pattern, "status", FoldedStatus},
-			Value:  float64(n)})
+	for c := range rt.folded {
+		if n := rt.folded[c].Load(); n > 0 {
+			snap.Series = append(snap.Series, Series{Name: "hybrid_http_requests_total",
+				Labels: []string{"method", methods[0], "mode", modeNames[ModeNone], "route", rt.pattern, "status", classNames[c]},
+				Value:  float64(n)})
+		}
 	}
 	for m := range rt.hist {
 		h := &rt.hist[m]
@@ -108,7 +119,7 @@ type desc struct {
 // catalog is every family a worker sends. The primary exports only these:
 // a snapshot names no family it does not know.
 var catalog = map[string]desc{
-	"hybrid_http_requests_total":               {"HTTP requests served, by route pattern, method, status and mode (\"\" for a route that runs no workload); status \"other\" (method \"OTHER\", mode \"\"): a worker's requests past its 128 combinations (64 on one route).", promtext.Counter, false},
+	"hybrid_http_requests_total":               {"HTTP requests served, by route pattern, method, status and mode (\"\" for a route that runs no workload); status \"1xx\" to \"5xx\" (\"other\": outside 100-599) with method \"OTHER\" and mode \"\": a worker's requests past its 64 combinations (32 on one route), by status class.", promtext.Counter, false},
 	"hybrid_http_request_duration_seconds":     {"HTTP request duration from the handler's start to the response's, by route pattern and mode.", promtext.Histogram, false},
 	"hybrid_http_connections_refused_total":    {"Connections refused over --max-conns or --max-conns-per-ip.", promtext.Counter, false},
 	"hybrid_http_bodies_refused_total":         {"Request bodies refused (503) because the budget of body bytes in flight was spent.", promtext.Counter, false},
