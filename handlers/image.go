@@ -277,9 +277,13 @@ type resizeReq struct {
 	fit, format   string
 	quality       int
 	allFrames     bool
-	maxPixels     int
-	maxOut        int
-	maxFrames     int
+	// background is what transparent pixels are flattened onto: the
+	// background= param, or white for JPEG (which has no alpha); a zero
+	// alpha leaves them transparent.
+	background color.RGBA
+	maxPixels  int
+	maxOut     int
+	maxFrames  int
 }
 
 func outputFormat(p Params) string {
@@ -301,6 +305,18 @@ func parseResize(p Params) (resizeReq, error) {
 	if r.width == 0 && r.height == 0 {
 		return r, badParam("width or height: give at least one, in pixels (1 to 65536)")
 	}
+	if v := p["dpr"]; v != "" {
+		// A device pixel ratio multiplies the size asked for (imgproxy's
+		// dpr): width=200&dpr=2 is 400 pixels wide.
+		dpr, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(dpr >= 1 && dpr <= 8) {
+			return r, badParam("dpr=%s: want a number from 1 to 8", server.Quote(v))
+		}
+		r.width, r.height = int(float64(r.width)*dpr+0.5), int(float64(r.height)*dpr+0.5)
+		if r.width > 1<<16 || r.height > 1<<16 {
+			return r, badParam("width and height × dpr: at most 65536 pixels")
+		}
+	}
 	r.fit = p["fit"]
 	switch r.fit {
 	case "":
@@ -317,6 +333,16 @@ func parseResize(p Params) (resizeReq, error) {
 	}
 	if r.quality, err = intParam(p, "quality", 82, 1, 100); err != nil {
 		return r, err
+	}
+	switch v := p["background"]; {
+	case v != "":
+		rgb, err := strconv.ParseUint(v, 16, 32)
+		if err != nil || len(v) != 6 {
+			return r, badParam("background=%s: want a colour as six hex digits, RRGGBB", server.Quote(v))
+		}
+		r.background = color.RGBA{uint8(rgb >> 16), uint8(rgb >> 8), uint8(rgb), 255}
+	case r.format == "jpeg":
+		r.background = color.RGBA{255, 255, 255, 255}
 	}
 	switch p["frames"] {
 	case "", "first":
@@ -604,9 +630,12 @@ func scaleInto(src image.Image, r resizeReq, outW, outH, scaledW, scaledH int) *
 // drawn as it is (Catmull-Rom at scale 1 weighs one pixel by 1), with no
 // scratch.
 func scaleOnto(dst *image.RGBA, sc draw.Scaler, src image.Image, r resizeReq, scaledW, scaledH int) {
-	if r.fit == "contain" && (r.format == "jpeg" || r.format == "gif") {
+	switch {
+	case r.background.A != 0:
+		draw.Draw(dst, dst.Bounds(), image.NewUniform(r.background), image.Point{}, draw.Src)
+	case r.fit == "contain" && r.format == "gif":
 		draw.Draw(dst, dst.Bounds(), image.NewUniform(color.White), image.Point{}, draw.Src)
-	} else {
+	default:
 		clear(dst.Pix)
 	}
 	b := dst.Bounds()

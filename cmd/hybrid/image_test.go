@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"image"
 	"image/jpeg"
-	_ "image/png"
+	"image/png"
 	"strings"
 	"testing"
 	"time"
@@ -28,15 +28,23 @@ func TestThumbnailsInEveryMode(t *testing.T) {
 	base := "http://" + c.addr
 	photo := jpegOf(t, sampleimages.Photo(1600, 1200))
 	sideways := sampleimages.WithOrientation(photo, 6)
+	var clear bytes.Buffer // 64×64, every pixel transparent
+	if err := png.Encode(&clear, image.NewNRGBA(image.Rect(0, 0, 64, 64))); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name, query string
 		input       []byte
 		w, h        int
 		ctype       string
+		centre      [3]int // the output's centre pixel, 8-bit RGB, when set
 	}{
-		{"landscape", "width=400", photo, 400, 300, "image/jpeg"},
-		{"sideways phone photo", "width=300", sideways, 300, 400, "image/jpeg"},
-		{"cover png", "width=200&height=200&fit=cover&format=png", photo, 200, 200, "image/png"},
+		{"landscape", "width=400", photo, 400, 300, "image/jpeg", [3]int{}},
+		{"sideways phone photo", "width=300", sideways, 300, 400, "image/jpeg", [3]int{}},
+		{"cover png", "width=200&height=200&fit=cover&format=png", photo, 200, 200, "image/png", [3]int{}},
+		{"device pixel ratio", "width=100&dpr=2", photo, 200, 150, "image/jpeg", [3]int{}},
+		{"transparent onto white", "width=32", clear.Bytes(), 32, 32, "image/jpeg", [3]int{255, 255, 255}},
+		{"transparent onto background", "width=32&background=336699", clear.Bytes(), 32, 32, "image/jpeg", [3]int{0x33, 0x66, 0x99}},
 	} {
 		var first []byte
 		for _, mode := range []string{"isolate", "pool", "inline"} {
@@ -50,6 +58,15 @@ func TestThumbnailsInEveryMode(t *testing.T) {
 			}
 			if b := img.Bounds(); b.Dx() != tc.w || b.Dy() != tc.h {
 				t.Errorf("%s (%s) = %v; want %d×%d", tc.name, mode, b, tc.w, tc.h)
+			}
+			if tc.centre != [3]int{} {
+				r, g, b, _ := img.At(tc.w/2, tc.h/2).RGBA()
+				for i, v := range []uint32{r >> 8, g >> 8, b >> 8} {
+					if d := int(v) - tc.centre[i]; d < -3 || d > 3 {
+						t.Errorf("%s (%s): centre pixel %d,%d,%d; want about %v", tc.name, mode, r>>8, g>>8, b>>8, tc.centre)
+						break
+					}
+				}
 			}
 			if first == nil {
 				first = r.body
