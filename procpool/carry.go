@@ -184,8 +184,16 @@ func (s *Supervisor) awaitCarry() {
 	s.carryAwait = time.Now().Add(carryWait)
 }
 
-// serveCarried closes TookOver if this primary waits for the totals.
+// serveCarried closes TookOver if this primary waits for the totals. A
+// primary shutting down never takes over: one that told the old primary
+// "ready" just after the old one rolled it back (its start timeout) would
+// otherwise serve the admin socket, and tell systemd it is the main
+// process, while it drains.
 func (s *Supervisor) serveCarried() {
+	if s.shutting {
+		s.carryAwait = time.Time{}
+		return
+	}
 	if !s.carryAwait.IsZero() {
 		s.carryAwait = time.Time{}
 		close(s.tookOver)

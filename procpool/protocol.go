@@ -30,7 +30,7 @@ const (
 )
 
 // upgradeEnv tells a primary started by an upgrade what it inherited:
-// "mode=<listen mode>,listener=<fd>,ready=<fd>,carry=<fd>[,<name>=<fd>…]"
+// "mode=<listen mode>,listener=<fd>,ready=<fd>,carry=<fd>,from=<old primary's pid>[,<name>=<fd>…]"
 // (see upgrade.go and carry.go). Like [RoleEnv] it is private to the binary.
 const upgradeEnv = "HYBRID_UPGRADE"
 

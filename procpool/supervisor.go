@@ -65,15 +65,16 @@ type Supervisor struct {
 	metrics     MetricsSink
 	shutting    bool
 
-	upgrade     upgradeState
-	upgrades    int64     // upgrades started, for the snapshot
-	handover    *handover // a primary started by an upgrade, until it reported ready
-	predecessor int       // the old primary that started this one, until its carry pipe ends (predecessorDraining)
-	lastUpgrade *UpgradeOutcome
-	handedOver  chan struct{} // closed once a new primary took over
-	tookOver    chan struct{} // closed once this primary serves (TookOver)
-	passOn      []namedListener
-	poolSize    int // the task-pool size set at run time; 0: the flags'
+	upgrade      upgradeState
+	upgrades     int64     // upgrades started, for the snapshot
+	handover     *handover // a primary started by an upgrade, until it reported ready
+	predecessor  int       // the old primary that started this one, until its carry pipe ends (predecessorDraining)
+	upgradedFrom int       // the old primary that started this one (UpgradedFrom); set in New only
+	lastUpgrade  *UpgradeOutcome
+	handedOver   chan struct{} // closed once a new primary took over
+	tookOver     chan struct{} // closed once this primary serves (TookOver)
+	passOn       []namedListener
+	poolSize     int // the task-pool size set at run time; 0: the flags'
 
 	// A primary started by an upgrade: the old primary's totals.
 	carried    Counts
@@ -178,7 +179,8 @@ func New(cfg Config, log *slog.Logger) (*Supervisor, error) {
 		tookOver:   make(chan struct{}),
 	}
 	if inh != nil {
-		s.handover = &handover{ready: inh.ready, from: os.Getppid()}
+		s.handover = &handover{ready: inh.ready, from: inh.from}
+		s.upgradedFrom = inh.from
 		if inh.carry != nil { // an old primary that carries nothing tells nothing of its drain either
 			s.predecessor = s.handover.from
 		}

@@ -108,6 +108,12 @@ func (s *Supervisor) TookOver() <-chan struct{} { return s.tookOver }
 // their copies).
 func (s *Supervisor) HandedOver() <-chan struct{} { return s.handedOver }
 
+// UpgradedFrom is the pid of the old primary that started this one by an
+// upgrade, as that primary said it (not this process's parent, which a
+// --binary wrapper may be); 0 for a primary no upgrade started. It does
+// not change.
+func (s *Supervisor) UpgradedFrom() int { return s.upgradedFrom }
+
 // Upgrade replaces this primary with a new one, executed from
 // Config.Binary, that inherits the listening socket and the listeners given
 // to PassOn. It returns nil once the new primary and all its workers are
@@ -194,11 +200,11 @@ func (s *Supervisor) onUpgrade(reply chan error) {
 }
 
 // predecessorDraining reports whether the old primary that started this
-// one still drains its workers: its carry pipe has not ended, and it is
-// still this process's parent (once it has exited, this one has another,
-// though the pipe's end may not have been read yet).
+// one still drains its workers: its carry pipe has not ended. Only the old
+// primary holds the pipe's write end, and it closes it once its last worker
+// has exited; the kernel closes it if the old primary dies.
 func (s *Supervisor) predecessorDraining() bool {
-	return s.predecessor != 0 && os.Getppid() == s.predecessor
+	return s.predecessor != 0
 }
 
 // startPrimary starts the new primary with the sockets on fd 3 (the
@@ -224,7 +230,10 @@ func (s *Supervisor) startPrimary() (_ *exec.Cmd, report, carry *os.File, err er
 		}
 	}()
 	files := []*os.File{s.sock.file, w, cr}
-	spec := fmt.Sprintf("mode=%s,listener=3,ready=4,carry=5", s.cfg.ListenMode)
+	// from: this primary's pid, which the new one cannot take from
+	// Getppid (a --binary wrapper that runs hybrid as its child is its
+	// parent then).
+	spec := fmt.Sprintf("mode=%s,listener=3,ready=4,carry=5,from=%d", s.cfg.ListenMode, os.Getpid())
 	for _, nl := range s.passOn {
 		sc, ok := nl.ln.(syscall.Conn)
 		if !ok {
@@ -433,6 +442,7 @@ func startedFrom() string {
 // inheritance is what a primary started by an upgrade got from the old one.
 type inheritance struct {
 	mode     string
+	from     int // the old primary's pid
 	listener int
 	ready    *os.File
 	carry    *os.File // nil from an old primary that carries nothing
@@ -451,6 +461,14 @@ func inherited() (*inheritance, error) {
 		return nil, fmt.Errorf("procpool: bad %s %q", upgradeEnv, spec)
 	}
 	in := &inheritance{mode: kv["mode"], listener: lfd, ready: os.NewFile(uintptr(rfd), "upgrade-ready")}
+	if v, ok := kv["from"]; ok {
+		if in.from, err1 = strconv.Atoi(v); err1 != nil || in.from <= 0 {
+			in.ready.Close()
+			return nil, fmt.Errorf("procpool: bad %s %q", upgradeEnv, spec)
+		}
+	} else {
+		in.from = os.Getppid() // an old primary of a version that does not say
+	}
 	if v, ok := kv["carry"]; ok {
 		cfd, err := strconv.Atoi(v)
 		if err != nil || cfd < 3 {
