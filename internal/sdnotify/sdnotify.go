@@ -1,7 +1,7 @@
 // Package sdnotify speaks the two systemd protocols a service needs, without
 // linking libsystemd: readiness notification (sd_notify(3): READY=1,
-// RELOADING=1, STOPPING=1, MAINPID=, WATCHDOG=1 over the datagram socket
-// named by $NOTIFY_SOCKET) and socket activation (sd_listen_fds(3): the
+// RELOADING=1, STOPPING=1, MAINPID=, WATCHDOG=1 and BARRIER=1 over the
+// datagram socket named by $NOTIFY_SOCKET) and socket activation (sd_listen_fds(3): the
 // descriptors from 3 on that $LISTEN_PID and $LISTEN_FDS describe).
 //
 // Both are no-ops where systemd is not the parent: Notify returns nil when
@@ -13,6 +13,7 @@ package sdnotify
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -31,9 +32,10 @@ const (
 	Watchdog  = "WATCHDOG=1"
 )
 
-// MainPID is the state that names the service's main process, sent by a
-// new primary after a binary upgrade (with NotifyAccess=all in the unit, so
-// systemd accepts it from a process that is not yet the main one).
+// MainPID is the state that names the service's main process, sent in a
+// binary upgrade by the old primary before it exits, and by the new one
+// once it serves (with NotifyAccess=all in the unit, so systemd accepts it
+// from a process that is not the main one).
 func MainPID(pid int) string { return "MAINPID=" + strconv.Itoa(pid) }
 
 // Status is a free-form status line that systemctl status shows.
@@ -44,14 +46,8 @@ func Status(s string) string { return "STATUS=" + strings.ReplaceAll(s, "\n", " 
 // A name starting with '@' is an abstract socket, as systemd documents.
 // With RELOADING=1 it adds MONOTONIC_USEC, which Type=notify-reload needs.
 func Notify(states ...string) error {
-	path := os.Getenv("NOTIFY_SOCKET")
-	if path == "" || len(states) == 0 {
+	if len(states) == 0 {
 		return nil
-	}
-	if path[0] == '@' {
-		path = "\x00" + path[1:]
-	} else if path[0] != '/' {
-		return fmt.Errorf("sdnotify: NOTIFY_SOCKET=%q: want an absolute path or an abstract name", path)
 	}
 	msg := strings.Join(states, "\n")
 	for _, s := range states {
@@ -59,13 +55,79 @@ func Notify(states ...string) error {
 			msg += "\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10)
 		}
 	}
+	return send([]byte(msg), nil)
+}
+
+// Barrier waits, up to timeout, until systemd has processed every
+// notification this process sent before it (sd_notify_barrier(3)): it
+// sends BARRIER=1 with the write end of a pipe, which systemd closes once
+// it has read the messages before it; the read end then sees EOF. A
+// process that tells systemd of another main process (MAINPID=) and then
+// exits calls it in between, so that its exit cannot be taken for the
+// main process's. It returns nil, doing nothing, when $NOTIFY_SOCKET is
+// unset, and an error wrapping os.ErrDeadlineExceeded past timeout (a
+// systemd older than 246 closes the descriptor without a word, so that
+// only a notification socket that keeps it times out).
+func Barrier(timeout time.Duration) error {
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		return nil
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("sdnotify: barrier: %w", err)
+	}
+	defer r.Close()
+	err = send([]byte("BARRIER=1"), unix.UnixRights(int(w.Fd())))
+	w.Close() // systemd's copy is the only write end left
+	if err != nil {
+		return err
+	}
+	if err := r.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return fmt.Errorf("sdnotify: barrier: %w", err)
+	}
+	var b [1]byte
+	if _, err := r.Read(b[:]); err != io.EOF {
+		return fmt.Errorf("sdnotify: barrier: systemd did not close the descriptor: %w", err)
+	}
+	return nil
+}
+
+// send writes msg, with the control message oob, to $NOTIFY_SOCKET.
+func send(msg, oob []byte) error {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return nil
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:]
+	} else if path[0] != '/' {
+		return fmt.Errorf("sdnotify: NOTIFY_SOCKET=%q: want an absolute path or an abstract name", path)
+	}
 	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
 		return fmt.Errorf("sdnotify: %w", err)
 	}
 	defer conn.Close()
-	if _, err := conn.Write([]byte(msg)); err != nil {
+	if len(oob) == 0 {
+		if _, err := conn.Write(msg); err != nil {
+			return fmt.Errorf("sdnotify: %w", err)
+		}
+		return nil
+	}
+	// WriteMsgUnix refuses a connected socket without an address.
+	raw, err := conn.SyscallConn()
+	if err != nil {
 		return fmt.Errorf("sdnotify: %w", err)
+	}
+	var serr error
+	if err := raw.Write(func(fd uintptr) bool {
+		serr = unix.Sendmsg(int(fd), msg, oob, nil, 0)
+		return serr != unix.EAGAIN
+	}); err != nil {
+		return fmt.Errorf("sdnotify: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("sdnotify: %w", serr)
 	}
 	return nil
 }

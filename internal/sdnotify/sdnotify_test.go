@@ -1,6 +1,7 @@
 package sdnotify
 
 import (
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A fake systemd: a unixgram socket that NOTIFY_SOCKET names.
@@ -145,4 +148,73 @@ func execWithListenPID(exe string, f *os.File) *exec.Cmd {
 	cmd.ExtraFiles = []*os.File{f}
 	cmd.Stderr = os.Stderr
 	return cmd
+}
+
+// BARRIER=1 comes with a descriptor: Barrier returns once the receiver
+// (systemd) has closed it, and times out while the receiver keeps it.
+func TestBarrier(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", path)
+	kept := make(chan []int, 2)
+	go func() {
+		buf, oob := make([]byte, 512), make([]byte, 512)
+		for {
+			n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			var fds []int
+			if cms, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, cm := range cms {
+					if rights, err := unix.ParseUnixRights(&cm); err == nil {
+						fds = append(fds, rights...)
+					}
+				}
+			}
+			if string(buf[:n]) != "BARRIER=1" || len(fds) != 1 {
+				t.Errorf("datagram %q with %d descriptors; want BARRIER=1 with one", buf[:n], len(fds))
+			}
+			kept <- fds
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- Barrier(5 * time.Second) }()
+	var fds []int
+	select {
+	case fds = <-kept:
+	case err := <-done:
+		t.Fatalf("Barrier returned (%v) and sent nothing", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Barrier returned (%v) before the receiver closed the descriptor", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Barrier after the close = %v; want nil", err)
+	}
+
+	if err := Barrier(50 * time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("Barrier while the receiver keeps the descriptor = %v; want a timeout", err)
+	}
+	select {
+	case fds := <-kept:
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no second BARRIER=1")
+	}
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := Barrier(time.Second); err != nil {
+		t.Errorf("Barrier without NOTIFY_SOCKET = %v; want nil", err)
+	}
 }
