@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -282,6 +283,18 @@ func runServe(args []string) int {
 	sup.SetMetricsSink(clusterMetrics)
 	var admin *server.Admin
 	runDone := make(chan struct{}) // closed when sup.Run has returned
+	// adminMu orders what becomes of a unix admin socket's file (removed
+	// when this primary closes it, or kept for the new primary that serves
+	// it), and the close itself, across the goroutines below and main.
+	var adminMu sync.Mutex
+	var adminLn net.Listener
+	adminKept := false    // this primary handed the admin socket on: its file is the new primary's
+	keepAdmin := func() { // with adminMu held
+		if !adminKept {
+			adminKept = true
+			server.KeepAdminSocket(adminLn)
+		}
+	}
 	if cfg.adminAddr != "off" {
 		// After an upgrade the admin socket is the old primary's: binding
 		// again would fail, and the socket never closes.
@@ -301,6 +314,7 @@ func runServe(args []string) int {
 			log.Error("cannot start admin endpoint", "err", err.Error())
 			return 1
 		}
+		adminLn = ln
 		sup.PassOn("admin", ln)
 		admin = server.NewAdmin(cluster, log, server.WithToken(cfg.adminToken),
 			server.WithMetrics(metricsText(sup, clusterMetrics, shared)))
@@ -308,11 +322,15 @@ func runServe(args []string) int {
 		// admin socket only once it has taken over: until then the old
 		// one answers every request, and a change asked of this one (POST
 		// /pool) is not lost when it is rolled back.
-		serving := make(chan struct{})
 		go func() {
 			select {
 			case <-sup.TookOver():
 			case <-runDone:
+				return
+			}
+			adminMu.Lock()
+			if isClosed(runDone) || handedOver(sup) {
+				adminMu.Unlock() // too late: this primary serves no more
 				return
 			}
 			// Serving it, this primary removes the unix socket's file when
@@ -320,25 +338,30 @@ func runServe(args []string) int {
 			if ownsFile {
 				server.RemoveAdminSocketOnClose(ln)
 			}
-			close(serving)
+			adminMu.Unlock()
 			log.Info("admin endpoint listening", "admin_addr", ln.Addr().String())
 			admin.Serve(ln)
 		}()
 		go func() { // the new primary answers on the admin socket from now on
-			<-sup.HandedOver()
 			select {
-			case <-serving:
+			case <-sup.HandedOver():
 			case <-runDone:
-				return
+				return // main does what is left
 			}
-			server.KeepAdminSocket(ln)
+			adminMu.Lock()
+			defer adminMu.Unlock()
+			keepAdmin()
 			stopAdmin(admin)
 		}()
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go notifySystemd(ctx, sup, log)
+	notified := make(chan struct{}) // notifySystemd has returned
+	go func() {
+		defer close(notified)
+		notifySystemd(ctx, sup, log)
+	}()
 	forced := make(chan struct{})
 	go func() {
 		stopping := false
@@ -391,8 +414,17 @@ func runServe(args []string) int {
 	err = sup.Run(ctx)
 	close(runDone)
 	if admin != nil {
+		adminMu.Lock()
+		if handedOver(sup) {
+			keepAdmin()
+		}
 		stopAdmin(admin)
+		adminMu.Unlock()
 	}
+	// After a hand-over, systemd must know the new main process before
+	// this one exits (notifySystemd waits until it has read MAINPID=).
+	cancel()
+	<-notified
 	if err != nil {
 		log.Error("primary failed", "err", err)
 		return 1
@@ -427,6 +459,16 @@ func handDownAdminFile(ln net.Listener) {
 // created: then this one removes it once it exits, unless it hands it on.
 func inheritedAdminFile(ln net.Listener) bool {
 	return ln.Addr().Network() == "unix" && os.Getenv(adminFileEnv) == ln.Addr().String()
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // stopAdmin stops the admin endpoint, letting a request under way (POST

@@ -62,17 +62,25 @@ func systemdSockets() (cluster, admin net.Listener, err error) {
 }
 
 // notifySystemd reports the primary's state to systemd (Type=notify, with
-// NotifyAccess=all for upgrades) until ctx ends or an upgrade's new
-// primary took over; without $NOTIFY_SOCKET it returns at once.
+// NotifyAccess=all for upgrades) until ctx ends or this primary has handed
+// the service over to an upgrade's new primary; without $NOTIFY_SOCKET it
+// returns at once. The caller waits for it to return before it exits.
 //
-//   - READY=1 with MAINPID= once every wanted worker is ready and this
-//     primary serves (sup.TookOver): the main process is this one, also
-//     when it was started by an upgrade, which is how systemd learns of the
-//     new primary before the old one exits;
+//   - READY=1 with MAINPID= once this primary is the service's main process
+//     and serves: once every wanted worker is ready, or, in a primary an
+//     upgrade started, at once when it takes over (sup.TookOver);
 //   - RELOADING=1 while a reload or an upgrade runs, READY=1 after;
-//   - STOPPING=1 when the primary starts to drain (not after a hand-over:
-//     the service goes on, in the new primary, and the old one says
-//     nothing more);
+//   - at a hand-over, the old primary says MAINPID=<the new primary's pid>
+//     itself, and waits until systemd has read it (sdnotify.Barrier),
+//     before it returns: systemd stops a service whose main process
+//     exits, new primary and all (KillMode=mixed), and the old one may
+//     exit within milliseconds when no connection holds its workers;
+//   - STOPPING=1 when the primary starts to drain, only from the service's
+//     main process (it took over and has not handed over): with
+//     NotifyAccess=all systemd takes STOPPING=1 from any process of the
+//     service, and a new primary being rolled back, or the old primary
+//     after a hand-over, must not stop it. A primary an upgrade started
+//     says nothing at all before it takes over;
 //   - WATCHDOG=1 at half of $WATCHDOG_USEC from READY=1 on, while this
 //     primary is the main process: systemd sets $WATCHDOG_PID to the main
 //     process it started, and a primary started by an upgrade takes the
@@ -98,45 +106,77 @@ func notifySystemd(ctx context.Context, sup *procpool.Supervisor, log *slog.Logg
 	var lastPing time.Time
 	ready, busy := false, false
 	var seen int64 // reloads and upgrades seen, so that a short one is not missed
+	from := sup.UpgradedFrom()
+	tookOverCh := sup.TookOver()
+	if from == 0 {
+		tookOverCh = nil // serving from the start: READY=1 waits for the workers
+	}
+	// handOver tells systemd the new primary is the main process now, and
+	// waits until systemd has read it: this process may exit next.
+	handOver := func() {
+		u := sup.Snapshot().LastUpgrade // published before HandedOver closes
+		if u == nil || u.Result != procpool.UpgradeSucceeded || u.NewPID == os.Getpid() {
+			return
+		}
+		if ready && !busy {
+			send(sdnotify.Reloading) // an upgrade quicker than a tick
+		}
+		send(sdnotify.MainPID(u.NewPID))
+		if err := sdnotify.Barrier(5 * time.Second); err != nil {
+			log.Warn("systemd notify: the new main process may not be known before this primary exits", "err", err.Error())
+		}
+	}
+	// becomeReady says READY=1 with MAINPID= this process's pid, and
+	// takes the watchdog over from the old primary.
+	becomeReady := func(s procpool.Snapshot) {
+		ready, seen = true, s.Reloads+s.Upgrades
+		send(sdnotify.Ready, sdnotify.MainPID(os.Getpid()),
+			sdnotify.Status(fmt.Sprintf("%d of %d workers ready on %s", s.WorkersReady, s.WorkersWanted, s.Addr)))
+		if watchdog == 0 && from != 0 {
+			watchdog = sdnotify.TakeWatchdog(from)
+		}
+	}
 	for {
 		select {
 		case <-sup.HandedOver():
-			if ready && !busy {
-				send(sdnotify.Reloading) // an upgrade quicker than a tick
-			}
+			handOver()
 			return
 		case <-ctx.Done():
-			if !handedOver(sup) {
+			switch {
+			case handedOver(sup):
+				handOver()
+			case tookOver(sup):
 				send(sdnotify.Stopping)
 			}
 			return
+		case <-tookOverCh:
+			// An upgrade's new primary takes over once every worker is
+			// ready: it is the main process from now on.
+			tookOverCh = nil
+			if !ready && !handedOver(sup) {
+				becomeReady(sup.Snapshot())
+			}
 		case now := <-tick.C:
 			s := sup.Snapshot()
 			// The snapshot shows the upgrade succeeded just before
 			// HandedOver closes: the new primary speaks for the service.
 			if u := s.LastUpgrade; handedOver(sup) || u != nil && u.Result == procpool.UpgradeSucceeded && u.NewPID != os.Getpid() {
-				if ready && !busy {
-					send(sdnotify.Reloading) // an upgrade quicker than a tick
-				}
+				handOver()
 				return
 			}
-			status := sdnotify.Status(fmt.Sprintf("%d of %d workers ready on %s", s.WorkersReady, s.WorkersWanted, s.Addr))
 			started := s.Reloads + s.Upgrades
 			switch nowBusy := s.Reloading || s.Upgrading; {
 			case !ready:
 				if !nowBusy && s.WorkersReady >= s.WorkersWanted && tookOver(sup) {
-					ready, seen = true, started
-					send(sdnotify.Ready, sdnotify.MainPID(os.Getpid()), status)
-					if u := s.LastUpgrade; watchdog == 0 && u != nil && u.Result == procpool.UpgradeSucceeded && u.NewPID == os.Getpid() {
-						watchdog = sdnotify.TakeWatchdog(u.OldPID)
-					}
+					becomeReady(s)
 				}
 			case !busy && (nowBusy || started > seen):
 				busy, seen = true, started
 				send(sdnotify.Reloading)
 			case busy && !nowBusy:
 				busy = false
-				send(sdnotify.Ready, status)
+				send(sdnotify.Ready,
+					sdnotify.Status(fmt.Sprintf("%d of %d workers ready on %s", s.WorkersReady, s.WorkersWanted, s.Addr)))
 			}
 			if ready && watchdog > 0 && now.Sub(lastPing) >= watchdog {
 				lastPing = now

@@ -16,18 +16,24 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hybrid-server/hybrid/procpool"
 )
 
 // notifyMsg is one datagram on the fake NOTIFY_SOCKET: its sender's pid
 // (SCM_CREDENTIALS, which systemd reads too) and its text.
 type notifyMsg struct {
-	pid  int
-	text string
-	at   time.Time // when the test read it
+	pid   int
+	text  string
+	at    time.Time // when the test read it
+	alive bool      // the sender was running when the test read it
 }
 
 // fakeNotify is a fake systemd's notification socket: a unixgram socket
-// with SO_PASSCRED, so that each message comes with its sender's pid.
+// with SO_PASSCRED, so that each message comes with its sender's pid. It
+// answers BARRIER=1 as systemd does, by closing the descriptor that comes
+// with it once it has read every message before it, and passes it on to
+// no one.
 type fakeNotify struct {
 	t    *testing.T
 	path string
@@ -62,12 +68,23 @@ func newFakeNotify(t *testing.T) *fakeNotify {
 				return
 			}
 			m := notifyMsg{text: string(buf[:n]), at: time.Now()}
+			var fds []int
 			if cms, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
 				for _, cm := range cms {
 					if cred, err := syscall.ParseUnixCredentials(&cm); err == nil {
 						m.pid = int(cred.Pid)
 					}
+					if rights, err := syscall.ParseUnixRights(&cm); err == nil {
+						fds = append(fds, rights...)
+					}
 				}
+			}
+			m.alive = running(m.pid) // before a barrier is answered: its sender waits on it
+			for _, fd := range fds {
+				syscall.Close(fd)
+			}
+			if m.text == "BARRIER=1" {
+				continue
 			}
 			f.msgs <- m
 		}
@@ -123,15 +140,27 @@ func withServicePIDs(sc *exec.Cmd, vars ...string) *exec.Cmd {
 // watchdog on for the main process (WATCHDOG_USEC, WATCHDOG_PID). The
 // primary says READY=1 (with its pid as MAINPID) once its workers are
 // ready, RELOADING=1 and READY=1 around a reload, and WATCHDOG=1 at half of
-// WATCHDOG_USEC. Across an upgrade: RELOADING=1 from the old primary, then
-// READY=1 with MAINPID= from the new one, which alone pings the watchdog
-// once the old one has exited (systemd set WATCHDOG_PID to the old pid),
-// and no STOPPING=1 from anyone: the service goes on. STOPPING=1 comes from
-// the new primary when it drains.
+// WATCHDOG_USEC.
+//
+// An upgrade that rolls back (the new build's workers crash at start):
+// RELOADING=1 and READY=1 from the old primary, which pings on, and not
+// one message from the rolled-back primary. With NotifyAccess=all,
+// systemd would take its STOPPING=1 for the service's and stop it all.
+//
+// An upgrade that succeeds, with no client connection open (so that the
+// old primary's workers, and then the old primary, exit within
+// milliseconds of the hand-over): RELOADING=1 from the old primary, then
+// MAINPID=<new> from the old primary itself, read while it still runs
+// (systemd stops a service whose main process exits, and kills the new
+// primary with it), and READY=1 with MAINPID= from the new one, which alone
+// pings the watchdog once the old one has exited (systemd set WATCHDOG_PID
+// to the old pid); no STOPPING=1 from anyone: the service goes on.
+// STOPPING=1 comes from the new primary when it drains.
 func TestSystemdNotify(t *testing.T) {
 	sd := newFakeNotify(t)
+	faultEnv, setFault := faultFile(t)
 	c := startClusterCmd(t, withServicePIDs(serveCmd(binPath, "--workers", "2"), "WATCHDOG_PID"),
-		[]string{"NOTIFY_SOCKET=" + sd.path, "WATCHDOG_USEC=400000"}, 2)
+		append([]string{"NOTIFY_SOCKET=" + sd.path, "WATCHDOG_USEC=400000"}, faultEnv...), 2)
 	t.Cleanup(c.killSeen)
 	old := c.cmd.Process.Pid
 	ready := sd.next("READY=1", old, nil)
@@ -145,12 +174,63 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	sd.next("READY=1", old, watchdogFrom(old))
 
+	// The rollback. next fails on any message but the old primary's
+	// pings, so on any from the rolled-back primary.
+	setFault("crash")
 	c.signal(syscall.SIGUSR2)
 	sd.next("RELOADING=1", old, watchdogFrom(old))
-	m := sd.next("READY=1", 0, watchdogFrom(old))
-	newPID := m.pid
-	if newPID == old || !strings.Contains(m.text, "MAINPID="+strconv.Itoa(newPID)) {
-		t.Fatalf("after SIGUSR2: %q from pid %d; want READY=1 from the new primary with MAINPID= its pid", m.text, m.pid)
+	rolled := 0
+	c.waitFor(30*time.Second, "the crashing build's rollback", func() bool {
+		s := c.snapshotOrNil()
+		if s == nil || s.Upgrading || s.LastUpgrade == nil || s.LastUpgrade.Result != procpool.UpgradeRolledBack {
+			return false
+		}
+		rolled = s.LastUpgrade.NewPID
+		return true
+	})
+	setFault("")
+	c.waitFor(15*time.Second, "the rolled-back primary to exit", func() bool { return !running(rolled) })
+	rolledExit := time.Now()
+	t.Logf("upgrade rolled back: new primary %d exited", rolled)
+	sd.next("READY=1", old, watchdogFrom(old))
+	for pings := 0; pings < 2; { // it sent what it would before it exited
+		if w := sd.next(sdWatchdog, old, nil); w.at.After(rolledExit) {
+			pings++
+		}
+	}
+
+	c.signal(syscall.SIGUSR2)
+	sd.next("RELOADING=1", old, watchdogFrom(old))
+	// Two messages name the new primary, in either order: MAINPID= from
+	// the old primary, and READY=1 with MAINPID= from the new one.
+	var handed, newReady *notifyMsg
+	deadline := time.Now().Add(15 * time.Second)
+	for handed == nil || newReady == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("after SIGUSR2: MAINPID= from the old primary %v, READY=1 from the new one %v; want both within 15s", handed, newReady)
+		}
+		m := sd.next("", 0, nil)
+		switch {
+		case m.text == sdWatchdog && (m.pid == old || newReady != nil && m.pid == newReady.pid):
+		case m.pid == old && strings.HasPrefix(m.text, "MAINPID=") && handed == nil:
+			handed = &m
+		case m.pid != old && strings.HasPrefix(m.text, "READY=1") && newReady == nil:
+			newReady = &m
+		default:
+			t.Errorf("after SIGUSR2: %q from pid %d; want MAINPID= from the old primary %d and READY=1 from the new one", m.text, m.pid, old)
+		}
+	}
+	newPID := newReady.pid
+	if !strings.Contains(newReady.text, "MAINPID="+strconv.Itoa(newPID)) {
+		t.Errorf("the new primary's %q; want READY=1 with MAINPID=%d, its pid", newReady.text, newPID)
+	}
+	if want := "MAINPID=" + strconv.Itoa(newPID); handed.text != want {
+		t.Errorf("the old primary's %q at the hand-over; want %q", handed.text, want)
+	}
+	// The old primary waits for systemd to read it (BARRIER=1) before it
+	// exits: it was running when this fake systemd read it.
+	if !handed.alive {
+		t.Errorf("the old primary's %q was read after it exited: systemd would stop the service, new primary and all", handed.text)
 	}
 	c.waitFor(30*time.Second, "the old primary to exit", func() bool { return !running(old) })
 	exited := time.Now()
