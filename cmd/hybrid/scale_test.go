@@ -147,8 +147,9 @@ func workerProcs(primary int) (n int, rss uint64) {
 	return n, rss
 }
 
-// 40 reloads in 0.5 s, each with a request left in flight (a 60 s sleep)
-// on the workers it replaces: before, 21 workers stayed alive (857 MiB),
+// 40 reloads in 0.5 s (and more, one every 50 ms, until the drain cap has
+// acted), each with a request left in flight (a 60 s sleep) on the
+// workers it replaces: before, 21 workers stayed alive (857 MiB),
 // each draining up to --shutdown-timeout. Now a reload asked for while one
 // runs is refused, and draining workers are capped at twice the worker
 // count, the oldest stopped past it.
@@ -167,8 +168,14 @@ func TestReloadStormIsBounded(t *testing.T) {
 		n, rss := workerProcs(primary)
 		peak, peakRSS = max(peak, n), max(peakRSS, rss)
 	}
+	// The storm: 40 SIGHUPs in 0.5 s, then, until the drain cap has
+	// stopped a worker (bounded by 10 s), one every 50 ms: how many
+	// reloads complete in 0.5 s depends on the box (a race build on a busy
+	// 2-core one starts fewer than the cap needs), and the bounds below
+	// prove something only once the cap has acted.
 	start := time.Now()
-	for i := range reloads {
+	sent := 0
+	for sent < reloads || len(c.logs.find("too many workers draining")) == 0 && time.Since(start) < 10*time.Second {
 		conn, err := net.Dial("tcp", c.addr)
 		if err != nil {
 			t.Fatal(err)
@@ -176,8 +183,13 @@ func TestReloadStormIsBounded(t *testing.T) {
 		conns = append(conns, conn)
 		fmt.Fprintf(conn, "GET /_test/sleep?ms=60000 HTTP/1.1\r\nHost: hybrid\r\n\r\n")
 		c.signal(syscall.SIGHUP)
+		sent++
 		sample()
-		time.Sleep(time.Until(start.Add(time.Duration(i+1) * 500 * time.Millisecond / reloads)))
+		if sent < reloads {
+			time.Sleep(time.Until(start.Add(time.Duration(sent) * 500 * time.Millisecond / reloads)))
+		} else {
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 	stormTook := time.Since(start)
 	for range 40 { // 4 s: past the cap's 1 s grace
@@ -190,7 +202,7 @@ func TestReloadStormIsBounded(t *testing.T) {
 	capped := len(c.logs.find("too many workers draining"))
 	t.Logf("%d SIGHUPs in %v with a request left open each: %d reloads ran, %d refused; "+
 		"%d draining workers stopped by the cap (%d); peak %d worker processes, %d MiB; after 4 s %d, %d MiB",
-		reloads, stormTook.Round(time.Millisecond), started, ignored, capped, 2*workers, peak, peakRSS>>20, n, rss>>20)
+		sent, stormTook.Round(time.Millisecond), started, ignored, capped, 2*workers, peak, peakRSS>>20, n, rss>>20)
 	// The bound: the workers, one successor during a reload, and the
 	// draining ones: 2 × workers, plus workers more in the cap's grace.
 	if bound := workers + 1 + 3*workers; peak > bound {
@@ -199,10 +211,10 @@ func TestReloadStormIsBounded(t *testing.T) {
 	if n > workers+2*workers {
 		t.Errorf("%d worker processes 4 s after the storm; want at most %d (workers + the drain cap)", n, workers+2*workers)
 	}
-	// How many run depends on how fast a reload completes here (7 of 40
-	// on a busy 2-core box, 23 on an idle one): the rest are refused.
-	if started == 0 || ignored == 0 || started+ignored > reloads {
-		t.Errorf("%d reloads ran and %d were refused of %d asked for; want some run and the others refused", started, ignored, reloads)
+	// How many run depends on how fast a reload completes here: the rest
+	// are refused.
+	if started == 0 || ignored == 0 || started+ignored > sent {
+		t.Errorf("%d reloads ran and %d were refused of %d asked for; want some run and the others refused", started, ignored, sent)
 	}
 	// The bounds above hold by the cap, not by few reloads: with 60 s
 	// requests open, more than 2 × workers drained at once, and the cap
