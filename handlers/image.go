@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"image"
 	"image/color"
 	"image/gif"
@@ -277,6 +278,7 @@ type resizeReq struct {
 	fit, format   string
 	quality       int
 	allFrames     bool
+	enlarge       bool // enlarge=true: scale up past the source's size
 	// background is what transparent pixels are flattened onto: the
 	// background= param, or white for JPEG (which has no alpha); a zero
 	// alpha leaves them transparent.
@@ -343,6 +345,13 @@ func parseResize(p Params) (resizeReq, error) {
 		r.background = color.RGBA{uint8(rgb >> 16), uint8(rgb >> 8), uint8(rgb), 255}
 	case r.format == "jpeg":
 		r.background = color.RGBA{255, 255, 255, 255}
+	}
+	switch p["enlarge"] {
+	case "", "false":
+	case "true":
+		r.enlarge = true
+	default:
+		return r, badParam("enlarge=%s: want true or false", server.Quote(p["enlarge"]))
 	}
 	switch p["frames"] {
 	case "", "first":
@@ -492,6 +501,20 @@ func (r resizeReq) plan(h imageHeader) (p resizePlan, err error) {
 			scaledH = max(1, int(float64(outW)/ratio+0.5))
 		} else {
 			scaledW = max(1, int(float64(outH)*ratio+0.5))
+		}
+	}
+	if !r.enlarge {
+		// imgproxy's enlarge=false, the default: never scale up. What
+		// keeps the aspect ratio shrinks as a whole, box included, until
+		// the scaled image is within the source (a 100 px wide image asked
+		// for at 200 stays 100 wide; cover of a box bigger than the source
+		// crops the source to the box's shape); fill clamps each side.
+		if r.fit == "fill" {
+			scaledW, scaledH = min(scaledW, srcW), min(scaledH, srcH)
+			outW, outH = scaledW, scaledH
+		} else if k := min(float64(srcW)/float64(scaledW), float64(srcH)/float64(scaledH)); k < 1 {
+			shrink := func(n int) int { return max(1, int(float64(n)*k+0.5)) }
+			scaledW, scaledH, outW, outH = shrink(scaledW), shrink(scaledH), shrink(outW), shrink(outH)
 		}
 	}
 	maxSide := 65535 // JPEG, PNG and GIF store 16-bit sides
@@ -767,9 +790,60 @@ func encode(ctx context.Context, img *image.RGBA, r resizeReq) ([]byte, error) {
 			err = gif.Encode(&buf, pal, nil)
 		}
 	case "webp":
-		err = nativewebp.Encode(&buf, img, nil)
+		err = encodeWebP(&buf, img)
 	}
 	return buf.Bytes(), err
+}
+
+// encodeWebP is nativewebp's lossless encoder, which panics (an index of
+// -1 in its Huffman writer, v0.9.3) on some images of very few colours,
+// where every pixel after the first is a colour-cache hit: a 1×1 GIF frame
+// asked for as WebP did. Such an image is encoded again through the
+// encoder's colour-indexed path, the same pixels in an exact palette; one
+// with more than 256 colours, or that panics there too, is an error.
+func encodeWebP(buf *bytes.Buffer, img image.Image) (err error) {
+	try := func(img image.Image) (err error) {
+		defer func() {
+			if v := recover(); v != nil {
+				err = fmt.Errorf("handlers: webp encoder panicked: %v", v)
+			}
+		}()
+		buf.Reset()
+		return nativewebp.Encode(buf, img, nil)
+	}
+	if err = try(img); err == nil {
+		return nil
+	}
+	if pal := exactPalette(img); pal != nil {
+		return try(pal)
+	}
+	return err
+}
+
+// exactPalette is img as an image.Paletted of its own colours, or nil if it
+// has more than 256.
+func exactPalette(img image.Image) *image.Paletted {
+	b := img.Bounds()
+	index := map[color.NRGBA]uint8{}
+	var pal color.Palette
+	out := image.NewPaletted(b, nil)
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+			i, ok := index[c]
+			if !ok {
+				if len(pal) == 256 {
+					return nil
+				}
+				i = uint8(len(pal))
+				index[c] = i
+				pal = append(pal, c)
+			}
+			out.Pix[out.PixOffset(x, y)] = i
+		}
+	}
+	out.Palette = pal
+	return out
 }
 
 // orient turns img upright by its EXIF orientation (2–8), as jpegn's

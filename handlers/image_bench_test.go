@@ -124,6 +124,9 @@ func BenchmarkImageLargestAllowed(b *testing.B) {
 	}
 	tiffIn := tiffOf(capSide, capSide, tile, tile, true, false)
 	sq, cs := strconv.Itoa(side), strconv.Itoa(capSide)
+	// The upscales (a 1×1 GIF to 49 MP, a 1-pixel-wide PNG to 20,000
+	// wide) say enlarge=true: the default, false, never scales past the
+	// source.
 	for _, bc := range []struct {
 		name, workload string
 		p              Params
@@ -136,11 +139,11 @@ func BenchmarkImageLargestAllowed(b *testing.B) {
 		{"resize/jpeg-49MP-9-empty-scans-to-400", "image-resize", Params{"width": "400"}, scanBomb(side, side, MaxJPEGScanPasses-1)},
 		{"resize/jpeg-49MP-progressive-to-400", "image-resize", Params{"width": "400"}, progressive},
 		{"resize/gif-1000-frames-to-100", "image-resize", Params{"width": "100", "format": "gif", "frames": "all"}, gbuf.Bytes()},
-		{"resize/gif-to-one-49MP-frame", "image-resize", Params{"width": sq, "height": sq, "fit": "fill", "format": "gif"}, sampleimages.GIFFrames(1)},
+		{"resize/gif-to-one-49MP-frame", "image-resize", Params{"width": sq, "height": sq, "fit": "fill", "format": "gif", "enlarge": "true"}, sampleimages.GIFFrames(1)},
 		// 1×50,000 grey to 20,000×1: its rows are box-averaged 25,000 at a
 		// time first (32 GB of resampler scratch before, a dead worker).
-		{"resize/png-1x50000-to-20000x1", "image-resize", Params{"width": "20000", "height": "1", "fit": "fill", "format": "png"}, pngRaw(b, 1, 50000, 0, 8, false, true)},
-		{"resize/gif-to-49MP-jpeg", "image-resize", Params{"width": sq, "height": sq, "fit": "fill"}, sampleimages.GIFFrames(1)},
+		{"resize/png-1x50000-to-20000x1", "image-resize", Params{"width": "20000", "height": "1", "fit": "fill", "format": "png", "enlarge": "true"}, pngRaw(b, 1, 50000, 0, 8, false, true)},
+		{"resize/gif-to-49MP-jpeg", "image-resize", Params{"width": sq, "height": sq, "fit": "fill", "enlarge": "true"}, sampleimages.GIFFrames(1)},
 		// Each input format at the pixel budget.
 		{"resize/png-50MP-to-400", "image-resize", Params{"width": "400"}, pbuf.Bytes()},
 		{"resize/webp-50MP-to-400", "image-resize", Params{"width": "400"}, wbuf.Bytes()},
@@ -149,8 +152,8 @@ func BenchmarkImageLargestAllowed(b *testing.B) {
 		// PNG and WebP out at the output budget: through the resampler,
 		// and at the same size (no resampler; 2.2 s and 812 MiB on the
 		// pool, the costliest honest request seen).
-		{"resize/gif-to-49MP-png", "image-resize", Params{"width": sq, "height": sq, "fit": "fill", "format": "png"}, sampleimages.GIFFrames(1)},
-		{"resize/gif-to-49MP-webp", "image-resize", Params{"width": sq, "height": sq, "fit": "fill", "format": "webp"}, sampleimages.GIFFrames(1)},
+		{"resize/gif-to-49MP-png", "image-resize", Params{"width": sq, "height": sq, "fit": "fill", "format": "png", "enlarge": "true"}, sampleimages.GIFFrames(1)},
+		{"resize/gif-to-49MP-webp", "image-resize", Params{"width": sq, "height": sq, "fit": "fill", "format": "webp", "enlarge": "true"}, sampleimages.GIFFrames(1)},
 		{"resize/png-50MP-to-same-size-webp", "image-resize", Params{"width": cs, "height": cs, "format": "webp"}, pbuf.Bytes()},
 		{"resize/jpeg-49MP-to-same-size-png", "image-resize", Params{"width": sq, "height": sq, "format": "png"}, photo},
 	} {

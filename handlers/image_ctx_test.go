@@ -19,7 +19,7 @@ import (
 // within it.
 func TestGIFOutputBudgetCountsFrames(t *testing.T) {
 	bomb := sampleimages.GIFFrames(1000)
-	all := Params{"width": "7000", "height": "7000", "fit": "fill", "format": "gif", "frames": "all"}
+	all := Params{"width": "7000", "height": "7000", "fit": "fill", "format": "gif", "frames": "all", "enlarge": "true"}
 	start := time.Now()
 	if _, err := run(t, "image-resize", all, bomb); !hasStatus(err, 422, CodeImageTooLarge) {
 		t.Errorf("1000 frames at 7000×7000 = %v; want 422 image_too_large", err)

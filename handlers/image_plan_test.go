@@ -9,6 +9,7 @@ import (
 	"image/color"
 	"image/color/palette"
 	"image/png"
+	"maps"
 	"math/rand/v2"
 	"runtime"
 	"testing"
@@ -57,8 +58,15 @@ func pngRaw(t testing.TB, w, h int, colour, depth byte, interlaced, rows bool) [
 	return chunk(b, "IEND", nil)
 }
 
+// planOf plans p for h with enlarge=true unless p says otherwise: the
+// bounds these tests check are those of a resize that may scale up (with
+// the default, enlarge=false, nothing is scaled past the source).
 func planOf(t *testing.T, h imageHeader, p Params) (resizePlan, error) {
 	t.Helper()
+	if _, ok := p["enlarge"]; !ok {
+		p = maps.Clone(p)
+		p["enlarge"] = "true"
+	}
 	r, err := parseResize(p)
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +224,7 @@ func TestResizeOfATallImageIsBounded(t *testing.T) {
 	for _, w := range []string{"20000", "1000", "500"} {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		img, _, err := resize(t, input, Params{"width": w, "height": "1", "fit": "fill", "format": "png"})
+		img, _, err := resize(t, input, Params{"width": w, "height": "1", "fit": "fill", "format": "png", "enlarge": "true"})
 		runtime.ReadMemStats(&after)
 		if err != nil {
 			t.Fatalf("width %s: %v", w, err)

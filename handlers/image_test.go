@@ -97,7 +97,12 @@ func TestResizeFitsAndFormats(t *testing.T) {
 		{Params{"width": "100", "height": "50", "fit": "contain", "format": "gif"}, 100, 50, "gif"},
 		{Params{"width": "90", "height": "90", "fit": "fill"}, 90, 90, "jpeg"},
 		{Params{"height": "48", "format": "webp"}, 64, 48, "webp"},
-		{Params{"width": "1280"}, 1280, 960, "jpeg"}, // upscaling within the output bound
+		{Params{"width": "1280", "enlarge": "true"}, 1280, 960, "jpeg"}, // upscaling within the output bound
+		// enlarge=false, the default: never past the source (640×480).
+		{Params{"width": "1280"}, 640, 480, "jpeg"},
+		{Params{"width": "1000", "height": "1000", "fit": "cover"}, 480, 480, "jpeg"},
+		{Params{"width": "2000", "height": "100", "fit": "fill"}, 640, 100, "jpeg"},
+		{Params{"width": "1280", "height": "1280", "fit": "contain", "format": "png"}, 640, 640, "png"},
 	} {
 		img, format, err := resize(t, input, tc.p)
 		if err != nil {
@@ -110,13 +115,13 @@ func TestResizeFitsAndFormats(t *testing.T) {
 	for _, bad := range []Params{
 		{}, {"width": "0"}, {"width": "-5"}, {"width": "abc"}, {"width": "10", "fit": "stretch"},
 		{"width": "10", "format": "avif"}, {"width": "10", "quality": "0"}, {"width": "10", "frames": "all"},
-		{"width": "10", "frames": "some", "format": "gif"},
+		{"width": "10", "frames": "some", "format": "gif"}, {"width": "10", "enlarge": "yes"},
 	} {
 		if _, err := run(t, "image-resize", bad, input); !hasStatus(err, 400, CodeBadParam) {
 			t.Errorf("%v = %v; want 400 bad_param", bad, err)
 		}
 	}
-	if _, err := run(t, "image-resize", Params{"width": "20000", "height": "20000", "fit": "fill", "max_output_pixels": "1000000"}, input); !hasStatus(err, 422, CodeImageTooLarge) {
+	if _, err := run(t, "image-resize", Params{"width": "20000", "height": "20000", "fit": "fill", "enlarge": "true", "max_output_pixels": "1000000"}, input); !hasStatus(err, 422, CodeImageTooLarge) {
 		t.Errorf("upscale past the output bound = %v; want 422", err)
 	}
 }

@@ -165,15 +165,15 @@ func TestHostileImage(t *testing.T) {
 				{"info of the same", "info", scanBomb, 422, "image_too_large", time.Second},
 				{"jpeg of 63 empty scans at 49 MP (under the count, 64 passes)", "resize?width=400", passBomb, 422, "image_too_large", time.Second},
 				{"tiff of 765,625 8×8 deflate tiles (6 MB)", "resize?width=400", tiffBomb, 422, "image_too_large", time.Second},
-				{"1,000 gif frames at 7000×7000", "resize?width=7000&height=7000&fit=fill&format=gif&frames=all", gifBomb, 422, "image_too_large", time.Second},
-				{"1×50,000 png to 20,000×1 (32 GB of resampler scratch before)", "resize?width=20000&height=1&fit=fill&format=png", tall, 200, "", time.Second},
-				{"1×50,000 png to 1000×1", "resize?width=1000&height=1&fit=fill&format=png", tall, 200, "", time.Second},
-				{"1×50,000 png to 500×1", "resize?width=500&height=1&fit=fill&format=png", tall, 200, "", time.Second},
-				{"1×50,000 png to 7000×7000 (no shrink brings it under)", "resize?width=7000&height=7000&fit=fill&format=png", tall, 422, "image_too_large", time.Second},
+				{"1,000 gif frames at 7000×7000", "resize?width=7000&height=7000&fit=fill&format=gif&frames=all&enlarge=true", gifBomb, 422, "image_too_large", time.Second},
+				{"1×50,000 png to 20,000×1 (32 GB of resampler scratch before)", "resize?width=20000&height=1&fit=fill&format=png&enlarge=true", tall, 200, "", time.Second},
+				{"1×50,000 png to 1000×1", "resize?width=1000&height=1&fit=fill&format=png&enlarge=true", tall, 200, "", time.Second},
+				{"1×50,000 png to 500×1", "resize?width=500&height=1&fit=fill&format=png&enlarge=true", tall, 200, "", time.Second},
+				{"1×50,000 png to 7000×7000 (no shrink brings it under)", "resize?width=7000&height=7000&fit=fill&format=png&enlarge=true", tall, 422, "image_too_large", time.Second},
 				{"16-bit RGBA png 7000×7000 (392 MB decoded)", "resize?width=100", rgba16, 422, "image_too_large", time.Second},
 				{"16-bit RGBA png 7000×7000 interlaced (784 MB)", "resize?width=100", rgba16i, 422, "image_too_large", time.Second},
-				{"7071² png to 14000×3571 fill (3.3 GB of scratch before)", "resize?width=14000&height=3571&fit=fill&format=png", wide, 422, "image_too_large", time.Second},
-				{"1,000 gif frames on 223×223 to 37,449×1", "resize?width=37449&height=1&fit=fill&format=gif&frames=all", anim, 422, "image_too_large", time.Second},
+				{"7071² png to 14000×3571 fill (3.3 GB of scratch before)", "resize?width=14000&height=3571&fit=fill&format=png&enlarge=true", wide, 422, "image_too_large", time.Second},
+				{"1,000 gif frames on 223×223 to 37,449×1", "resize?width=37449&height=1&fit=fill&format=gif&frames=all&enlarge=true", anim, 422, "image_too_large", time.Second},
 				{"3 gif frames on 5000×5000, frames=all (75 MP)", "resize?width=100&format=gif&frames=all", canvas, 422, "image_too_large", time.Second},
 				{"the same, its first frame (25 MP)", "resize?width=100&format=gif", canvas, 200, "", 2 * time.Second},
 				{"honest thumbnail afterwards", "resize?width=200", photo, 200, "", 2 * time.Second},
@@ -247,7 +247,7 @@ func cpuAfter(t *testing.T, pid int, limit time.Duration) time.Duration {
 func TestHostileImageStopsAtTheDeadline(t *testing.T) {
 	const deadline = 500 * time.Millisecond
 	gif := sampleimages.GIFFrames(1)
-	const path = "/v1/image/resize?width=7000&height=7000&fit=fill&format=gif"
+	const path = "/v1/image/resize?width=7000&height=7000&fit=fill&format=gif&enlarge=true"
 	// What runs on after the 504 in the worker is at most the phase it was
 	// in: the resampler cannot be interrupted (~0.5 s of CPU for 49 MP
 	// here, several times that under the race detector; before, the
