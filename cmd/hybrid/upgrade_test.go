@@ -127,6 +127,19 @@ func openFDs(pid int) int {
 	return fdCount(pid)
 }
 
+// pipeFDs counts pid's descriptors that are pipes.
+func pipeFDs(pid int) int {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(dir)
+	n := 0
+	for _, e := range ents {
+		if target, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(target, "pipe:") {
+			n++
+		}
+	}
+	return n
+}
+
 // 20 upgrades alternating two builds, and 20 config reloads (each changes
 // the pool size in the --config file), under 64 keep-alive
 // connections sending GETs and POSTs: no request fails, no process is left
@@ -210,6 +223,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	}
 
 	// Rollbacks: workers that crash at start, then a binary that exits.
+	// The same primary's descriptors before them, to compare with after.
+	fdsBefore, pipesBefore := openFDs(pid), pipeFDs(pid)
 	setFault("crash")
 	c.signal0(pid, syscall.SIGUSR2)
 	c.waitFor(30*time.Second, "the crashing build's rollback", func() bool {
@@ -244,11 +259,13 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if r.dialErrs != 0 {
 		t.Errorf("%d connects failed; want 0: %v", r.dialErrs, r.errs)
 	}
-	// The rollbacks' pipes and listener copies are closed too.
-	if fds := openFDs(pid); fds > fds0 {
-		t.Errorf("after the 2 rollbacks the primary holds %d descriptors, the first held %d: a leak", fds, fds0)
+	// The rollbacks' pipes and listener copies are closed too: the same
+	// primary holds no more descriptors, and no more pipes, than before.
+	if fds, pipes := openFDs(pid), pipeFDs(pid); fds > fdsBefore || pipes > pipesBefore {
+		t.Errorf("after the 2 rollbacks the primary holds %d descriptors (%d pipes), before them %d (%d pipes): a leak",
+			fds, pipes, fdsBefore, pipesBefore)
 	} else {
-		t.Logf("descriptors: first primary %d, after the rollbacks %d", fds0, fds)
+		t.Logf("descriptors: first primary %d; the last %d (%d pipes) before the rollbacks, %d (%d pipes) after", fds0, fdsBefore, pipesBefore, fds, pipes)
 	}
 	if r.ok < int64(upgrades)*100 {
 		t.Errorf("only %d requests succeeded; the load did not run", r.ok)
