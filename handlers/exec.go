@@ -597,7 +597,7 @@ func (e *Executor) Mount(r *server.Router) {
 	handle("/v1/image/resize", mk("image-resize", func(ctx *fasthttp.RequestCtx) Params {
 		q := ctx.QueryArgs()
 		p := e.imageLimits()
-		for _, k := range []string{"width", "height", "dpr", "fit", "format", "quality", "background", "enlarge", "frames"} {
+		for _, k := range []string{"width", "height", "dpr", "fit", "gravity", "format", "quality", "background", "enlarge", "frames"} {
 			if v := q.Peek(k); len(v) > 0 {
 				p[k] = string(v)
 			}

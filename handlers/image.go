@@ -279,6 +279,11 @@ type resizeReq struct {
 	quality       int
 	allFrames     bool
 	enlarge       bool // enlarge=true: scale up past the source's size
+	// gravity places the scaled image in the box: what cover crops and
+	// where contain pads. x and y are 0 (left, top), 0.5 or 1 (right,
+	// bottom); smart picks the crop with the most detail.
+	gravityX, gravityY float64
+	smart              bool
 	// background is what transparent pixels are flattened onto: the
 	// background= param, or white for JPEG (which has no alpha); a zero
 	// alpha leaves them transparent.
@@ -345,6 +350,15 @@ func parseResize(p Params) (resizeReq, error) {
 		r.background = color.RGBA{uint8(rgb >> 16), uint8(rgb >> 8), uint8(rgb), 255}
 	case r.format == "jpeg":
 		r.background = color.RGBA{255, 255, 255, 255}
+	}
+	if g := p["gravity"]; g != "" {
+		pos, ok := gravities[g]
+		if !ok {
+			return r, badParam("gravity=%s: want centre, north, south, east, west, north-east, north-west, south-east, south-west or smart (or imgproxy's ce, no, so, ea, we, noea, nowe, soea, sowe, sm)", server.Quote(g))
+		}
+		r.gravityX, r.gravityY, r.smart = pos[0], pos[1], g == "smart" || g == "sm"
+	} else {
+		r.gravityX, r.gravityY = 0.5, 0.5
 	}
 	switch p["enlarge"] {
 	case "", "false":
@@ -662,7 +676,7 @@ func scaleOnto(dst *image.RGBA, sc draw.Scaler, src image.Image, r resizeReq, sc
 		clear(dst.Pix)
 	}
 	b := dst.Bounds()
-	off := image.Pt((b.Dx()-scaledW)/2, (b.Dy()-scaledH)/2)
+	off := placement(r, src, b.Dx(), b.Dy(), scaledW, scaledH)
 	dr := image.Rect(0, 0, scaledW, scaledH).Add(off)
 	if src.Bounds().Size() == dr.Size() {
 		draw.Draw(dst, dr, src, src.Bounds().Min, draw.Over)
@@ -676,6 +690,9 @@ func scaleOnto(dst *image.RGBA, sc draw.Scaler, src image.Image, r resizeReq, sc
 // composited on a full canvas first, then resampled and re-quantised (Plan 9
 // palette, Floyd-Steinberg), keeping delays and the loop count.
 func resizeAnimation(ctx context.Context, input []byte, r resizeReq, pl resizePlan) ([]byte, error) {
+	if r.smart { // one crop for every frame: a smart one would move from frame to frame
+		r.smart, r.gravityX, r.gravityY = false, 0.5, 0.5
+	}
 	outW, outH, scaledW, scaledH := pl.outW, pl.outH, pl.scaledW, pl.scaledH
 	g, err := gif.DecodeAll(ctxReader{ctx, bytes.NewReader(input)})
 	if cerr := ctx.Err(); cerr != nil {
@@ -882,4 +899,96 @@ func orient(img image.Image, o int) image.Image {
 		}
 	}
 	return dst
+}
+
+// gravities are gravity='s values and where each puts the scaled image in
+// its box, as fractions of the room (or of the overflow, which is cropped).
+var gravities = map[string][2]float64{
+	"centre": {0.5, 0.5}, "center": {0.5, 0.5}, "ce": {0.5, 0.5}, "smart": {0.5, 0.5}, "sm": {0.5, 0.5},
+	"north": {0.5, 0}, "no": {0.5, 0}, "south": {0.5, 1}, "so": {0.5, 1},
+	"east": {1, 0.5}, "ea": {1, 0.5}, "west": {0, 0.5}, "we": {0, 0.5},
+	"north-east": {1, 0}, "noea": {1, 0}, "north-west": {0, 0}, "nowe": {0, 0},
+	"south-east": {1, 1}, "soea": {1, 1}, "south-west": {0, 1}, "sowe": {0, 1},
+}
+
+// placement is where the scaledW×scaledH image goes in a boxW×boxH box: by
+// its gravity, or, for a smart crop, where the window the box keeps holds
+// the most detail along the side that overflows.
+func placement(r resizeReq, src image.Image, boxW, boxH, scaledW, scaledH int) image.Point {
+	at := func(room int, f float64) int { return int(float64(room) * f) } // centre: room/2, as before gravity
+	off := image.Pt(at(boxW-scaledW, r.gravityX), at(boxH-scaledH, r.gravityY))
+	if !r.smart {
+		return off
+	}
+	sb := src.Bounds()
+	switch {
+	case scaledW > boxW && sb.Dx() > 1:
+		keep := float64(boxW) / float64(scaledW) // the share of the width the box keeps
+		start := bestWindow(detail(src, true), keep)
+		off.X = -int(math.Round(start * float64(scaledW)))
+	case scaledH > boxH && sb.Dy() > 1:
+		keep := float64(boxH) / float64(scaledH)
+		start := bestWindow(detail(src, false), keep)
+		off.Y = -int(math.Round(start * float64(scaledH)))
+	}
+	return off
+}
+
+// detail is src's detail per column (cols) or per row: the sum of the
+// luminance differences to its neighbours across and along, on a grid of
+// at most 256 samples a side, so that it costs the same on any image.
+func detail(src image.Image, cols bool) []float64 {
+	b := src.Bounds()
+	nx, ny := min(b.Dx(), 256), min(b.Dy(), 256)
+	lum := func(i, j int) float64 {
+		r, g, bl, _ := src.At(b.Min.X+i*b.Dx()/nx, b.Min.Y+j*b.Dy()/ny).RGBA()
+		return 0.299*float64(r) + 0.587*float64(g) + 0.114*float64(bl)
+	}
+	grid := make([][]float64, ny)
+	for j := range grid {
+		grid[j] = make([]float64, nx)
+		for i := range grid[j] {
+			grid[j][i] = lum(i, j)
+		}
+	}
+	n := ny
+	if cols {
+		n = nx
+	}
+	out := make([]float64, n)
+	for j := range ny {
+		for i := range nx {
+			d := 0.0
+			if i+1 < nx {
+				d += math.Abs(grid[j][i+1] - grid[j][i])
+			}
+			if j+1 < ny {
+				d += math.Abs(grid[j+1][i] - grid[j][i])
+			}
+			if cols {
+				out[i] += d
+			} else {
+				out[j] += d
+			}
+		}
+	}
+	return out
+}
+
+// bestWindow is where, as a fraction of len(d), the window of keep × len(d)
+// consecutive entries with the largest sum starts.
+func bestWindow(d []float64, keep float64) float64 {
+	w := max(1, min(len(d), int(math.Round(keep*float64(len(d))))))
+	sum := 0.0
+	for _, v := range d[:w] {
+		sum += v
+	}
+	best, at := sum, 0
+	for i := w; i < len(d); i++ {
+		sum += d[i] - d[i-w]
+		if sum > best {
+			best, at = sum, i-w+1
+		}
+	}
+	return float64(at) / float64(len(d))
 }

@@ -32,6 +32,14 @@ func TestThumbnailsInEveryMode(t *testing.T) {
 	if err := png.Encode(&clear, image.NewNRGBA(image.Rect(0, 0, 64, 64))); err != nil {
 		t.Fatal(err)
 	}
+	thirds := image.NewNRGBA(image.Rect(0, 0, 300, 100)) // red, green, blue thirds
+	for i := 0; i < len(thirds.Pix); i += 4 {
+		copy(thirds.Pix[i:], [][]byte{{255, 0, 0, 255}, {0, 255, 0, 255}, {0, 0, 255, 255}}[(i/4%300)/100])
+	}
+	var thirdsPNG bytes.Buffer
+	if err := png.Encode(&thirdsPNG, thirds); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name, query string
 		input       []byte
@@ -39,6 +47,7 @@ func TestThumbnailsInEveryMode(t *testing.T) {
 		ctype       string
 		centre      [3]int // the output's centre pixel, 8-bit RGB, when set
 	}{
+		{"cover, gravity east", "width=100&height=100&fit=cover&gravity=east&format=png", thirdsPNG.Bytes(), 100, 100, "image/png", [3]int{0, 0, 255}},
 		{"landscape", "width=400", photo, 400, 300, "image/jpeg", [3]int{}},
 		{"sideways phone photo", "width=300", sideways, 300, 400, "image/jpeg", [3]int{}},
 		{"cover png", "width=200&height=200&fit=cover&format=png", photo, 200, 200, "image/png", [3]int{}},
