@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hybrid-server/hybrid/procpool"
 	"github.com/hybrid-server/hybrid/server"
@@ -99,7 +101,7 @@ func (c *primaryClient) call(ctx context.Context, method, path, body string) ([]
 		Error struct{ Code, Message string } `json:"error"`
 	}
 	if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
-		return nil, fmt.Errorf("admin endpoint at %s: %s", c.addr, resp.Status)
+		return nil, fmt.Errorf("admin endpoint at %s: %s", c.addr, printable(resp.Status))
 	}
 	switch e.Error.Code {
 	case "unauthorized":
@@ -114,7 +116,18 @@ func (c *primaryClient) call(ctx context.Context, method, path, body string) ([]
 // adminError is the admin endpoint's refusal: its code and message.
 type adminError struct{ code, msg string }
 
-func (e *adminError) Error() string { return e.msg }
+func (e *adminError) Error() string { return printable(e.msg) }
+
+// printable is s, the admin endpoint's text, as the terminal may show it:
+// quoted (server.Quote) when it holds a control character, a format one
+// (a bidi override) or is not UTF-8, so that whatever answers at the admin address cannot move the
+// cursor, recolour the terminal or add lines to an operator's output.
+func printable(s string) string {
+	if !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }) {
+		return server.Quote(s)
+	}
+	return s
+}
 
 // isBadRequest reports whether err is the admin's 400 bad_request: for
 // /scale and /pool, a number out of range.

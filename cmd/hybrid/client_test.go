@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -258,5 +259,26 @@ func TestVersionShowsTheBuild(t *testing.T) {
 		if w.Build != want {
 			t.Errorf("/cluster worker %d build %q; want %q", w.ID, w.Build, want)
 		}
+	}
+}
+
+// Whatever answers at the admin address (a process squatting the port
+// while hybrid is down) cannot write control characters or lines of its
+// own to the operator's terminal: the client quotes an error text that
+// holds any.
+func TestClientQuotesAdminErrorText(t *testing.T) {
+	evil := "reload refused\x1b[2J\x1b[31m\nhybrid: upgrade succeeded\u202e"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusConflict)
+		json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": "busy", "message": evil}})
+	}))
+	defer srv.Close()
+	_, errOut, code := runHybrid(t, nil, "reload", "--admin-addr", strings.TrimPrefix(srv.URL, "http://"))
+	if code != 1 || strings.Count(errOut, "\n") != 1 || strings.ContainsFunc(errOut[:len(errOut)-1], func(r rune) bool { return r < ' ' || r == 0x7f || r == '\u202e' }) {
+		t.Errorf("hybrid reload against an admin that answers %q: exit %d, stderr %q; want 1 and one line without control characters", evil, code, errOut)
+	}
+	if want := `"reload refused\x1b[2J\x1b[31m\nhybrid: `; !strings.Contains(errOut, want) {
+		t.Errorf("stderr %q; want the text quoted, %s…", errOut, want)
 	}
 }
