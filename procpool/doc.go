@@ -61,7 +61,12 @@
 // Until it has written "ready" and has the provisional totals (or waited
 // 2 s for them), the new primary does not serve the listeners it
 // inherited through PassOn ([Supervisor.TookOver]): the old one answers
-// every request on them until "ready".
+// every request on them until "ready". A new primary already shutting down
+// (rolled back just as it wrote "ready") never takes over.
+//
+// The old primary names itself in upgradeEnv (from=<pid>,
+// [Supervisor.UpgradedFrom]): a --binary wrapper that runs the new binary
+// as its child would otherwise be taken for it.
 //
 // The new primary has no parent-death signal: it must outlive the old one.
 // Should the old one die during the upgrade, the new one serves on.
