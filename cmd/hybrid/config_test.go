@@ -324,10 +324,22 @@ func TestConfigSnapshotUntilReload(t *testing.T) {
 	if s := postFresh(t, url, body); s != http.StatusRequestEntityTooLarge {
 		t.Errorf("POST 2KiB to a worker restarted after a valid edit, before any reload = %d; want 413 (the accepted 1KiB)", s)
 	}
+	before := c.readyPIDs()
 	if out, errOut, code := runHybrid(t, nil, "reload", "--admin-addr", c.admin); code != 0 {
 		t.Fatalf("hybrid reload with the valid edit: exit %d, %q %q", code, out, errOut)
 	}
 	c.waitLog("rolling reload complete", 15*time.Second)
+	// "Complete" is the primary's word once the old worker is told to
+	// drain; until it has closed its accept loop it may still take a
+	// connection, so ask once it is gone.
+	c.waitFor(15*time.Second, "the worker from before the reload to exit", func() bool {
+		for pid := range before {
+			if running(pid) {
+				return false
+			}
+		}
+		return true
+	})
 	if s := postFresh(t, url, body); s != 200 {
 		t.Errorf("POST 2KiB after hybrid reload = %d; want 200 (the reloaded 4KiB)", s)
 	}

@@ -241,8 +241,9 @@ func TestPanickingTaskIs500(t *testing.T) {
 	if s := c.snapshot(); s.Workers[0].PID != pid || s.Forks != 1 {
 		t.Errorf("worker pid %d → %d, forks %d; want the same worker", pid, s.Workers[0].PID, s.Forks)
 	}
-	if c.logs.find("task panicked") == nil {
-		t.Errorf("no log line with the panic's stack")
+	// The worker logs the panic after it answered: wait for the line.
+	if l := c.waitLog("task panicked", 5*time.Second); l["stack"] == nil {
+		t.Errorf("the panic's log line has no stack: %v", l)
 	}
 }
 
