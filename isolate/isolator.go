@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/user"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -188,6 +189,8 @@ type Isolator struct {
 	seccompOn bool          // children install the filter
 	warmOnce  sync.Once
 	niceWarn  atomic.Bool // lowerPriority's failure was logged
+
+	limitsJSON atomic.Pointer[[]byte] // the limits object of /health, once the probe is done
 
 	ok, inputErr, timeout, memory, cpu, violation, crashed, started atomic.Uint64
 	peakChild                                                       atomic.Uint64 // bytes, from the child cgroups
@@ -939,15 +942,24 @@ func (iso *Isolator) Close() error {
 func (iso *Isolator) AppendStatsFields(o *jsonw.Object) {
 	caps, probing := iso.capabilities()
 	o.Key("limits")
-	l := jsonw.Open(o.B)
-	l.String("memory", caps.Memory)
-	l.String("processes", caps.Processes)
-	l.String("network", caps.Network)
-	l.String("files", caps.Files)
-	l.String("cpu", caps.CPU)
-	l.String("wall_clock", caps.WallClock)
-	l.String("user", caps.User)
-	o.B = l.Close()
+	if p := iso.limitsJSON.Load(); p != nil {
+		o.B = append(o.B, *p...)
+	} else {
+		start := len(o.B)
+		l := jsonw.Open(o.B)
+		l.String("memory", caps.Memory)
+		l.String("processes", caps.Processes)
+		l.String("network", caps.Network)
+		l.String("files", caps.Files)
+		l.String("cpu", caps.CPU)
+		l.String("wall_clock", caps.WallClock)
+		l.String("user", caps.User)
+		o.B = l.Close()
+		if !probing { // final: kept rendered, as /health asks for it on every call
+			rendered := slices.Clone(o.B[start:])
+			iso.limitsJSON.Store(&rendered)
+		}
+	}
 	if probing {
 		o.Bool("probing", true)
 	}
