@@ -381,18 +381,7 @@ func TestHostileHTTPConnectionLimit(t *testing.T) {
 	held[0].roundTrip(healthReq).expect(t, "a connection within the limit, again", 200, "", time.Second)
 	held[0].c.Close()
 	// Its slot frees once the worker sees the close.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		conn := dialRaw(t, c.addr)
-		r := conn.roundTrip(healthReq)
-		if r.Status == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a freed slot: %d %s", r.Status, r.Code)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitServedAgain(t, c.addr, "a freed slot")
 	c.sameWorker(t, pid, hostileBaseline())
 }
 
@@ -412,18 +401,25 @@ func TestHostileHTTPConnectionsPerIP(t *testing.T) {
 	held[1].roundTrip(healthReq).expect(t, "connection 2, again", 200, "", time.Second)
 	held[0].c.Close()
 	// Its place frees once the worker sees the close.
+	waitServedAgain(t, c.addr, "a freed place")
+	c.sameWorker(t, pid, hostileBaseline())
+}
+
+// waitServedAgain dials addr until a new connection's GET /health is
+// answered 200 (a connection limit's place freed), for at most 5 s.
+func waitServedAgain(t *testing.T, addr, what string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		conn := dialRaw(t, c.addr)
+		conn := dialRaw(t, addr)
 		r := conn.roundTrip(healthReq)
+		conn.c.Close()
 		if r.Status == 200 {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("a freed place: %d %s", r.Status, r.Code)
+			t.Fatalf("%s: %d %s", what, r.Status, r.Code)
 		}
-		conn.c.Close()
 		time.Sleep(50 * time.Millisecond)
 	}
-	c.sameWorker(t, pid, hostileBaseline())
 }

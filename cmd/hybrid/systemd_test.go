@@ -320,17 +320,7 @@ func TestSystemdAdminSocketOffLoopbackNeedsToken(t *testing.T) {
 // Two sockets for the cluster (LISTEN_FDNAMES=foo:bar) are named as such,
 // both of them, and the primary does not start.
 func TestSystemdTwoClusterSockets(t *testing.T) {
-	var files []*os.File
-	for range 2 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		f, _ := ln.(*net.TCPListener).File()
-		defer f.Close()
-		files = append(files, f)
-	}
+	files := listenerFiles(t, 2)
 	sc := serveCmd(binPath, "--workers", "1")
 	cmd := exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`}, sc.Args...)...)
 	cmd.ExtraFiles = files
@@ -659,17 +649,7 @@ func TestSystemdUnitDerivation(t *testing.T) {
 
 	// The binary, given what the broken unit gives it, does not start:
 	// the test above would catch a unit like it.
-	var files []*os.File
-	for range 2 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		f, _ := ln.(*net.TCPListener).File()
-		defer f.Close()
-		files = append(files, f)
-	}
+	files := listenerFiles(t, 2)
 	u, _ := parseUnit(fmt.Sprintf(svc, ""))
 	cmd := activatedCmd(t, u, files, "")
 	cmd.Env = append(os.Environ(), "LISTEN_FDS=2", "LISTEN_FDNAMES=admin:admin", "HYBRID_WORKERS=1")
@@ -677,4 +657,26 @@ func TestSystemdUnitDerivation(t *testing.T) {
 	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "two sockets named admin") {
 		t.Errorf("LISTEN_FDNAMES=admin:admin: exit %d (%v), output %s; want 1, two sockets named admin", code, err, out)
 	}
+}
+
+// listenerFiles opens n TCP listeners on 127.0.0.1 and returns their
+// descriptors' files, as a launcher would pass them; all are closed when
+// the test ends.
+func listenerFiles(t *testing.T, n int) []*os.File {
+	t.Helper()
+	var files []*os.File
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		f, err := ln.(*net.TCPListener).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		files = append(files, f)
+	}
+	return files
 }
